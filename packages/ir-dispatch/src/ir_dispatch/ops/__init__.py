@@ -1,0 +1,23 @@
+"""The standard ops every provider package implements.
+
+Each is an :class:`~ir_dispatch.registry.IrOp`: call it like the torch function it mirrors.
+"""
+
+from . import composite as _composite  # noqa: F401  (registers the composite impls)
+from .linalg import addmm, bmm, linear, matmul, mm, scaled_mm
+from .norm import fused_add_rms_norm, rms_norm
+from .reduce import log_softmax, mean, softmax
+
+__all__ = [
+    "addmm",
+    "bmm",
+    "fused_add_rms_norm",
+    "linear",
+    "log_softmax",
+    "matmul",
+    "mean",
+    "mm",
+    "rms_norm",
+    "scaled_mm",
+    "softmax",
+]

@@ -1,0 +1,443 @@
+"""The op registry: native references, provider implementations, and mode-aware selection.
+
+An op is declared from its native (reference) implementation. Providers register further
+implementations with a ``batch_invariant`` flag, the platforms they run on, an argument check
+and a priority. :meth:`IrOp.select` walks the implementations by priority and takes the first
+that runs on the arguments' platform and accepts them; in batch-invariant mode only
+implementations that are batch-invariant on that platform are eligible, and if none is left it
+raises :class:`NoBatchInvariantImplError` explaining every rejection - it never falls back to a
+batch-variant kernel.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import types
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from .mode import is_batch_invariant
+from .platform import PlatformKind, platform_of
+
+logger = logging.getLogger("ir_dispatch")
+
+NAMESPACE = "ir_dispatch"
+NATIVE = "native"
+RESERVED_PROVIDERS = frozenset({NATIVE})
+DEFAULT_PRIORITY = 10
+NATIVE_PRIORITY = 0
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+SupportCheck = Callable[..., "bool | str"]
+ALL_PLATFORMS = frozenset(PlatformKind)
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation of an op.
+
+    Attributes:
+        op_name: the op it implements.
+        provider: who provides it (``native``, ``triton``, ``cutlass_fp8``, ``cpu``, ...).
+        fn: the callable; same signature as the op's native function.
+        batch_invariant: whether each output row is independent of the batch it sits in.
+        platforms: where it can run at all.
+        supports_args: ``True`` if it accepts the arguments; ``False`` or a reason string if not.
+        priority: higher runs first; ties keep registration order.
+        variant_on: platforms where it is batch-variant despite ``batch_invariant``, with why.
+        note: why it is (or is not) batch-invariant, shown by :func:`explain`.
+    """
+
+    op_name: str
+    provider: str
+    fn: Callable[..., Any]
+    batch_invariant: bool
+    platforms: frozenset[PlatformKind] = ALL_PLATFORMS
+    supports_args: SupportCheck | None = None
+    priority: int = DEFAULT_PRIORITY
+    variant_on: Mapping[PlatformKind, str] = field(default_factory=dict)
+    note: str = ""
+
+    def is_batch_invariant_on(self, platform: PlatformKind) -> bool:
+        return self.batch_invariant and platform not in self.variant_on
+
+    def rejection(
+        self, platform: PlatformKind, batch_invariant_only: bool, args: tuple, kwargs: dict
+    ) -> str | None:
+        """Why this implementation cannot serve the call, or ``None`` if it can."""
+        if platform not in self.platforms:
+            names = ", ".join(sorted(p.value for p in self.platforms))
+            return f"runs on {names}, not {platform.value}"
+        if batch_invariant_only and not self.is_batch_invariant_on(platform):
+            why = self.variant_on.get(platform) or self.note or "not flagged batch_invariant"
+            return f"batch-variant on {platform.value}: {why}"
+        if self.supports_args is not None:
+            verdict = self.supports_args(*args, **kwargs)
+            if verdict is not True:
+                return (
+                    verdict if isinstance(verdict, str) and verdict else "arguments not supported"
+                )
+        return None
+
+
+class NoBatchInvariantImplError(RuntimeError):
+    """Raised when no eligible implementation accepts a call; the message lists every rejection."""
+
+
+class UnknownOpError(KeyError):
+    """Raised for an op name that was never declared; the message lists the declared ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+def describe_args(args: Iterable[Any]) -> str:
+    """Shapes, dtypes, devices and strides of tensor arguments; ``repr`` of the rest."""
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            layout = "" if a.is_contiguous() else f", strides={tuple(a.stride())}"
+            parts.append(
+                f"Tensor{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}"
+                f" on {a.device}{layout}"
+            )
+        else:
+            parts.append(repr(a))
+    return "(" + ", ".join(parts) + ")"
+
+
+class _DispatchRecorder:
+    """Counts which provider served which op while :func:`recording` is active."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def providers(self) -> dict[str, list[str]]:
+        """Op name -> providers that served it, in first-seen order."""
+        out: dict[str, list[str]] = {}
+        for op_name, provider in self.counts:
+            out.setdefault(op_name, []).append(provider)
+        return out
+
+
+_recorders: list[_DispatchRecorder] = []
+_recorders_lock = threading.Lock()
+
+
+@contextmanager
+def recording() -> Iterator[_DispatchRecorder]:
+    """Record (op, provider) for every dispatch in the block, from any thread.
+
+    Example:
+        >>> with recording() as rec:
+        ...     model(x)
+        >>> rec.providers()  # {"mm": ["triton"], "rms_norm": ["triton"]}
+    """
+    rec = _DispatchRecorder()
+    with _recorders_lock:
+        _recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        with _recorders_lock:
+            _recorders.remove(rec)
+
+
+class IrOp:
+    """An op: its native reference plus the providers' implementations.
+
+    Call the op (``op(*args)``) to go through its torch custom op ``ir_dispatch::<name>``, which
+    ``torch.compile(fullgraph=True)`` traces as one node and which selects the implementation at
+    run time, so the batch-invariant mode active at call time decides.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        native: Callable[..., Any],
+        *,
+        has_reduction: bool,
+        native_variant_on: Mapping[PlatformKind, str] | None = None,
+        doc: str = "",
+    ) -> None:
+        variant_on = dict(native_variant_on or {})
+        if variant_on and not has_reduction:
+            raise ValueError(f"op {name!r}: native_variant_on given but has_reduction=False")
+        self.name = name
+        self.native = native
+        self.has_reduction = has_reduction
+        self.__doc__ = doc or native.__doc__
+        self._impls: dict[str, Impl] = {}
+        self._sorted: list[Impl] = []
+        self._explicit_order: list[str] | None = None
+        self._lock = threading.Lock()
+        self._add(
+            Impl(
+                op_name=name,
+                provider=NATIVE,
+                fn=native,
+                batch_invariant=True,
+                priority=NATIVE_PRIORITY,
+                variant_on=variant_on,
+                note="reference implementation without cross-row reductions"
+                if not has_reduction
+                else "reference implementation",
+            )
+        )
+        self.torch_op = self._make_custom_op()
+
+    # ----------------------------------------------------------------- registration
+    def register_impl(
+        self,
+        provider: str,
+        *,
+        batch_invariant: bool,
+        platforms: Iterable[PlatformKind | str] | None = None,
+        supports_args: SupportCheck | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        note: str = "",
+    ) -> Callable[[Fn], Fn]:
+        """Decorator registering ``fn`` as ``provider``'s implementation of this op.
+
+        Registering the same provider again replaces it (so plugins may run twice).
+
+        Args:
+            provider: provider name; ``native`` is reserved.
+            batch_invariant: whether each output row is independent of the rest of the batch.
+            platforms: platforms it runs on (``PlatformKind`` or their names); all if omitted.
+            supports_args: predicate over the call's arguments: ``True`` to accept, ``False``
+                or a reason string to decline.
+            priority: higher is tried first; the native reference has priority 0.
+            note: why it is batch-invariant (fixed reduction order, ...), shown by ``explain``.
+        """
+        if provider in RESERVED_PROVIDERS:
+            raise ValueError(f"provider name {provider!r} is reserved; choose another name")
+        plats = (
+            ALL_PLATFORMS if platforms is None else frozenset(PlatformKind(p) for p in platforms)
+        )
+
+        def decorator(fn: Fn) -> Fn:
+            self._add(
+                Impl(
+                    op_name=self.name,
+                    provider=provider,
+                    fn=fn,
+                    batch_invariant=batch_invariant,
+                    platforms=plats,
+                    supports_args=supports_args,
+                    priority=priority,
+                    note=note,
+                )
+            )
+            return fn
+
+        return decorator
+
+    def unregister_impl(self, provider: str) -> None:
+        """Remove a provider's implementation (the native one cannot be removed)."""
+        if provider == NATIVE:
+            raise ValueError("the native implementation cannot be unregistered")
+        with self._lock:
+            if self._impls.pop(provider, None) is not None:
+                self._resort()
+
+    def set_priority(self, providers: list[str] | None) -> None:
+        """Force an explicit provider order (``None`` returns to numeric priorities).
+
+        Providers not listed keep their numeric order after the listed ones.
+        """
+        if providers is not None:
+            unknown = [p for p in providers if p not in self._impls]
+            if unknown:
+                raise ValueError(
+                    f"op {self.name!r}: unknown providers {unknown};"
+                    f" registered: {sorted(self._impls)}"
+                )
+        with self._lock:
+            self._explicit_order = list(providers) if providers is not None else None
+            self._resort()
+
+    def _add(self, impl: Impl) -> None:
+        with self._lock:
+            self._impls[impl.provider] = impl
+            self._resort()
+
+    def _resort(self) -> None:
+        order = list(self._impls.values())  # dict keeps registration order; sort is stable
+        order.sort(key=lambda i: -i.priority)
+        if self._explicit_order is not None:
+            rank = {p: n for n, p in enumerate(self._explicit_order)}
+            order.sort(key=lambda i: rank.get(i.provider, len(rank)))
+        self._sorted = order
+
+    @property
+    def impls(self) -> list[Impl]:
+        """Implementations in the order dispatch tries them."""
+        return list(self._sorted)
+
+    def impl(self, provider: str) -> Impl:
+        try:
+            return self._impls[provider]
+        except KeyError:
+            raise KeyError(
+                f"op {self.name!r} has no provider {provider!r}; registered: {sorted(self._impls)}"
+            ) from None
+
+    # ----------------------------------------------------------------- selection
+    def evaluate(
+        self, *args: Any, batch_invariant_only: bool | None = None, **kwargs: Any
+    ) -> list[tuple[Impl, str | None]]:
+        """Every implementation in dispatch order with its rejection (``None`` = eligible)."""
+        bi = is_batch_invariant() if batch_invariant_only is None else batch_invariant_only
+        platform = platform_of(*args, *kwargs.values())
+        return [(impl, impl.rejection(platform, bi, args, kwargs)) for impl in self._sorted]
+
+    def select(self, *args: Any, **kwargs: Any) -> Impl:
+        """The implementation that serves this call in the current mode.
+
+        Raises:
+            NoBatchInvariantImplError: nothing eligible accepts the arguments.
+        """
+        bi = is_batch_invariant()
+        platform = platform_of(*args, *kwargs.values())
+        for impl in self._sorted:
+            if impl.rejection(platform, bi, args, kwargs) is None:
+                return impl
+        raise self._no_impl_error(bi, platform, args, kwargs)
+
+    def _no_impl_error(
+        self, bi: bool, platform: PlatformKind, args: tuple, kwargs: dict
+    ) -> NoBatchInvariantImplError:
+        lines = [
+            f"no {'batch-invariant ' if bi else ''}implementation of op {self.name!r} accepts "
+            f"{describe_args([*args, *kwargs.values()])} on {platform.value}:"
+        ]
+        for impl in self._sorted:
+            lines.append(f"  - {impl.provider}: {impl.rejection(platform, bi, args, kwargs)}")
+        if bi:
+            lines.append(
+                "Batch-invariant mode never falls back to a batch-variant kernel: install a "
+                'provider package for this platform (e.g. `pip install "vllm-bi-plugin[cuda]"`) '
+                "or leave the mode."
+            )
+        return NoBatchInvariantImplError("\n".join(lines))
+
+    def call_selected(self, *args: Any, **kwargs: Any) -> Any:
+        """Select and run an implementation directly (no custom-op boundary)."""
+        impl = self.select(*args, **kwargs)
+        if _recorders:
+            for rec in list(_recorders):
+                rec.counts[(self.name, impl.provider)] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> %s %s", self.name, impl.provider, describe_args(args))
+        return impl.fn(*args, **kwargs)
+
+    # ----------------------------------------------------------------- torch custom op
+    def _make_custom_op(self) -> Any:
+        # ``run`` is rebuilt with the native's module globals (for schema inference), so it may
+        # only use names from its closure.
+        call, unalias = self.call_selected, _unalias
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return unalias(call(*args, **kwargs), args)
+
+        op = torch.library.custom_op(
+            f"{NAMESPACE}::{self.name}", _like(run, self.native), mutates_args=()
+        )
+        op.register_fake(self.native)
+        return op
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.torch_op(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        providers = ", ".join(f"{i.provider}({i.priority})" for i in self._sorted)
+        return f"IrOp({self.name!r}, has_reduction={self.has_reduction}, impls=[{providers}])"
+
+
+def _like(run: Callable[..., Any], native: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` with the native's signature and globals, so torch infers the schema from it."""
+    clone = types.FunctionType(
+        run.__code__, native.__globals__, native.__name__, None, run.__closure__
+    )
+    clone.__signature__ = inspect.signature(native)  # type: ignore[attr-defined]
+    clone.__annotations__ = dict(native.__annotations__)
+    clone.__module__ = native.__module__
+    clone.__qualname__ = native.__qualname__
+    return clone
+
+
+def _unalias(result: Any, args: tuple) -> Any:
+    """Custom ops may not return views of their inputs: copy any output that aliases one."""
+    storages = {
+        a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and a.numel()
+    }
+    if not storages:
+        return result
+    if isinstance(result, torch.Tensor):
+        return (
+            result.clone()
+            if result.numel() and result.untyped_storage().data_ptr() in storages
+            else result
+        )
+    if isinstance(result, tuple):
+        return tuple(_unalias(r, args) for r in result)
+    return result
+
+
+# --------------------------------------------------------------------- the op table
+_OPS: dict[str, IrOp] = {}
+
+
+def register_op(
+    name: str | None = None,
+    *,
+    has_reduction: bool,
+    native_variant_on: Mapping[PlatformKind, str] | None = None,
+) -> Callable[[Callable[..., Any]], IrOp]:
+    """Declare an op from its native implementation.
+
+    Args:
+        name: op name (defaults to the function's name); becomes ``ir_dispatch::<name>``.
+        has_reduction: whether an output element sums (or maxes) over several input elements -
+            the only way an op can be batch-variant.
+        native_variant_on: platforms where the native implementation is known to be
+            batch-variant, each with the reason (measured or documented).
+
+    Example:
+        >>> @register_op(has_reduction=True, native_variant_on={PlatformKind.CUDA: "split-K"})
+        ... def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ...     return torch.mm(a, b)
+    """
+
+    def decorator(native: Callable[..., Any]) -> IrOp:
+        op_name = name or native.__name__
+        if op_name in _OPS:
+            raise ValueError(f"op {op_name!r} is already declared")
+        op = IrOp(op_name, native, has_reduction=has_reduction, native_variant_on=native_variant_on)
+        _OPS[op_name] = op
+        return op
+
+    return decorator
+
+
+def get_op(name: str) -> IrOp:
+    """The declared op called ``name``."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise UnknownOpError(
+            f"unknown op {name!r}; declared ops: {', '.join(sorted(_OPS))}"
+        ) from None
+
+
+def list_ops() -> list[IrOp]:
+    """Every declared op, by name."""
+    return [_OPS[n] for n in sorted(_OPS)]
