@@ -1,0 +1,182 @@
+"""Tensor-parallel invariance: the same bits at TP=1, 2, 4 and 8.
+
+A row-parallel layer (``o_proj``, ``down_proj``) splits the reduction dimension K across ranks
+and adds the ranks' partial sums, so its rounding depends on the TP size. Here K is always cut
+into :data:`TP_SEGMENTS` segments whose boundaries depend on K alone; each segment's product is
+accumulated from zero in fp32, and the segment partials are added along one fixed, balanced
+binary tree::
+
+    TP_SEGMENTS = 8:   ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+A rank holding ``TP_SEGMENTS / tp`` consecutive segments owns a whole subtree: it reduces it
+locally, and :func:`fixed_order_all_reduce` combines the ranks' subtree sums with the top of the
+same tree. Every TP size that is a power of two dividing ``TP_SEGMENTS`` therefore performs the
+same additions in the same order, and every rank ends with identical bits.
+
+Column-parallel layers (``qkv_proj``, ``gate_up_proj``, the vocab-parallel ``lm_head``) split N,
+never K: an output element is computed whole on one rank, so they are TP-invariant as long as the
+GEMM's reduction order for a column does not depend on how many columns the call has (true of
+the CPU provider and of the Triton kernels, whose K order is fixed per K; checked by tests).
+Attention heads are independent per head. The vocab-parallel embedding adds one looked-up row to
+zeros, which is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .ops import mm
+
+TP_SEGMENTS = int(os.environ.get("IR_DISPATCH_TP_SEGMENTS", "8"))
+
+
+def _check_power_of_two(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, got {value}")
+
+
+def supported_tp_sizes(segments: int = TP_SEGMENTS) -> tuple[int, ...]:
+    """TP sizes that give identical bits: the powers of two that divide ``segments``."""
+    _check_power_of_two("segments", segments)
+    return tuple(1 << i for i in range(segments.bit_length()) if segments % (1 << i) == 0)
+
+
+def segment_bounds(k: int, segments: int = TP_SEGMENTS) -> list[tuple[int, int]]:
+    """Fixed ``[start, end)`` bounds of the K segments: a function of ``k`` and ``segments``."""
+    _check_power_of_two("segments", segments)
+    if k % segments:
+        raise ValueError(f"K={k} must be divisible by the {segments} TP-invariant segments")
+    step = k // segments
+    return [(i * step, (i + 1) * step) for i in range(segments)]
+
+
+def tree_sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum ``parts`` along a balanced binary tree of adjacent pairs, in that fixed order."""
+    if not parts:
+        raise ValueError("tree_sum needs at least one tensor")
+    _check_power_of_two("len(parts)", len(parts))
+    level = list(parts)
+    while len(level) > 1:
+        level = [level[i] + level[i + 1] for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def local_row_parallel_partial(
+    x_shard: torch.Tensor, weight_shard: torch.Tensor, tp_size: int, segments: int = TP_SEGMENTS
+) -> torch.Tensor:
+    """One rank's fp32 subtree sum of a row-parallel ``x @ weight.T``.
+
+    Args:
+        x_shard: ``[M, K / tp_size]``, this rank's slice of the input's K dimension.
+        weight_shard: ``[N, K / tp_size]``, this rank's slice of the weight.
+        tp_size: the number of ranks; must divide ``segments``.
+        segments: total K segments of the whole layer.
+
+    Returns:
+        ``[M, N]`` float32: the sum of this rank's segments along its subtree.
+    """
+    if segments % tp_size:
+        raise ValueError(
+            f"tp_size={tp_size} must divide the {segments} TP-invariant segments; "
+            f"supported: {supported_tp_sizes(segments)}"
+        )
+    local = segments // tp_size
+    k_local = x_shard.shape[-1]
+    if weight_shard.shape[-1] != k_local:
+        raise ValueError(f"weight_shard has K={weight_shard.shape[-1]} but x_shard has K={k_local}")
+    partials = [
+        mm.call_selected(x_shard[:, lo:hi].float(), weight_shard[:, lo:hi].float().t())
+        for lo, hi in segment_bounds(k_local, local)
+    ]
+    return tree_sum(partials)
+
+
+def row_parallel_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    segments: int = TP_SEGMENTS,
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` with the TP-invariant reduction order, on one device (TP=1)."""
+    out = local_row_parallel_partial(x.reshape(-1, x.shape[-1]), weight, 1, segments)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fixed_order_all_reduce(partial: torch.Tensor, group: object | None = None) -> torch.Tensor:
+    """All-reduce (sum) with one fixed order: gather every rank's tensor, then :func:`tree_sum`.
+
+    NCCL picks ring or tree algorithms, channel counts and protocols from the message size, so
+    its summation order changes with the batch. Gathering and adding in rank order costs
+    ``world_size`` times the traffic of the output but gives every rank the same bits for any
+    batch; with power-of-two world sizes it is also the top of :func:`local_row_parallel_partial`'s
+    tree, which makes row-parallel layers TP-invariant.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)  # type: ignore[arg-type]
+    if world == 1:
+        return partial
+    gathered = [torch.empty_like(partial) for _ in range(world)]
+    dist.all_gather(gathered, partial.contiguous(), group=group)  # type: ignore[arg-type]
+    return tree_sum(gathered)
+
+
+def emulate_row_parallel_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    tp_size: int,
+    bias: torch.Tensor | None = None,
+    *,
+    segments: int = TP_SEGMENTS,
+) -> torch.Tensor:
+    """What ``tp_size`` ranks compute for a row-parallel layer, in one process.
+
+    Shards K as vLLM's ``RowParallelLinear`` does (contiguous blocks per rank), computes each
+    rank's subtree partial, combines them as :func:`fixed_order_all_reduce` would, and adds the
+    bias once (vLLM adds it on one rank after the reduction).
+    """
+    k = x.shape[-1]
+    if k % tp_size:
+        raise ValueError(f"K={k} must be divisible by tp_size={tp_size}")
+    shard = k // tp_size
+    x2 = x.reshape(-1, k)
+    partials = [
+        local_row_parallel_partial(
+            x2[:, r * shard : (r + 1) * shard],
+            weight[:, r * shard : (r + 1) * shard],
+            tp_size,
+            segments,
+        )
+        for r in range(tp_size)
+    ]
+    out = tree_sum(partials)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def emulate_column_parallel_linear(
+    x: torch.Tensor, weight: torch.Tensor, tp_size: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """What ``tp_size`` ranks compute for a column-parallel layer, gathered: N split, K whole."""
+    n = weight.shape[0]
+    if n % tp_size:
+        raise ValueError(f"N={n} must be divisible by tp_size={tp_size}")
+    shard = n // tp_size
+    from .ops import linear
+
+    outs = [
+        linear.call_selected(
+            x,
+            weight[r * shard : (r + 1) * shard],
+            None if bias is None else bias[r * shard : (r + 1) * shard],
+        )
+        for r in range(tp_size)
+    ]
+    return torch.cat(outs, dim=-1)
