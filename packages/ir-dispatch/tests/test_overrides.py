@@ -60,7 +60,7 @@ def _aten_kernels_fingerprint() -> dict[str, str]:
 
 def test_install_routes_aten_ops_to_the_registry(rowwise_cpu_providers) -> None:
     a, b = torch.randn(4, 8), torch.randn(8, 3)
-    ird.install_aten_overrides()
+    ird.install_aten_overrides(dispatch_key="CPU")
     with ird.batch_invariant(), ird.recording() as rec:
         y = torch.mm(a, b)
         z = a @ b
@@ -79,7 +79,7 @@ def test_install_routes_aten_ops_to_the_registry(rowwise_cpu_providers) -> None:
 def test_out_overloads(rowwise_cpu_providers) -> None:
     a, b = torch.randn(4, 8), torch.randn(8, 3)
     out = torch.empty(4, 3)
-    ird.install_aten_overrides()
+    ird.install_aten_overrides(dispatch_key="CPU")
     with ird.batch_invariant(), ird.recording() as rec:
         torch.mm(a, b, out=out)
     assert rec.providers() == {"mm": ["test_rows"]}
@@ -88,9 +88,9 @@ def test_out_overloads(rowwise_cpu_providers) -> None:
 
 def test_install_twice_is_harmless_and_uninstall_restores_exactly() -> None:
     before = _aten_kernels_fingerprint()
-    ird.install_aten_overrides()
+    ird.install_aten_overrides(dispatch_key="CPU")
     during = _aten_kernels_fingerprint()
-    ird.install_aten_overrides()
+    ird.install_aten_overrides(dispatch_key="CPU")
     assert _aten_kernels_fingerprint() == during
     assert during != before
     ird.uninstall_aten_overrides()
@@ -100,7 +100,7 @@ def test_install_twice_is_harmless_and_uninstall_restores_exactly() -> None:
 
 
 def test_after_uninstall_nothing_reaches_the_registry(rowwise_cpu_providers) -> None:
-    ird.install_aten_overrides()
+    ird.install_aten_overrides(dispatch_key="CPU")
     ird.uninstall_aten_overrides()
     with ird.batch_invariant(), ird.recording() as rec:
         torch.mm(torch.randn(2, 2), torch.randn(2, 2))
@@ -110,7 +110,7 @@ def test_after_uninstall_nothing_reaches_the_registry(rowwise_cpu_providers) -> 
 def test_default_mode_through_overrides_uses_native_without_recursion() -> None:
     a, b = torch.randn(5, 7), torch.randn(7, 3)
     expected = torch.mm(a, b)
-    with ird.aten_overrides(), ird.recording() as rec:
+    with ird.aten_overrides(dispatch_key="CPU"), ird.recording() as rec:
         got = torch.mm(a, b)
         ls = torch.log_softmax(a, -1)
         mean = a.mean(dim=1)
@@ -144,7 +144,7 @@ def _only_native(op: ird.IrOp) -> Iterator[None]:
 def test_batch_invariant_mode_without_provider_raises_instead_of_falling_back() -> None:
     with (
         _only_native(ops.mm),
-        ird.aten_overrides(),
+        ird.aten_overrides(dispatch_key="CPU"),
         ird.batch_invariant(),
         pytest.raises(ird.NoBatchInvariantImplError, match="'mm'"),
     ):
@@ -152,8 +152,8 @@ def test_batch_invariant_mode_without_provider_raises_instead_of_falling_back() 
 
 
 def test_context_manager_keeps_an_existing_install() -> None:
-    ird.install_aten_overrides()
-    with ird.aten_overrides():
+    ird.install_aten_overrides(dispatch_key="CPU")
+    with ird.aten_overrides(dispatch_key="CPU"):
         pass
     assert ird.installed_overrides() is not None
 
@@ -161,7 +161,7 @@ def test_context_manager_keeps_an_existing_install() -> None:
 def test_unknown_overload_and_key_clash() -> None:
     with pytest.raises(ValueError, match="cannot be overridden"):
         ird.install_aten_overrides(["conv2d"])
-    ird.install_aten_overrides(["mm"])
+    ird.install_aten_overrides(["mm"], dispatch_key="CPU")
     with pytest.raises(ValueError, match="already installed"):
         ird.install_aten_overrides(["mm"], dispatch_key="Meta")
 
@@ -173,7 +173,7 @@ def test_softmax_family_and_mean_semantics(rowwise_cpu_providers) -> None:
         "softmax": torch.softmax(x, -1),
         "mean": x.mean(dim=(0, 1), keepdim=True),
     }
-    with ird.aten_overrides(), ird.recording() as rec:
+    with ird.aten_overrides(dispatch_key="CPU"), ird.recording() as rec:
         got = {
             "log_softmax_f32": torch.log_softmax(x, -1, dtype=torch.float32),
             "softmax": torch.softmax(x, -1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .mode import is_batch_invariant
+from .mode import batch_invariant as _mode, is_batch_invariant
 from .platform import platform_of
 from .registry import IrOp, describe_args, get_op
 
@@ -58,7 +58,8 @@ def explain(
     ir_op = get_op(op) if isinstance(op, str) else op
     bi = is_batch_invariant() if batch_invariant is None else batch_invariant
     platform = platform_of(*args, *kwargs.values())
-    verdicts = ir_op.evaluate(*args, batch_invariant_only=bi, **kwargs)
+    with _mode(bi):  # providers' supports_args may consult the mode being explained
+        verdicts = ir_op.evaluate(*args, batch_invariant_only=bi, **kwargs)
     chosen = next((impl.provider for impl, why in verdicts if why is None), None)
     return Explanation(
         op=ir_op.name,
