@@ -196,3 +196,13 @@ def test_custom_op_opcheck() -> None:
     x, w = torch.randn(3, 8), torch.randn(8)
     torch.library.opcheck(ird.ops.rms_norm.torch_op, (x, w, 1e-6))
     torch.library.opcheck(ird.ops.mean.torch_op, (x, [1], True, None))
+
+
+def test_custom_op_outputs_are_contiguous_like_the_fake() -> None:
+    def toy_strided(x: torch.Tensor) -> torch.Tensor:
+        return x.t() * 1
+
+    op = register_op(has_reduction=False)(toy_strided)
+    out = op(torch.randn(3, 5))
+    assert out.is_contiguous()
+    torch.library.opcheck(op.torch_op, (torch.randn(3, 5),))

@@ -343,15 +343,18 @@ class IrOp:
     def _make_custom_op(self) -> Any:
         # ``run`` is rebuilt with the native's module globals (for schema inference), so it may
         # only use names from its closure.
-        call, unalias = self.call_selected, _unalias
+        call, native, normalize = self.call_selected, self.native, _normalize_outputs
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            return unalias(call(*args, **kwargs), args)
+            return normalize(call(*args, **kwargs), args)
+
+        def fake(*args: Any, **kwargs: Any) -> Any:
+            return normalize(native(*args, **kwargs), ())  # fake tensors have no storage
 
         op = torch.library.custom_op(
             f"{NAMESPACE}::{self.name}", _like(run, self.native), mutates_args=()
         )
-        op.register_fake(self.native)
+        op.register_fake(fake)
         return op
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -374,21 +377,23 @@ def _like(run: Callable[..., Any], native: Callable[..., Any]) -> Callable[..., 
     return clone
 
 
-def _unalias(result: Any, args: tuple) -> Any:
-    """Custom ops may not return views of their inputs: copy any output that aliases one."""
-    storages = {
-        a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and a.numel()
-    }
-    if not storages:
-        return result
-    if isinstance(result, torch.Tensor):
-        return (
-            result.clone()
-            if result.numel() and result.untyped_storage().data_ptr() in storages
-            else result
-        )
+def _normalize_outputs(result: Any, args: tuple) -> Any:
+    """Fresh, contiguous outputs: what the custom-op contract and its fake kernel promise.
+
+    Custom ops may not return views of their inputs, and the real and fake kernels must agree on
+    strides (Inductor asserts them), while providers are free to return views or strided results.
+    """
     if isinstance(result, tuple):
-        return tuple(_unalias(r, args) for r in result)
+        return tuple(_normalize_outputs(r, args) for r in result)
+    if not isinstance(result, torch.Tensor):
+        return result
+    if not result.is_contiguous():
+        return result.contiguous()
+    if args and result.numel():
+        storage = result.untyped_storage().data_ptr()
+        inputs = [a for a in args if isinstance(a, torch.Tensor) and a.numel()]
+        if any(a.untyped_storage().data_ptr() == storage for a in inputs):
+            return result.clone()
     return result
 
 
