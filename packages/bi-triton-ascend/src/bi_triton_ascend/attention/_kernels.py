@@ -1,0 +1,334 @@
+"""Triton kernels of the fixed-chunk attention: one inner loop for decode, prefill and varlen.
+
+``_attn_kernel`` serves every caller. A program owns one query tile (``BLOCK_Q`` tokens of one
+sequence times the ``GROUP_PAD`` query heads of one KV head, packed into ``BLOCK_M`` rows) and
+either one KV chunk (``SPLIT``: it writes that chunk's fp32 partial) or all chunks the tile sees
+(fused: it folds the chunk partials in order in registers and writes the output).
+``_combine_kernel`` folds split partials in the same order with the same :func:`_merge`.
+
+Why the bits do not depend on the caller (see :mod:`.config` for the chain):
+
+* Every chunk partial is built by :func:`_chunk_partial` from tiles on the absolute key grid.
+  A program may visit tiles that are fully masked for some of its rows (a prefill tile's later
+  rows see further; a window's earliest row starts sooner); for such a row the step leaves its
+  state unchanged: the running max stays, the rescale factor is exactly 1 (chosen by ``where``,
+  not computed), the probabilities are ``exp2(-inf) = 0``.
+* Fully masked chunks give the empty partial (max ``-inf``), which :func:`_merge` skips with a
+  ``where``; so folding in registers (fused) and folding stored partials (combine) apply the
+  same fp32 operations to the same values, in chunk order.
+* Scores of one row come from that row of Q only (``tl.dot`` never mixes rows), and decode and
+  prefill launch the same kernel with the same tile shapes.
+* The launcher disables FMA contraction (``enable_fp_fusion=False``) so that the merge reads the
+  same in every kernel it is inlined into.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _find_seq(  # type: ignore[no-untyped-def]
+    starts_ptr, target, num_seqs, BLOCK_Q: tl.constexpr, TILED: tl.constexpr
+):
+    """Binary search: the last sequence ``i`` whose first slot is at most ``target``.
+
+    With ``TILED`` the first slot of sequence ``i`` is ``starts[i] // BLOCK_Q + i`` (an upper bound
+    on its query tiles, so every sequence gets enough tile slots); otherwise ``starts[i]``.
+    """
+    lo = 0
+    hi = num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        first = tl.load(starts_ptr + mid)
+        if TILED:
+            first = first // BLOCK_Q + mid
+        if first <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@triton.jit
+def _merge(M, L, A, m, den, a):
+    """Fold the partial ``(m, den, a)`` into the running ``(M, L, A)``; empty partials are no-ops.
+
+    ``M``/``m`` are row maxima in the log2 domain, ``L``/``den`` sums of ``exp2(s - max)``,
+    ``A``/``a`` the matching weighted value sums. Factors equal to 1 are selected, not computed,
+    so folding into an empty running state copies the partial exactly.
+    """
+    m_new = tl.maximum(M, m)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    sa = tl.where(m_new == M, 1.0, tl.exp2(M - m_use))
+    sb = tl.where(m_new == m, 1.0, tl.exp2(m - m_use))
+    has = m > float("-inf")
+    L = tl.where(has, L * sa + den * sb, L)
+    A = tl.where(has[:, None], A * sa[:, None] + a * sb[:, None], A)
+    M = tl.where(has, m_new, M)
+    return M, L, A
+
+
+@triton.jit
+def _normalize(A, L):
+    """``A / L`` per row; rows with no key (padding rows only) divide by 1 instead of 0."""
+    return A / tl.where(L > 0.0, L, 1.0)[:, None]
+
+
+@triton.jit
+def _chunk_partial(  # type: ignore[no-untyped-def]
+    q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+    k_head, v_head, bt_ptr, stride_bt, block_size,
+    stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    offs_d, d_ok, qk_scale,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over chunk ``c`` from scratch: ``(max, sum, acc)`` per row, fp32.
+
+    Tiles ``[n0, n0 + BLOCK_N)`` with ``n0`` on the absolute ``BLOCK_N`` grid, from the chunk's
+    start (or the tile's window start) to ``hi``, in increasing order.
+    """
+    start = tl.maximum(c * KV_CHUNK, tile_lo)
+    end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < kv_len
+        if PAGED:
+            blk = tl.load(bt_ptr + seq * stride_bt + offs_n // block_size, mask=n_ok, other=0)
+            blk = blk.to(tl.int64)
+            slot = (offs_n % block_size).to(tl.int64)
+            k_off = blk * stride_kb + slot * stride_ks
+            v_off = blk * stride_vb + slot * stride_vs
+        else:
+            row = (kv_base + offs_n).to(tl.int64)
+            k_off = row * stride_ks
+            v_off = row * stride_vs
+        kt = tl.load(
+            k_head + k_off[None, :] + offs_d[:, None] * stride_kd,
+            mask=n_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            v_head + v_off[:, None] + offs_d[None, :] * stride_vd,
+            mask=n_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        vis = n_ok[None, :] & (pos[:, None] >= 0)
+        if CAUSAL:
+            vis = vis & (offs_n[None, :] <= pos[:, None])
+        if HAS_WINDOW:
+            vis = vis & (offs_n[None, :] >= lo_row[:, None])
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.where(m_new == m, 1.0, tl.exp2(m - m_use))
+        p = tl.exp2(s - m_use[:, None])
+        den = den * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        pv = p.to(v_head.dtype.element_ty)
+        if UPCAST:
+            pv = pv.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = tl.dot(pv, v, acc, input_precision=PRECISION)
+        m = m_new
+    return m, den, acc
+
+
+@triton.jit
+def _attn_kernel(  # type: ignore[no-untyped-def]
+    q_ptr, k_ptr, v_ptr, out_ptr, bt_ptr, seq_lens_ptr, q_start_ptr, kv_start_ptr,
+    part_m_ptr, part_l_ptr, part_acc_ptr,
+    num_seqs, group, head_size, block_size, window, qk_scale,
+    stride_qt, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    stride_ot, stride_oh, stride_od,
+    stride_bt, stride_pt, stride_ph, stride_pc, stride_at, stride_ah, stride_ac,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
+    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(tile slots, kv heads[, chunks])``; see the module docstring."""
+    slot = tl.program_id(0)
+    kvh = tl.program_id(1)
+    seq = _find_seq(q_start_ptr, slot, num_seqs, BLOCK_Q, True)
+    q_beg = tl.load(q_start_ptr + seq)
+    q_len = tl.load(q_start_ptr + seq + 1) - q_beg
+    q0 = (slot - (q_beg // BLOCK_Q + seq)) * BLOCK_Q
+    if q0 >= q_len:
+        return
+    kv_len = tl.load(seq_lens_ptr + seq)
+    # The keys any row of this tile sees: [lo, hi].
+    hi = kv_len - q_len + tl.minimum(q0 + BLOCK_Q, q_len) - 1 if CAUSAL else kv_len - 1
+    lo = tl.maximum(kv_len - q_len + q0 - window + 1, 0) if HAS_WINDOW else 0
+    if SPLIT:
+        c = tl.program_id(2)
+        if (c < lo // KV_CHUNK) | (c > hi // KV_CHUNK):
+            return
+    kv_base = 0 if PAGED else tl.load(kv_start_ptr + seq)
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = q0 + rows // GROUP_PAD
+    g = rows % GROUP_PAD
+    row_ok = (tok < q_len) & (g < group)
+    head = kvh * group + g
+    pos = kv_len - q_len + tok
+    lo_row = pos - window + 1
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_ok = offs_d < head_size
+    q_row = (q_beg + tok).to(tl.int64)
+    q = tl.load(
+        q_ptr
+        + q_row[:, None] * stride_qt
+        + head[:, None] * stride_qh
+        + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+    tile_lo = (lo // BLOCK_N) * BLOCK_N
+    k_head = k_ptr + kvh.to(tl.int64) * stride_kh
+    v_head = v_ptr + kvh.to(tl.int64) * stride_vh
+
+    if SPLIT:
+        m, den, acc = _chunk_partial(
+            q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST, PRECISION,
+        )  # fmt: skip
+        pm = q_row * stride_pt + head * stride_ph + c * stride_pc
+        tl.store(part_m_ptr + pm, m, mask=row_ok)
+        tl.store(part_l_ptr + pm, den, mask=row_ok)
+        pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + c * stride_ac
+        tl.store(part_acc_ptr + pa + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        M = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        L = tl.zeros([BLOCK_M], dtype=tl.float32)
+        A = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+        for c in range(lo // KV_CHUNK, hi // KV_CHUNK + 1):
+            m, den, acc = _chunk_partial(
+                q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+                k_head, v_head, bt_ptr, stride_bt, block_size,
+                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                offs_d, d_ok, qk_scale,
+                PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
+                PRECISION,
+            )  # fmt: skip
+            M, L, A = _merge(M, L, A, m, den, acc)
+        out = _normalize(A, L)
+        tl.store(
+            out_ptr + q_row[:, None] * stride_ot + head[:, None] * stride_oh
+            + offs_d[None, :] * stride_od,
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & d_ok[None, :],
+        )  # fmt: skip
+
+
+@triton.jit
+def _load_partial(
+    part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c, own_lo, own_hi, row_ok, d_ok,
+    stride_pc, stride_ac,
+):  # fmt: skip
+    """Chunk ``c``'s stored partial of each row; the empty partial where ``c`` is not the row's."""
+    own = row_ok & (c >= own_lo) & (c <= own_hi)
+    m = tl.load(part_m_ptr + pm + c * stride_pc, mask=own, other=float("-inf"))
+    den = tl.load(part_l_ptr + pm + c * stride_pc, mask=own, other=0.0)
+    a = tl.load(part_acc_ptr + pa + c * stride_ac, mask=own[:, None] & d_ok[None, :], other=0.0)
+    return m, den, a
+
+
+@triton.jit
+def _combine_kernel(  # type: ignore[no-untyped-def]
+    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, q_start_ptr, seq_lens_ptr,
+    num_seqs, group, head_size, window,
+    stride_ot, stride_oh, stride_od,
+    stride_pt, stride_ph, stride_pc, stride_at, stride_ah, stride_ac,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, KV_CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(tile slots, kv heads, head-dim blocks)``: fold each row's partials in chunk order.
+
+    Rows are packed like :func:`_attn_kernel`'s (``BLOCK_Q`` tokens times ``GROUP_PAD`` heads of
+    one sequence); ``BLOCK_D`` columns of the head per program (the fold is elementwise along
+    the head, each program recomputes the row scalars identically). The loop runs over every
+    chunk any row of the tile needs, four loads ahead of the folds; a chunk outside a row's own
+    range loads as the empty partial, which :func:`_merge` skips, so each row folds exactly its
+    own chunks in order, whatever ``BLOCK_Q`` and ``BLOCK_D``.
+    """
+    slot = tl.program_id(0)
+    kvh = tl.program_id(1)
+    seq = _find_seq(q_start_ptr, slot, num_seqs, BLOCK_Q, True)
+    q_beg = tl.load(q_start_ptr + seq)
+    q_len = tl.load(q_start_ptr + seq + 1) - q_beg
+    q0 = (slot - (q_beg // BLOCK_Q + seq)) * BLOCK_Q
+    if q0 >= q_len:
+        return
+    kv_len = tl.load(seq_lens_ptr + seq)
+    rows = tl.arange(0, BLOCK_M)
+    tok = q0 + rows // GROUP_PAD
+    g = rows % GROUP_PAD
+    row_ok = (tok < q_len) & (g < group)
+    head = kvh * group + g
+    pos = kv_len - q_len + tok
+    if CAUSAL:
+        own_hi = pos // KV_CHUNK
+        hi = kv_len - q_len + tl.minimum(q0 + BLOCK_Q, q_len) - 1
+    else:
+        own_hi = (pos * 0 + kv_len - 1) // KV_CHUNK
+        hi = kv_len - 1
+    if HAS_WINDOW:
+        own_lo = tl.maximum(pos - window + 1, 0) // KV_CHUNK
+        lo = tl.maximum(kv_len - q_len + q0 - window + 1, 0)
+    else:
+        own_lo = pos * 0
+        lo = 0
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_size
+    q_row = (q_beg + tok).to(tl.int64)
+    pm = q_row * stride_pt + head * stride_ph
+    pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + offs_d[None, :]
+    M = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    L = tl.zeros([BLOCK_M], dtype=tl.float32)
+    A = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for c in range(lo // KV_CHUNK, hi // KV_CHUNK + 1, 4):
+        m0, l0, a0 = _load_partial(
+            part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c, own_lo, own_hi, row_ok, d_ok,
+            stride_pc, stride_ac,
+        )  # fmt: skip
+        m1, l1, a1 = _load_partial(
+            part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 1, own_lo, own_hi, row_ok, d_ok,
+            stride_pc, stride_ac,
+        )  # fmt: skip
+        m2, l2, a2 = _load_partial(
+            part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 2, own_lo, own_hi, row_ok, d_ok,
+            stride_pc, stride_ac,
+        )  # fmt: skip
+        m3, l3, a3 = _load_partial(
+            part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 3, own_lo, own_hi, row_ok, d_ok,
+            stride_pc, stride_ac,
+        )  # fmt: skip
+        M, L, A = _merge(M, L, A, m0, l0, a0)
+        M, L, A = _merge(M, L, A, m1, l1, a1)
+        M, L, A = _merge(M, L, A, m2, l2, a2)
+        M, L, A = _merge(M, L, A, m3, l3, a3)
+    out = _normalize(A, L)
+    tl.store(
+        out_ptr + q_row[:, None] * stride_ot + head[:, None] * stride_oh
+        + offs_d[None, :] * stride_od,
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )  # fmt: skip

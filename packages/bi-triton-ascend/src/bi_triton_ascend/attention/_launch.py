@@ -1,0 +1,198 @@
+"""One launcher for every attention entry point: pick split or fused, allocate, launch.
+
+Split (one program per query tile, KV head and chunk, then :func:`_combine_kernel`) and fused
+(one program per query tile and KV head, folding its chunks in registers) give the same bits,
+so the choice may follow the batch: split when the fused grid alone would leave the device
+idle (decode at small batch and long context), fused otherwise (prefill, large batches).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .. import _platform
+from ._kernels import _attn_kernel, _combine_kernel
+from .config import AttnConfig, attention_config, cdiv
+
+logger = logging.getLogger("bi_triton_ascend.attention")
+
+LOG2E = 1.0 / math.log(2.0)
+# Split only while the fused grid has fewer programs than this many per compute unit.
+SPLIT_FILL = 2
+# Largest fp32 partial buffer (max, sum, accumulator per row and chunk) a split launch allocates.
+PARTIAL_BUDGET_BYTES = 256 << 20
+# Head columns and warps per combine program on devices.
+COMBINE_BLOCK_D = 32
+COMBINE_WARPS = 1
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 operands: exact fp32 FMAs, never TF32 (ignored for 16-bit operands).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _want_split(
+    mode: str,
+    seq_lens: torch.Tensor,
+    max_seq_len: int | None,
+    fused_programs: int,
+    partial_bytes_per_chunk: int,
+    chunk: int,
+    device: torch.device,
+) -> tuple[bool, int]:
+    """``(split?, chunks)``; reads ``seq_lens.max()`` (a sync) only when a split is wanted."""
+    if mode == "fused":
+        return False, 0
+    if mode == "auto" and fused_programs >= SPLIT_FILL * _platform.num_programs(device):
+        return False, 0
+    if max_seq_len is None:
+        if _platform.capturing(device):
+            if mode == "split":
+                raise ValueError(
+                    "paged_attention: mode='split' inside CUDA graph capture needs max_seq_len"
+                )
+            return False, 0  # fused gives the same bits; it only needs no grid size
+        max_seq_len = int(seq_lens.max().item())
+    chunks = cdiv(max_seq_len, chunk)
+    if mode == "auto" and (chunks <= 1 or chunks * partial_bytes_per_chunk > PARTIAL_BUDGET_BYTES):
+        return False, 0
+    return True, max(chunks, 1)
+
+
+def launch(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    block_table: torch.Tensor | None,
+    seq_lens: torch.Tensor,
+    q_start: torch.Tensor,
+    kv_start: torch.Tensor | None,
+    *,
+    scale: float,
+    sliding_window: int | None,
+    causal: bool,
+    max_seq_len: int | None,
+    mode: str,
+    out_dtype: torch.dtype | None = None,
+    kv_chunk: int | None = None,
+    config: AttnConfig | None = None,
+) -> torch.Tensor:
+    """Run the attention over a paged cache (``block_table`` given) or packed KV (``kv_start``).
+
+    Args:
+        query: ``[total_q, num_heads, head_size]``.
+        key: paged ``[num_blocks, block_size, num_kv_heads, head_size]`` or packed
+            ``[total_k, num_kv_heads, head_size]``; ``value`` likewise.
+        value: like ``key``.
+        block_table: ``[num_seqs, max_blocks]`` for a paged cache, else ``None``.
+        seq_lens: ``[num_seqs]`` KV length of each sequence (its queries are the last ones).
+        q_start: ``[num_seqs + 1]`` offsets of each sequence's queries in ``query``.
+        kv_start: ``[num_seqs + 1]`` offsets of each sequence's keys in packed ``key``.
+        scale: softmax scale applied to ``q . k``.
+        sliding_window: keys visible to a query, itself included (``None``: all).
+        causal: queries see keys up to their own position only.
+        max_seq_len: an upper bound of ``seq_lens`` (sizes the split grid without a sync).
+        mode: ``"auto"``, ``"split"`` or ``"fused"`` (same bits; speed only).
+        out_dtype: the output dtype (default ``query.dtype``).
+        kv_chunk: override of the chunk length, for benchmarks only (changes the bits).
+        config: override of the tiles, for benchmarks only (may change the bits).
+
+    Returns:
+        ``[total_q, num_heads, head_size]`` in ``out_dtype``; rows past ``q_start[-1]`` are
+        left unwritten.
+    """
+    paged = block_table is not None
+    total_q, num_heads, head_size = query.shape
+    num_kv_heads = key.shape[-2]
+    group = num_heads // num_kv_heads
+    num_seqs = seq_lens.shape[0]
+    device = query.device
+    interp = _platform.interpreting()
+    cfg = config or attention_config(head_size, query.dtype, group, interp)
+    chunk = cfg.kv_chunk if kv_chunk is None else kv_chunk
+    if chunk < cfg.block_n or chunk % cfg.block_n:
+        raise ValueError(f"kv_chunk must be a multiple of {cfg.block_n}; got {chunk}")
+    out = torch.empty(query.shape, dtype=out_dtype or query.dtype, device=device)
+    if total_q == 0 or num_seqs == 0:
+        return out
+
+    slots = total_q // cfg.block_q + num_seqs
+    split, chunks = _want_split(
+        mode, seq_lens, max_seq_len, slots * num_kv_heads,
+        total_q * num_heads * (head_size + 2) * 4, chunk, device,
+    )  # fmt: skip
+    logger.debug(
+        "attention: %s, %d seqs, %d queries, chunk %d", "split" if split else "fused",
+        num_seqs, total_q, chunk,
+    )  # fmt: skip
+
+    seq_lens = seq_lens.contiguous()
+    q_start = q_start.contiguous()
+    if block_table is not None:
+        table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
+        k_strides, v_strides = key.stride(), value.stride()
+        block_size, stride_bt, kv_base = key.shape[1], table.stride(0), seq_lens
+    else:
+        table = seq_lens  # never read
+        k_strides, v_strides = (0, *key.stride()), (0, *value.stride())
+        block_size, stride_bt = 1, 0
+        kv_base = (kv_start if kv_start is not None else q_start).contiguous()
+
+    if split:
+        part_m = torch.empty((total_q, num_heads, chunks), dtype=torch.float32, device=device)
+        part_l = torch.empty_like(part_m)
+        part_acc = torch.empty(
+            (total_q, num_heads, chunks, head_size), dtype=torch.float32, device=device
+        )
+    else:
+        part_m = part_l = part_acc = torch.empty(0, dtype=torch.float32, device=device)
+    pm_strides = part_m.stride() if split else (0, 0, 0)
+    pa_strides = part_acc.stride()[:3] if split else (0, 0, 0)
+
+    window = sliding_window if sliding_window is not None else 0
+    grid = (slots, num_kv_heads, chunks) if split else (slots, num_kv_heads)
+    _attn_kernel[grid](
+        query, key, value, out, table, seq_lens, q_start, kv_base,
+        part_m, part_l, part_acc,
+        num_seqs, group, head_size, block_size, window, scale * LOG2E,
+        *query.stride(), *k_strides, *v_strides, *out.stride(),
+        stride_bt, *pm_strides, *pa_strides,
+        PAGED=paged, CAUSAL=causal, HAS_WINDOW=sliding_window is not None, SPLIT=split,
+        **_tile_flags(cfg, chunk, query.dtype),
+    )  # fmt: skip
+    if split:
+        # Devices: one token and 32 head columns per program (many short folds in parallel).
+        # Interpreter: whole query tiles (few programs). Same bits: each element folds alone.
+        combine_q, block_d = (cfg.block_q, cfg.head_pad) if interp else (1, COMBINE_BLOCK_D)
+        block_d = min(block_d, cfg.head_pad)
+        grid_c = (total_q // combine_q + num_seqs, num_kv_heads, cdiv(cfg.head_pad, block_d))
+        _combine_kernel[grid_c](
+            out, part_m, part_l, part_acc, q_start, seq_lens,
+            num_seqs, group, head_size, window,
+            *out.stride(), *pm_strides, *pa_strides,
+            CAUSAL=causal, HAS_WINDOW=sliding_window is not None, KV_CHUNK=chunk,
+            BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
+            GROUP_PAD=cfg.group_pad, BLOCK_D=block_d,
+            num_warps=COMBINE_WARPS, enable_fp_fusion=False,
+        )  # fmt: skip
+    return out
+
+
+def _tile_flags(cfg: AttnConfig, chunk: int, dtype: torch.dtype) -> dict[str, object]:
+    return {
+        "KV_CHUNK": chunk,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_Q": cfg.block_q,
+        "GROUP_PAD": cfg.group_pad,
+        "HEAD_PAD": cfg.head_pad,
+        "UPCAST": _platform.upcast_dot(),
+        "PRECISION": _precision(dtype),
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        # Same rounding in the fused fold and in the combine kernel: no FMA contraction.
+        "enable_fp_fusion": False,
+    }
