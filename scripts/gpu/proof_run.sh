@@ -6,15 +6,15 @@ source scripts/gpu/env.sh
 LOG=$OUT/proof.log
 {
   echo "== bi-triton-ascend (CUDA)"; date
-  timeout 200 python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -x -rs \
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -x -rs \
     --ignore=packages/bi-triton-ascend/tests/attention 2>&1 | tail -15
   echo "== transformers Qwen3 under batch_invariant()"; date
-  timeout 150 python3 tests-integration/gpu/transformers_bi.py --out "$OUT/transformers_bi.json" 2>&1 | tail -8
+  timeout 120 python3 tests-integration/gpu/transformers_bi.py --out "$OUT/transformers_bi.json" 2>&1 | tail -8
   echo "== bi-cutlass-fp8 build + GPU tests"; date
   if [ "${1:-}" = "--with-fp8-bench" ]; then
     timeout 420 python3 packages/bi-cutlass-fp8/bench/gpu_run.py 2>&1 | tail -25
   else
-    timeout 300 python3 packages/bi-cutlass-fp8/bench/gpu_run.py --no-bench 2>&1 | tail -15
+    timeout 290 python3 packages/bi-cutlass-fp8/bench/gpu_run.py --no-bench 2>&1 | tail -15
   fi
   date
 } 2>&1 | tee "$LOG"

@@ -22,6 +22,7 @@ from .overrides import (
     uninstall_aten_overrides,
 )
 from .platform import Platform, PlatformKind, current_platform, platform_of, reset_platform_cache
+from .providers import cpu as _cpu_provider  # noqa: F401  (registers provider "cpu")
 from .registry import (
     Impl,
     IrOp,

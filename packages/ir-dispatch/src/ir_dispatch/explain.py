@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .mode import batch_invariant as _mode, is_batch_invariant
+from .mode import batch_invariant as _mode
+from .mode import is_batch_invariant
 from .platform import platform_of
 from .registry import IrOp, describe_args, get_op
 

@@ -1,0 +1,20 @@
+"""Batch-invariant Triton ops: one module per op family (kernel -> launch helper -> function)."""
+
+from .matmul import linear, matmul
+from .mean import mean
+from .mm import addmm, bmm, mm
+from .rms_norm import fused_add_rms_norm, rms_norm
+from .softmax import log_softmax, softmax
+
+__all__ = [
+    "addmm",
+    "bmm",
+    "fused_add_rms_norm",
+    "linear",
+    "log_softmax",
+    "matmul",
+    "mean",
+    "mm",
+    "rms_norm",
+    "softmax",
+]

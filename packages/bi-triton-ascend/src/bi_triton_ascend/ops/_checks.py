@@ -1,0 +1,66 @@
+"""Argument checks shared by the ops: bad input raises naming the argument, expected and got."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_tensor(op: str, name: str, t: object) -> torch.Tensor:
+    """``t`` as a tensor, or ``TypeError`` naming ``op``'s argument ``name``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_float(op: str, name: str, t: torch.Tensor) -> None:
+    """``t`` must be bf16, fp16 or fp32."""
+    if t.dtype not in FLOAT_DTYPES:
+        allowed = ", ".join(_name(d) for d in FLOAT_DTYPES)
+        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {_name(t.dtype)}")
+
+
+def check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
+    """``t`` must share ``ref``'s dtype and device."""
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{op}: {name} must have the dtype of {ref_name} ({_name(ref.dtype)}); "
+            f"got {_name(t.dtype)}"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{op}: {name} must be on {ref_name}'s device {ref.device}; got {t.device}"
+        )
+
+
+def check_dim(op: str, name: str, t: torch.Tensor, dims: int | tuple[int, ...]) -> None:
+    """``t`` must have ``dims`` dimensions (one count or a tuple of allowed counts)."""
+    allowed = (dims,) if isinstance(dims, int) else dims
+    if t.dim() not in allowed:
+        want = " or ".join(f"{d}-D" for d in allowed)
+        raise ValueError(f"{op}: {name} must be {want}; got shape {tuple(t.shape)}")
+
+
+def check_out_dtype(op: str, dtype: object) -> torch.dtype | None:
+    """A requested output dtype: ``None`` or one of :data:`FLOAT_DTYPES`."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        allowed = ", ".join(_name(d) for d in FLOAT_DTYPES)
+        raise TypeError(f"{op}: dtype must be None or one of {allowed}; got {dtype!r}")
+    return dtype
+
+
+def normalize_dim(op: str, dim: int, ndim: int) -> int:
+    """``dim`` in ``[0, ndim)``; a 0-D tensor accepts 0 and -1 (like torch)."""
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"{op}: dim must be an int; got {type(dim).__name__}")
+    size = max(ndim, 1)
+    if not -size <= dim < size:
+        raise ValueError(f"{op}: dim must be in [{-size}, {size - 1}]; got {dim}")
+    return dim % size

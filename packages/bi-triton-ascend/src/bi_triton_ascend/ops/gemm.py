@@ -1,0 +1,408 @@
+# mypy: disable-error-code="no-untyped-def"
+# (Triton kernels are DSL functions: their parameters are untyped by design.)
+"""The batched GEMM core behind ``mm``, ``addmm``, ``bmm``, ``matmul`` and ``linear``.
+
+``C[b] = alpha * (A[b] @ B[b]) + beta * bias`` for ``A [Bt, M, K]``, ``B [Bt, K, N]`` with any
+strides (a batch stride of 0 broadcasts an operand), fp32 accumulation, one launch for all
+batch entries. Two kernels share one accumulation chain (see :mod:`.gemm_config`):
+
+* ``_gemm_split_kernel``: one program per (output tile, K segment). Each writes its fp32
+  segment result; the last program of a tile to arrive (an atomic counter) adds the segments
+  in segment order and writes the tile. Used for small M, where the N tiles alone leave most
+  of the device idle.
+* ``_gemm_persistent_kernel``: a grid of the platform's program count walking output tiles;
+  each tile walks all segments in order. Used for large M.
+
+Both produce the same bits for a given ``(N, K, dtype)``, whatever M or the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _platform
+from .gemm_config import Chain, Tiles, cdiv, chain_for, select_tiles
+
+
+@triton.jit
+def _segment_acc(
+    a_ptrs,
+    b_ptrs,
+    K,
+    kb_lo,
+    n_blocks,
+    stride_ak,
+    stride_bk,
+    row_ok,
+    MASK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """fp32 sum over K-blocks ``kb_lo .. kb_lo + n_blocks - 1``, from zero, one ``tl.dot`` each.
+
+    ``n_blocks`` is the same for every segment, so Triton can fuse this loop with the loop
+    around it (``tl.range(flatten=True)`` needs inner bounds invariant to the outer loop).
+    With ``MASK_M``, rows past M are masked rather than re-read: at M=1 a clamped tile would
+    send BLOCK_M requests per program to the same activation row (an L2 hot spot).
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs += kb_lo * BLOCK_K * stride_ak
+    b_ptrs += kb_lo * BLOCK_K * stride_bk
+    for j in range(0, n_blocks):
+        kb = kb_lo + j
+        if EVEN_K:
+            if MASK_M:  # noqa: SIM108  (constexpr branches, one load each)
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            else:
+                a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - kb * BLOCK_K
+            a_mask = offs_k[None, :] < k_left
+            if MASK_M:
+                a_mask = a_mask & row_ok[:, None]
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+@triton.jit
+def _epilogue(
+    total,
+    c_ptr,
+    bias_ptr,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    stride_cm,
+    stride_cn,
+    stride_xm,
+    stride_xn,
+    alpha,
+    beta,
+    write,
+    HAS_BIAS: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_BETA: tl.constexpr,
+):
+    """``alpha * total + beta * bias`` in fp32, cast to C's dtype, stored under the M/N mask.
+
+    ``write`` (a scalar predicate) joins the mask instead of guarding the call: a branch around
+    the stores would stop Triton from fusing the persistent kernel's loops.
+    """
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N) & write
+    if HAS_ALPHA:
+        total = total * alpha
+    if HAS_BIAS:
+        bias = tl.load(
+            bias_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+        if HAS_BETA:
+            bias = bias * beta
+        total = total + bias
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemm_split_kernel(
+    a_ptr, b_ptr, c_ptr, bias_ptr, part_ptr, count_ptr,
+    M, N, K,
+    stride_ab, stride_am, stride_ak,
+    stride_bb, stride_bk, stride_bn,
+    stride_cb, stride_cm, stride_cn,
+    stride_xb, stride_xm, stride_xn,
+    alpha, beta, seg_blocks, num_segs,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    PART_CACHE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(batches * tiles, num_segs)``: one K segment of one output tile per program."""
+    tile = tl.program_id(0)
+    seg = tl.program_id(1)
+    num_tiles = tl.num_programs(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+    batch = tile // tiles
+    pid_m = (tile % tiles) // tiles_n
+    pid_n = tile % tiles_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows/columns past the edge re-read valid ones (unmasked loads); their results are dropped.
+    rows = offs_m % M
+    cols = offs_n % N
+    a_ptrs = (
+        a_ptr + tl.cast(batch, tl.int64) * stride_ab
+        + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    )  # fmt: skip
+    b_ptrs = (
+        b_ptr + tl.cast(batch, tl.int64) * stride_bb
+        + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    )  # fmt: skip
+    acc = _segment_acc(
+        a_ptrs, b_ptrs, K, seg * seg_blocks, seg_blocks, stride_ak, stride_bk, offs_m < M,
+        True, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, UPCAST, PRECISION,
+    )  # fmt: skip
+    c_base = c_ptr + tl.cast(batch, tl.int64) * stride_cb
+    bias_base = bias_ptr + tl.cast(batch, tl.int64) * stride_xb
+    if SPLIT:
+        offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        row_ok = (offs_m < M)[:, None]
+        tile_part = part_ptr + tl.cast(tile, tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
+        seg_stride = tl.cast(num_tiles, tl.int64) * (BLOCK_M * BLOCK_N)
+        tl.store(tile_part + seg * seg_stride, acc, mask=row_ok)
+        # Every thread's partial is written before one thread publishes it (release); the last
+        # program to arrive (acquire) sees all partials of the tile.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_segs - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(0, num_segs):
+                total += tl.load(
+                    tile_part + s * seg_stride, mask=row_ok, other=0.0, cache_modifier=PART_CACHE
+                )
+            _epilogue(
+                total, c_base, bias_base, offs_m, offs_n, M, N, stride_cm, stride_cn,
+                stride_xm, stride_xn, alpha, beta, True, HAS_BIAS, HAS_ALPHA, HAS_BETA,
+            )  # fmt: skip
+            tl.atomic_xchg(count_ptr + tile, 0)  # ready for the next launch (and graph replay)
+    else:
+        _epilogue(
+            acc, c_base, bias_base, offs_m, offs_n, M, N, stride_cm, stride_cn,
+            stride_xm, stride_xn, alpha, beta, True, HAS_BIAS, HAS_ALPHA, HAS_BETA,
+        )  # fmt: skip
+
+
+@triton.jit
+def _persistent_item(
+    it, total, pid, a_ptr, b_ptr, c_ptr, bias_ptr,
+    M, N, K, tiles_m, tiles_n,
+    stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+    stride_cb, stride_cm, stride_cn, stride_xb, stride_xm, stride_xn,
+    alpha, beta, seg_blocks, num_segs, num_programs,
+    SEGMENTED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ALPHA: tl.constexpr,
+    HAS_BETA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """Work item ``it`` of this program: segment ``it % num_segs`` of its tile ``it // num_segs``.
+
+    Returns the running segment sum; the tile is written after its last segment.
+    """
+    seg = it % num_segs
+    tile = pid + (it // num_segs) * num_programs
+    tiles = tiles_m * tiles_n
+    batch = tile // tiles
+    t = tile % tiles
+    # Grouped order: GROUP_M row tiles share each column tile while it is in L2.
+    in_group = GROUP_M * tiles_n
+    first_m = (t // in_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (t % in_group) % group_rows
+    pid_n = (t % in_group) // group_rows
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_m % M
+    cols = offs_n % N
+    a_ptrs = (
+        a_ptr + tl.cast(batch, tl.int64) * stride_ab
+        + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    )  # fmt: skip
+    b_ptrs = (
+        b_ptr + tl.cast(batch, tl.int64) * stride_bb
+        + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    )  # fmt: skip
+    acc = _segment_acc(
+        a_ptrs, b_ptrs, K, seg * seg_blocks, seg_blocks, stride_ak, stride_bk, offs_m < M,
+        False, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, UPCAST, PRECISION,
+    )  # fmt: skip
+    if SEGMENTED:  # noqa: SIM108
+        # The chain's segment sum starts from zero: ((0 + s0) + s1) + ...
+        total = tl.where(seg == 0, 0.0, total) + acc
+    else:
+        total = acc
+    _epilogue(
+        total, c_ptr + tl.cast(batch, tl.int64) * stride_cb,
+        bias_ptr + tl.cast(batch, tl.int64) * stride_xb, offs_m, offs_n, M, N,
+        stride_cm, stride_cn, stride_xm, stride_xn, alpha, beta, seg == num_segs - 1,
+        HAS_BIAS, HAS_ALPHA, HAS_BETA,
+    )  # fmt: skip
+    return total
+
+
+@triton.jit
+def _gemm_persistent_kernel(
+    a_ptr, b_ptr, c_ptr, bias_ptr,
+    M, N, K, num_batches,
+    stride_ab, stride_am, stride_ak,
+    stride_bb, stride_bk, stride_bn,
+    stride_cb, stride_cm, stride_cn,
+    stride_xb, stride_xm, stride_xn,
+    alpha, beta, seg_blocks, num_segs, num_programs,
+    FLATTEN: tl.constexpr, SEGMENTED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """Grid ``min(programs, tiles)``: each program walks its tiles, each tile its segments.
+
+    The (tile, segment) items of a program form one loop; with ``FLATTEN`` (Triton >= 3.4 on
+    CUDA) Triton fuses it with the K loop, so loads run ahead across segment and tile ends.
+    """
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    my_tiles = tl.cdiv(num_batches * tiles_m * tiles_n - pid, num_programs)
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLATTEN:
+        for it in tl.range(0, my_tiles * num_segs, flatten=True):
+            total = _persistent_item(
+                it, total, pid, a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, tiles_m, tiles_n,
+                stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+                stride_cb, stride_cm, stride_cn, stride_xb, stride_xm, stride_xn, alpha, beta,
+                seg_blocks, num_segs, num_programs, SEGMENTED, HAS_BIAS, HAS_ALPHA, HAS_BETA,
+                EVEN_K, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+            )  # fmt: skip
+    else:
+        for it in range(0, my_tiles * num_segs):
+            total = _persistent_item(
+                it, total, pid, a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, tiles_m, tiles_n,
+                stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+                stride_cb, stride_cm, stride_cn, stride_xb, stride_xm, stride_xn, alpha, beta,
+                seg_blocks, num_segs, num_programs, SEGMENTED, HAS_BIAS, HAS_ALPHA, HAS_BETA,
+                EVEN_K, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+            )  # fmt: skip
+
+
+# Split-K arrival counters, per (device, stream): zero between launches (the last program of a
+# tile resets its counter). Buffers are never freed, since captured CUDA graphs may hold them.
+_counters: dict[tuple[str, int, int], list[torch.Tensor]] = {}
+_MIN_COUNTERS = 1 << 14
+
+
+def _arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
+    key = _platform.stream_key(device)
+    pool = _counters.setdefault(key, [])
+    if not pool or pool[-1].numel() < needed:
+        size = max(needed, _MIN_COUNTERS, 2 * pool[-1].numel() if pool else 0)
+        pool.append(torch.zeros(size, dtype=torch.int32, device=device))
+    return pool[-1]
+
+
+def _precision(dtype: torch.dtype) -> str | None:
+    """``tl.dot``'s input precision: exact fp32 FMAs for fp32 (never TF32/HF32), else default.
+
+    16-bit operands ignore it; ``None`` keeps each backend's default (triton-ascend rejects
+    ``"tf32"``).
+    """
+    return "ieee" if dtype == torch.float32 else None
+
+
+def batched_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """``alpha * (a @ b) + beta * bias`` per batch entry, in one launch.
+
+    Batch-invariant: every output element follows the chain of :func:`chain_for(N, K, dtype)`,
+    whatever M, the batch count or the kernel chosen for them.
+
+    Args:
+        a: ``[Bt, M, K]``, any strides (batch stride 0 broadcasts).
+        b: ``[Bt, K, N]``, same dtype and device, any strides.
+        bias: ``None`` or a tensor that expands to ``[Bt, M, N]``; ignored when ``beta == 0``.
+        alpha: scale of the product.
+        beta: scale of ``bias``.
+
+    Returns:
+        A new contiguous ``[Bt, M, N]`` tensor in ``a.dtype``.
+    """
+    batches, m, k = a.shape
+    n = b.shape[2]
+    out = torch.empty((batches, m, n), dtype=a.dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    has_bias = bias is not None and beta != 0.0
+    bias_view = bias.expand(batches, m, n) if bias is not None and has_bias else out
+    chain = chain_for(n, k, a.dtype)
+    programs = _platform.num_programs(a.device)
+    tiles = select_tiles(_platform.arch(a.device), m, n, chain, a.dtype, programs)
+    args = (
+        m, n, k,
+        *a.stride(), *b.stride(), *out.stride(), *bias_view.stride(),
+        float(alpha), float(beta), chain.seg_blocks, chain.num_segs,
+    )  # fmt: skip
+    flags = {
+        "HAS_BIAS": has_bias,
+        "HAS_ALPHA": alpha != 1.0,
+        "HAS_BETA": beta != 1.0,
+        "EVEN_K": k % chain.block_k == 0,
+        "UPCAST": _platform.upcast_dot(),
+        "PRECISION": _precision(a.dtype),
+        "BLOCK_M": tiles.block_m,
+        "BLOCK_N": tiles.block_n,
+        "BLOCK_K": chain.block_k,
+    }
+    launch = {"num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
+    if tiles.split:
+        _launch_split(a, b, out, bias_view, args, flags, launch, chain, tiles, batches)
+    else:
+        n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
+        programs = min(programs, n_tiles)
+        _gemm_persistent_kernel[(programs,)](
+            a, b, out, bias_view, *args[:3], batches, *args[3:], programs,
+            FLATTEN=tiles.flatten, SEGMENTED=chain.num_segs > 1, GROUP_M=tiles.group_m,
+            **flags, **launch,
+        )  # fmt: skip
+    return out
+
+
+def _launch_split(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor,
+    bias_view: torch.Tensor,
+    args: tuple,
+    flags: dict,
+    launch: dict,
+    chain: Chain,
+    tiles: Tiles,
+    batches: int,
+) -> None:
+    m, n = out.shape[1], out.shape[2]
+    n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
+    split = chain.num_segs > 1
+    if split:
+        part = torch.empty(
+            chain.num_segs * n_tiles * tiles.block_m * tiles.block_n,
+            dtype=torch.float32,
+            device=a.device,
+        )
+        counters = _arrival_counters(a.device, n_tiles)
+    else:
+        part, counters = out, out  # never touched
+    _gemm_split_kernel[(n_tiles, chain.num_segs)](
+        a, b, out, bias_view, part, counters, *args,
+        SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device), **flags, **launch,
+    )  # fmt: skip

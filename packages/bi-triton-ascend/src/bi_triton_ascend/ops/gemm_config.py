@@ -1,0 +1,193 @@
+"""The GEMM's accumulation chain (fixed per shape) and its tiles (free per batch size).
+
+Batch invariance of a GEMM is a property of the *chain*: the sequence of fp32 operations that
+builds one output element. Here the chain is fixed by ``(N, K, dtype)`` alone:
+
+* ``BLOCK_K`` depends on the dtype only; every ``tl.dot`` consumes one ``BLOCK_K`` slice of K,
+  zero-padded at the end, in increasing K order.
+* K is cut into ``num_segs`` equal segments of ``seg_blocks`` K-blocks each.
+  Each segment is accumulated from zero; the segment results are then added in segment order,
+  starting from zero (``((0 + s0) + s1) + ...``). With one segment the accumulator is the result.
+
+That chain gives the same bits whether one program walks every segment (the persistent kernel,
+used for large M) or one program per segment writes fp32 partials that the last program to
+finish adds in segment order (the split-K kernel, used for small M where the N tiles alone do
+not fill the device). So the kernel and the M/N tile sizes may follow the batch size, while
+``BLOCK_K``, the segments and the dot instruction's operand types stay put.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_K: dict[torch.dtype, int] = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 32}
+SUPPORTED_DTYPES = tuple(BLOCK_K)
+
+# Split-K is sized so that about this many (N tile x segment) programs exist at decode sizes,
+# counting N tiles of _REF_BLOCK_N columns. Fixed constants, not the device's SM count, so the
+# chain (and the bits) are the same on every device. Segments cost large-M speed (a second
+# register accumulator caps tiles at 128x128; measured 0.62x vs 0.92x cuBLAS at N=1024,
+# M=8192 on H100), so only narrow outputs (N < 1024) get them.
+_TARGET_PROGRAMS = 32
+_REF_BLOCK_N = 32
+_MAX_SEGS = 8
+_MIN_SEG_BLOCKS = 2
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """How K is walked for one output element.
+
+    Attributes:
+        block_k: K elements per ``tl.dot``.
+        seg_blocks: K-blocks per segment (``seg_blocks * num_segs`` covers K exactly).
+        num_segs: segments (1 = one accumulator over all of K).
+    """
+
+    block_k: int
+    seg_blocks: int
+    num_segs: int
+
+
+def chain_for(n: int, k: int, dtype: torch.dtype) -> Chain:
+    """The accumulation chain of an ``[*, K] @ [K, N]`` product; depends on N, K, dtype only.
+
+    Segments are equal (their count divides the number of K-blocks), which lets Triton fuse the
+    segment and K loops into one pipelined loop.
+    """
+    block_k = BLOCK_K[dtype]
+    k_blocks = cdiv(k, block_k)
+    segs = 1
+    while (
+        cdiv(n, _REF_BLOCK_N) * segs < _TARGET_PROGRAMS
+        and segs < _MAX_SEGS
+        and k_blocks % (2 * segs) == 0
+        and k_blocks // (2 * segs) >= _MIN_SEG_BLOCKS
+    ):
+        segs *= 2
+    return Chain(block_k, k_blocks // segs, segs)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Launch shape of one GEMM call.
+
+    Attributes:
+        split: one program per (tile, segment) with a fixed-order reduction (small M), or a
+            persistent grid walking all segments per tile (large M).
+        block_m: rows per tile.
+        block_n: columns per tile.
+        num_warps: warps per program.
+        num_stages: software-pipelining depth.
+        group_m: tile-order grouping along M of the persistent kernel (L2 reuse).
+        flatten: fuse the persistent kernel's item loop with its K loop (``tl.range``'s
+            ``flatten``, Triton >= 3.4; CUDA only).
+    """
+
+    split: bool
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    flatten: bool = False
+
+
+def _fewest_waste(m: int, n: int, programs: int, options: list[Tiles]) -> Tiles:
+    """The first (largest) option whose output tiles still fill ~70% of the programs."""
+    for tiles in options:
+        if cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n) >= 0.7 * programs:
+            return tiles
+    return options[-1]
+
+
+def tiles_for(
+    arch: str, m: int, n: int, chain: Chain, dtype: torch.dtype, programs: int = 132
+) -> Tiles:
+    """Tiles for one call; free to depend on M, N and the device (the chain does not).
+
+    The CUDA table was measured on an H100 (``bench/tune_gemm.py``, bf16, Qwen3 shapes);
+    every candidate gave the same bits per shape. Other devices get the same table untuned.
+
+    Args:
+        arch: ``interp``, ``sm90``, ``cuda`` or ``npu`` (from ``_platform.arch``).
+        m: rows per batch entry.
+        n: columns.
+        chain: the shape's chain (two register accumulators when it has several segments).
+        dtype: operand dtype.
+        programs: the device's program count (SMs), to avoid half-empty waves.
+    """
+    segmented = chain.num_segs > 1
+    if arch == "interp":
+        if m <= 16:
+            return Tiles(True, 16, 32, 4, 1)
+        return Tiles(False, 32 if m <= 64 else 64, 32 if segmented else 64, 4, 1)
+    if arch == "npu":  # untuned: nothing has run on an NPU yet
+        if m <= 64:
+            return Tiles(True, 16 if m <= 16 else 64, 64, 4, 2)
+        return Tiles(False, 128, 128 if dtype != torch.float32 else 64, 4, 2)
+    flat = arch == "sm90"  # tl.range(flatten=True) fuses item and K loops (Triton >= 3.4)
+    if dtype == torch.float32:  # fp32 FMA dot (no tensor cores): small square tiles
+        if m <= 64:
+            return Tiles(True, 16 if m <= 16 else 64, 32, 4, 3)
+        return Tiles(False, 64, 64, 4, 3, flatten=flat)
+    narrow = cdiv(n, 16) < programs  # too few weight tiles: split rows over more programs
+    wide = n >= 16384
+    if m <= 16:
+        return Tiles(True, 16, 32, 4, 6) if wide else Tiles(True, 16, 16, 4, 8)
+    if m <= 32:
+        if segmented or narrow:
+            return Tiles(True, 16, 16, 4, 8)
+        return Tiles(True, 64, 32, 4, 5) if wide else Tiles(True, 32, 16, 4, 6)
+    if m <= 64:
+        return Tiles(True, 64, 32, 4, 5) if wide else Tiles(True, 64, 16, 4, 6)
+    if segmented:  # two fp32 accumulators: 128x128 at most
+        return _fewest_waste(m, n, programs, [
+            Tiles(False, 128, 128, 8, 3, flatten=flat), Tiles(False, 64, 64, 4, 4, flatten=flat),
+        ])  # fmt: skip
+    if m <= 192:
+        if wide:
+            return Tiles(False, 128, 256, 8, 3, flatten=flat)
+        return Tiles(True, 64, 16, 4, 6) if narrow else Tiles(True, 64, 32, 4, 5)
+    if m <= 768:
+        return _fewest_waste(m, n, programs, [
+            Tiles(False, 128, 256, 8, 3, flatten=flat), Tiles(False, 128, 128, 4, 4, flatten=flat),
+            Tiles(True, 64, 64, 4, 4),
+        ])  # fmt: skip
+    return _fewest_waste(m, n, programs, [
+        Tiles(False, 128, 256, 8, 3, flatten=flat), Tiles(False, 128, 128, 4, 4, flatten=flat),
+        Tiles(False, 64, 64, 4, 4, flatten=flat),
+    ])  # fmt: skip
+
+
+_forced: list[Tiles] = []
+
+
+class force_tiles:
+    """Use the given tiles for every GEMM in the block (tuning sweeps and tile-freedom tests).
+
+    The chain is never forced: it stays a function of (N, K, dtype), so results must not change.
+    """
+
+    def __init__(self, tiles: Tiles) -> None:
+        self.tiles = tiles
+
+    def __enter__(self) -> Tiles:
+        _forced.append(self.tiles)
+        return self.tiles
+
+    def __exit__(self, *exc: object) -> None:
+        _forced.pop()
+
+
+def select_tiles(
+    arch: str, m: int, n: int, chain: Chain, dtype: torch.dtype, programs: int
+) -> Tiles:
+    """:func:`tiles_for`, unless :class:`force_tiles` is active."""
+    return _forced[-1] if _forced else tiles_for(arch, m, n, chain, dtype, programs)

@@ -1,0 +1,155 @@
+# mypy: disable-error-code="no-untyped-def"
+# (Triton kernels are DSL functions: their parameters are untyped by design.)
+"""``mean`` over any set of dimensions (``keepdim``, ``dtype``), fp32 accumulation.
+
+The reduced dimensions are moved last, giving ``[R, L]`` rows (a view when strides allow).
+Batch-invariant: each row is summed in a fixed order shaped by ``L`` only. Short rows are
+summed by one program; rows longer than :data:`ONE_PASS_MAX` are cut into chunks (their count
+and size a function of ``L``), summed by one program each and combined in a fixed tree, so one
+long row (a global mean) is spread over the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _platform
+from ._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+
+ONE_PASS_MAX = 16384
+BLOCK = 1024
+MAX_CHUNKS = 1024
+
+
+@triton.jit
+def _row_sum_blocks(x_row, start, stop, stride_xl, ROUND_TO: tl.constexpr, BLOCK: tl.constexpr):
+    """fp32 sum of ``x_row[start:stop]``: per-lane sums over BLOCK strides, then one tree."""
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i0 in range(start, stop, BLOCK):
+        idx = i0 + offs
+        x = tl.load(x_row + idx * stride_xl, mask=idx < stop, other=0.0)
+        acc += x.to(ROUND_TO).to(tl.float32)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _mean_rows_kernel(
+    x_ptr, out_ptr, R, L, stride_xr, stride_xl, num_programs,
+    ROUND_TO: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Grid ``min(R, programs)``: the mean of whole rows, one program per row at a time."""
+    pid = tl.program_id(0)
+    for row in range(pid, R, num_programs):
+        row64 = tl.cast(row, tl.int64)
+        total = _row_sum_blocks(x_ptr + row64 * stride_xr, 0, L, stride_xl, ROUND_TO, BLOCK)
+        tl.store(out_ptr + row64, (total / L).to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _chunk_sum_kernel(
+    x_ptr, part_ptr, L, stride_xr, stride_xl, chunk_len, n_chunks,
+    ROUND_TO: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(R, n_chunks)``: the fp32 sum of one chunk of one row."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    row64 = tl.cast(row, tl.int64)
+    start = chunk * chunk_len
+    stop = tl.minimum(start + chunk_len, L)
+    total = _row_sum_blocks(x_ptr + row64 * stride_xr, start, stop, stride_xl, ROUND_TO, BLOCK)
+    tl.store(part_ptr + row64 * n_chunks + chunk, total)
+
+
+@triton.jit
+def _chunk_mean_kernel(
+    part_ptr, out_ptr, L, n_chunks, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(R,)``: one fixed tree over a row's chunk sums, divided by ``L``."""
+    row64 = tl.cast(tl.program_id(0), tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    parts = tl.load(part_ptr + row64 * n_chunks + c, mask=c < n_chunks, other=0.0)
+    tl.store(out_ptr + row64, (tl.sum(parts, axis=0) / L).to(out_ptr.dtype.element_ty))
+
+
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _reduced_dims(x: torch.Tensor, dim: list[int] | None) -> list[int]:
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return list(range(x.dim()))
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        dim = [dim]
+    if not isinstance(dim, (list, tuple)):
+        raise TypeError(f"mean: dim must be None, an int or a list of ints; got {dim!r}")
+    dims = [normalize_dim("mean", d, x.dim()) for d in dim]
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"mean: dim must not repeat a dimension; got {list(dim)}")
+    return sorted(d for d in dims if x.dim() > 0)
+
+
+def mean(
+    x: torch.Tensor,
+    dim: list[int] | None = None,
+    keepdim: bool = False,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``torch.mean(x, dim, keepdim, dtype=dtype)``; fp32 accumulation.
+
+    Args:
+        x: bf16/fp16/fp32, any shape and strides.
+        dim: dimensions to reduce (``None`` or ``[]``: all).
+        keepdim: keep reduced dimensions with size 1.
+        dtype: output dtype; the input is rounded to it first when it is narrower, like torch.
+
+    Returns:
+        The mean in ``dtype`` (default ``x.dtype``); NaN for an empty reduction, like torch.
+    """
+    check_tensor("mean", "x", x)
+    check_float("mean", "x", x)
+    out_dtype = check_out_dtype("mean", dtype) or x.dtype
+    red = _reduced_dims(x, dim)
+    keep = [d for d in range(x.dim()) if d not in red]
+    kept_shape = [x.shape[d] for d in keep]
+    length = 1
+    for d in red:
+        length *= x.shape[d]
+    rows = 1
+    for s in kept_shape:
+        rows *= s
+    out = torch.empty(rows, dtype=out_dtype, device=x.device)
+    if rows > 0:
+        moved = x.permute(*keep, *red)
+        try:
+            x2 = moved.view(rows, length)
+        except RuntimeError:
+            x2 = moved.reshape(rows, length)
+        round_to = _TL[out_dtype if out_dtype.itemsize < x.dtype.itemsize else x.dtype]
+        _launch(x2, out, round_to)
+    if keepdim:
+        shape = [1 if d in red else x.shape[d] for d in range(x.dim())]
+        return out.view(shape)
+    return out.view(kept_shape)
+
+
+def _launch(x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype) -> None:
+    rows, length = x2.shape
+    if length <= ONE_PASS_MAX:
+        programs = min(rows, _platform.row_programs(x2.device, rows))
+        _mean_rows_kernel[(programs,)](
+            x2, out, rows, length, *x2.stride(), programs,
+            ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
+        )  # fmt: skip
+        return
+    chunk_len = BLOCK * triton.cdiv(triton.cdiv(length, BLOCK), MAX_CHUNKS)
+    n_chunks = triton.cdiv(length, chunk_len)
+    part = torch.empty((rows, n_chunks), dtype=torch.float32, device=x2.device)
+    _chunk_sum_kernel[(rows, n_chunks)](
+        x2, part, length, *x2.stride(), chunk_len, n_chunks,
+        ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
+    )  # fmt: skip
+    _chunk_mean_kernel[(rows,)](
+        part, out, length, n_chunks, BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=4
+    )

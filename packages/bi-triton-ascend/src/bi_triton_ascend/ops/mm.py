@@ -1,0 +1,68 @@
+"""``mm``, ``addmm`` and ``bmm``: thin wrappers over the batched GEMM (kernels in :mod:`.gemm`).
+
+Batch-invariant: each output element follows the accumulation chain fixed by ``(N, K, dtype)``
+(see :mod:`.gemm_config`), so a row gives the same bits alone or at any position of any batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_dim, check_float, check_same, check_tensor
+from .gemm import batched_gemm
+
+
+def _check_pair(op: str, a: torch.Tensor, b: torch.Tensor, dims: int) -> None:
+    check_tensor(op, "a", a)
+    check_tensor(op, "b", b)
+    check_dim(op, "a", a, dims)
+    check_dim(op, "b", b, dims)
+    check_float(op, "a", a)
+    check_same(op, "a", a, "b", b)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"{op}: a's last dimension must equal b's second-to-last; got shapes "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``: ``a [M, K]``, ``b [K, N]`` (any strides) -> ``[M, N]`` in ``a.dtype``."""
+    _check_pair("mm", a, b, 2)
+    return batched_gemm(a.unsqueeze(0), b.unsqueeze(0))[0]
+
+
+def addmm(
+    bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float = 1.0, alpha: float = 1.0
+) -> torch.Tensor:
+    """``beta * bias + alpha * (a @ b)``, the sum in fp32 before the cast to ``a.dtype``.
+
+    Args:
+        bias: broadcastable to ``[M, N]`` (``[N]``, ``[1, N]``, ``[M, 1]``, ``[M, N]``, ``[]``);
+            ignored when ``beta == 0`` (NaN and inf in it do not propagate, like torch).
+        a: ``[M, K]``.
+        b: ``[K, N]``.
+        beta: scale of ``bias``.
+        alpha: scale of the product.
+    """
+    _check_pair("addmm", a, b, 2)
+    check_tensor("addmm", "bias", bias)
+    check_same("addmm", "a", a, "bias", bias)
+    m, n = a.shape[0], b.shape[1]
+    try:
+        bias2 = bias.expand(m, n)
+    except RuntimeError:
+        raise ValueError(
+            f"addmm: bias must broadcast to [M, N] = [{m}, {n}]; got shape {tuple(bias.shape)}"
+        ) from None
+    return batched_gemm(a.unsqueeze(0), b.unsqueeze(0), bias2.unsqueeze(0), alpha, beta)[0]
+
+
+def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched ``a [B, M, K] @ b [B, K, N]`` in one launch (any strides)."""
+    _check_pair("bmm", a, b, 3)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"bmm: a and b must have the same batch size; got {a.shape[0]} and {b.shape[0]}"
+        )
+    return batched_gemm(a, b)

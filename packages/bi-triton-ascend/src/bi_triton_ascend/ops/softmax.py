@@ -1,0 +1,162 @@
+# mypy: disable-error-code="no-untyped-def"
+# (Triton kernels are DSL functions: their parameters are untyped by design.)
+"""``softmax`` and ``log_softmax`` along any dimension: fp32 math, any output dtype.
+
+Outputs are in the input dtype unless ``dtype`` asks for another (like torch).
+
+Batch-invariant: every reduction is confined to one row and shaped by the row length only.
+Rows up to :data:`ONE_PASS_MAX` long are held by one program (one read, one write). Longer rows
+(vocabularies: 151936) are cut into fixed chunks of :data:`CHUNK` elements: a first kernel
+writes each chunk's max and sum of ``exp(x - max)``; a second combines a row's chunk statistics
+in a fixed tree (shaped by the chunk count) and writes its chunk. A single row is thus spread
+over many programs (decode-time logprobs) while keeping the same bits at any batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _platform
+from ._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+
+ONE_PASS_MAX = 8192
+CHUNK = 4096
+
+
+@triton.jit
+def _softmax_row_kernel(
+    x_ptr, out_ptr, M, L, stride_xm, stride_xl, stride_om, num_programs,
+    LOG: tl.constexpr, ROUND_TO: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One row per program iteration, the whole row in registers."""
+    pid = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < L
+    for row in range(pid, M, num_programs):
+        row64 = tl.cast(row, tl.int64)
+        x = tl.load(x_ptr + row64 * stride_xm + offs * stride_xl, mask=mask, other=-float("inf"))
+        x = x.to(ROUND_TO).to(tl.float32)
+        shifted = x - tl.max(x, axis=0)
+        e = tl.exp(shifted)
+        total = tl.sum(e, axis=0)
+        y = shifted - tl.log(total) if LOG else e / total
+        tl.store(out_ptr + row64 * stride_om + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _chunk_stats_kernel(
+    x_ptr, stats_ptr, L, stride_xm, stride_xl, n_chunks,
+    ROUND_TO: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(M, n_chunks)``: max and sum of ``exp(x - max)`` of one chunk of one row."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    x = tl.load(
+        x_ptr + tl.cast(row, tl.int64) * stride_xm + offs * stride_xl,
+        mask=offs < L,
+        other=-float("inf"),
+    )
+    x = x.to(ROUND_TO).to(tl.float32)
+    m = tl.max(x, axis=0)
+    s = tl.sum(tl.exp(x - m), axis=0)
+    base = stats_ptr + (tl.cast(row, tl.int64) * n_chunks + chunk) * 2
+    tl.store(base, m)
+    tl.store(base + 1, s)
+
+
+@triton.jit
+def _chunk_write_kernel(
+    x_ptr, stats_ptr, out_ptr, L, stride_xm, stride_xl, stride_om, n_chunks,
+    LOG: tl.constexpr, ROUND_TO: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(M, n_chunks)``: combine the row's chunk statistics, write one chunk."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    row64 = tl.cast(row, tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    c_ok = c < n_chunks
+    ms = tl.load(stats_ptr + (row64 * n_chunks + c) * 2, mask=c_ok, other=-float("inf"))
+    ss = tl.load(stats_ptr + (row64 * n_chunks + c) * 2 + 1, mask=c_ok, other=0.0)
+    row_max = tl.max(ms, axis=0)
+    # A chunk whose max is -inf has sum 0 (or NaN from inf - inf); keep it out of the total.
+    scaled = tl.where(ms == -float("inf"), 0.0, ss * tl.exp(ms - row_max))
+    total = tl.sum(scaled, axis=0)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    mask = offs < L
+    x = tl.load(x_ptr + row64 * stride_xm + offs * stride_xl, mask=mask, other=-float("inf"))
+    shifted = x.to(ROUND_TO).to(tl.float32) - row_max
+    y = shifted - tl.log(total) if LOG else tl.exp(shifted) / total
+    tl.store(out_ptr + row64 * stride_om + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _round_to(x_dtype: torch.dtype, dtype: torch.dtype | None) -> tl.dtype:
+    """The dtype the input is rounded through: torch casts it to ``dtype`` before computing."""
+    if dtype is None or dtype.itemsize >= x_dtype.itemsize:
+        return _TL[x_dtype]
+    return _TL[dtype]
+
+
+def _softmax_impl(
+    op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool
+) -> torch.Tensor:
+    check_tensor(op, "x", x)
+    check_float(op, "x", x)
+    out_dtype = check_out_dtype(op, dtype) or x.dtype
+    d = normalize_dim(op, dim, x.dim())
+    xt = x.unsqueeze(0) if x.dim() == 0 else x
+    moved = xt.movedim(d, -1)
+    out = torch.empty(moved.shape, dtype=out_dtype, device=x.device)
+    if out.numel() > 0:
+        length = moved.shape[-1]
+        rows = moved.numel() // length
+        try:
+            x2 = moved.view(rows, length)
+        except RuntimeError:
+            x2 = moved.reshape(rows, length)
+        _launch(x2, out.view(rows, length), log, _round_to(x.dtype, dtype))
+    result = out.movedim(-1, d)
+    return result.squeeze(0) if x.dim() == 0 else result
+
+
+def _launch(x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype) -> None:
+    rows, length = x2.shape
+    if length <= ONE_PASS_MAX:
+        block = max(16, triton.next_power_of_2(length))
+        programs = min(rows, _platform.row_programs(x2.device, rows))
+        _softmax_row_kernel[(programs,)](
+            x2, out2, rows, length, *x2.stride(), out2.stride(0), programs,
+            LOG=log, ROUND_TO=round_to, BLOCK=block, num_warps=min(16, max(1, block // 512)),
+        )  # fmt: skip
+        return
+    n_chunks = triton.cdiv(length, CHUNK)
+    stats = torch.empty((rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
+    _chunk_stats_kernel[(rows, n_chunks)](
+        x2, stats, length, *x2.stride(), n_chunks, ROUND_TO=round_to, CHUNK=CHUNK, num_warps=8
+    )
+    _chunk_write_kernel[(rows, n_chunks)](
+        x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
+        LOG=log, ROUND_TO=round_to, CHUNK=CHUNK,
+        BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=8,
+    )  # fmt: skip
+
+
+def softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.softmax(x, dim, dtype=dtype)``; any strides, fp32 math.
+
+    Args:
+        x: bf16/fp16/fp32, any shape.
+        dim: the dimension to normalize.
+        dtype: output dtype (the input is rounded to it first when it is narrower, like torch).
+    """
+    return _softmax_impl("softmax", x, dim, dtype, log=False)
+
+
+def log_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.log_softmax(x, dim, dtype=dtype)``; same rules as :func:`softmax`."""
+    return _softmax_impl("log_softmax", x, dim, dtype, log=True)

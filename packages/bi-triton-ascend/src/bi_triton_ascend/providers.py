@@ -1,0 +1,146 @@
+"""Registers this package's kernels with ir-dispatch as the batch-invariant provider ``triton``.
+
+:func:`register` runs at import of :mod:`bi_triton_ascend` and may run again (plugins load once
+per process, tests re-register): registering a provider twice replaces it. Each op gets a small
+``supports_args`` predicate (dtype, device, batch-invariant mode); shape errors are left to the
+op itself, which raises ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ir_dispatch import is_batch_invariant
+from ir_dispatch import ops as ir_ops
+
+from . import _platform
+
+logger = logging.getLogger("bi_triton_ascend")
+
+PROVIDER = "triton"
+PRIORITY = 10
+#: Whether a ``triton`` module (NVIDIA's or triton-ascend) is importable here.
+supported: bool = _platform.triton_available()
+
+_GEMM_NOTE = (
+    "fixed fp32 chain per (N, K, dtype): BLOCK_K by dtype, fixed K segments summed in order; "
+    "tiles and split-K kernel follow M without changing it"
+)
+_ROW_NOTE = "one row per reduction, block shape from the row length only"
+_FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _tensor_ok(t: object, name: str) -> bool | str:
+    """Device and dtype verdict for one tensor argument."""
+    if not isinstance(t, torch.Tensor):
+        return f"{name} is not a tensor"
+    if t.dtype not in _FLOATS:
+        return f"{name} dtype {str(t.dtype).removeprefix('torch.')} is not bf16/fp16/fp32"
+    return _platform.device_supported(t)
+
+
+def _verdict(dtype: object = None, **tensors: object) -> bool | str:
+    """Mode, tensors (``None`` allowed: optional weight/bias) and output dtype."""
+    if not is_batch_invariant():
+        return "only used in batch-invariant mode"
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        verdict = _tensor_ok(value, name)
+        if verdict is not True:
+            return verdict
+    if dtype is not None and dtype not in _FLOATS:
+        return f"output dtype {dtype} is not bf16/fp16/fp32"
+    return True
+
+
+def _two_accepts(a: object, b: object) -> bool | str:
+    """``mm``/``bmm``/``matmul``: batch-invariant mode; a, b bf16/fp16/fp32 on a Triton device."""
+    return _verdict(a=a, b=b)
+
+
+def _addmm_accepts(
+    bias: object, a: object, b: object, beta: float = 1.0, alpha: float = 1.0
+) -> bool | str:
+    """Batch-invariant mode; bias, a, b bf16/fp16/fp32 on a Triton device."""
+    return _verdict(bias=bias, a=a, b=b)
+
+
+def _linear_accepts(x: object, weight: object, bias: object = None) -> bool | str:
+    """Batch-invariant mode; x, weight (bias) bf16/fp16/fp32 on a Triton device."""
+    return _verdict(x=x, weight=weight, bias=bias)
+
+
+def _rms_accepts(x: object, weight: object, epsilon: float) -> bool | str:
+    """Batch-invariant mode; x (weight) bf16/fp16/fp32 on a Triton device."""
+    return _verdict(x=x, weight=weight)
+
+
+def _fused_accepts(x: object, residual: object, weight: object, epsilon: float) -> bool | str:
+    """Batch-invariant mode; x, residual (weight) bf16/fp16/fp32 on a Triton device."""
+    return _verdict(x=x, residual=residual, weight=weight)
+
+
+def _softmax_accepts(x: object, dim: int, dtype: object = None) -> bool | str:
+    """Batch-invariant mode; x and the output dtype bf16/fp16/fp32 on a Triton device."""
+    return _verdict(dtype, x=x)
+
+
+def _mean_accepts(
+    x: object, dim: object = None, keepdim: bool = False, dtype: object = None
+) -> bool | str:
+    """Batch-invariant mode; x and the output dtype bf16/fp16/fp32 on a Triton device."""
+    return _verdict(dtype, x=x)
+
+
+def _table() -> list[tuple[Any, Callable[..., Any], Callable[..., bool | str], str]]:
+    from . import ops
+
+    return [
+        (ir_ops.mm, ops.mm, _two_accepts, _GEMM_NOTE),
+        (ir_ops.addmm, ops.addmm, _addmm_accepts, _GEMM_NOTE),
+        (ir_ops.bmm, ops.bmm, _two_accepts, _GEMM_NOTE),
+        (ir_ops.matmul, ops.matmul, _two_accepts, _GEMM_NOTE + "; one launch per call"),
+        (ir_ops.linear, ops.linear, _linear_accepts, _GEMM_NOTE + "; one launch per call"),
+        (ir_ops.rms_norm, ops.rms_norm, _rms_accepts, _ROW_NOTE),
+        (ir_ops.fused_add_rms_norm, ops.fused_add_rms_norm, _fused_accepts, _ROW_NOTE),
+        (ir_ops.softmax, ops.softmax, _softmax_accepts, _ROW_NOTE + "; long rows in fixed chunks"),
+        (ir_ops.log_softmax, ops.log_softmax, _softmax_accepts, _ROW_NOTE + "; long rows chunked"),
+        (ir_ops.mean, ops.mean, _mean_accepts, "fixed-order sum per row; chunking from length"),
+    ]
+
+
+def register() -> list[str]:
+    """Register every op's ``triton`` implementation; safe to call repeatedly.
+
+    Returns:
+        The names of the ops registered (empty when Triton is not installed).
+    """
+    if not supported:
+        logger.debug("bi_triton_ascend: triton is not importable; nothing registered")
+        return []
+    names = []
+    for op, fn, accepts, note in _table():
+        op.register_impl(
+            PROVIDER,
+            batch_invariant=True,
+            platforms=_platform.supported_platforms(),
+            supports_args=accepts,
+            priority=PRIORITY,
+            note=note,
+        )(fn)
+        names.append(op.name)
+    return names
+
+
+def unregister() -> None:
+    """Remove every ``triton`` implementation this package registered."""
+    for op in (
+        ir_ops.mm, ir_ops.addmm, ir_ops.bmm, ir_ops.matmul, ir_ops.linear, ir_ops.rms_norm,
+        ir_ops.fused_add_rms_norm, ir_ops.softmax, ir_ops.log_softmax, ir_ops.mean,
+    ):  # fmt: skip
+        op.unregister_impl(PROVIDER)

@@ -1,0 +1,151 @@
+"""Real sizes on an NVIDIA GPU: Qwen3 shapes, vocabulary rows, CUDA-graph capture and replay.
+
+Marked ``cuda``: skipped with a reason elsewhere (see ``conftest.py``). The generic tests of
+the other files also run here, with the full batch-size list (1..257, 1000).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bi_testutils import probe_positions, with_probe
+
+import bi_triton_ascend as bta
+from bi_triton_ascend.ops.gemm_config import Tiles, chain_for, force_tiles
+
+pytestmark = pytest.mark.cuda
+
+QWEN3 = {
+    "0.6B-qkv": (4096, 1024), "0.6B-o": (1024, 2048), "0.6B-gate_up": (6144, 1024),
+    "0.6B-down": (1024, 3072), "8B-qkv": (6144, 4096), "8B-o": (4096, 4096),
+    "8B-gate_up": (24576, 4096), "8B-down": (4096, 12288),
+    # Narrow outputs (tensor-parallel shards) take the split-K chain.
+    "8B-kv-tp8": (256, 4096), "8B-o-tp8": (512, 4096),
+}  # fmt: skip
+BIG_MS = (
+    1,
+    2,
+    3,
+    15,
+    16,
+    17,
+    31,
+    32,
+    33,
+    63,
+    64,
+    65,
+    127,
+    128,
+    129,
+    255,
+    256,
+    257,
+    1000,
+    2048,
+    4096,
+    8192,
+)
+VOCAB = 151936
+
+
+@pytest.mark.parametrize("n,k", list(QWEN3.values()), ids=list(QWEN3))
+def test_qwen3_linear_rows_invariant_and_accurate(n: int, k: int) -> None:
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    probe = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    alone = bta.linear(probe, w)
+    for m in BIG_MS:
+        x = with_probe(probe, m)
+        out = bta.linear(x, w)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"{n}x{k} M={m} row {p}"
+    ref = x.float() @ w.float().t()
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_other_dtypes_invariant_at_real_size(dtype: torch.dtype) -> None:
+    w = torch.randn(2048, 4096, device="cuda", dtype=dtype) / 64
+    probe = torch.randn(1, 4096, device="cuda", dtype=dtype)
+    alone = bta.linear(probe, w)
+    for m in (1, 17, 64, 129, 1000, 4096):
+        out = bta.linear(with_probe(probe, m), w)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m} row {p}"
+
+
+def test_split_k_and_persistent_kernels_agree_on_a_segmented_shape() -> None:
+    assert chain_for(256, 4096, torch.bfloat16).num_segs == 4
+    a = torch.randn(96, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(4096, 256, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for tiles in (
+        Tiles(True, 16, 16, 4, 8),
+        Tiles(True, 64, 32, 4, 5),
+        Tiles(False, 64, 64, 4, 4, flatten=True),
+        Tiles(False, 128, 128, 8, 3, flatten=True),
+        Tiles(False, 128, 128, 8, 3),
+    ):
+        with force_tiles(tiles):
+            outs.append(bta.mm(a, b))
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+@pytest.mark.parametrize("op", [bta.log_softmax, bta.softmax], ids=["log_softmax", "softmax"])
+def test_vocabulary_rows_invariant(op) -> None:
+    probe = torch.randn(1, VOCAB, device="cuda", dtype=torch.bfloat16) * 4
+    alone = op(probe, -1, torch.float32)
+    for m in (1, 2, 3, 17, 64, 257, 1000):
+        out = op(with_probe(probe, m), -1, torch.float32)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m} row {p}"
+    ref = (
+        torch.log_softmax(probe.double(), -1)
+        if op is bta.log_softmax
+        else torch.softmax(probe.double(), -1)
+    )
+    assert (alone.double() - ref).abs().max().item() < 1e-4
+
+
+def test_rms_norm_rows_invariant_at_real_size() -> None:
+    w = torch.randn(4096, device="cuda", dtype=torch.bfloat16)
+    probe = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    resid = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    alone = bta.rms_norm(probe, w, 1e-6)
+    alone_f = bta.fused_add_rms_norm(probe, resid, w, 1e-6)
+    for m in (1, 3, 65, 257, 1000, 8192):
+        out = bta.rms_norm(with_probe(probe, m), w, 1e-6)
+        fused, r = bta.fused_add_rms_norm(with_probe(probe, m), with_probe(resid, m), w, 1e-6)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0])
+            assert torch.equal(fused[p], alone_f[0][0]) and torch.equal(r[p], alone_f[1][0])
+
+
+def test_cuda_graph_capture_and_replay() -> None:
+    w = torch.randn(512, 4096, device="cuda", dtype=torch.bfloat16) / 64  # split-K chain
+    w2 = torch.randn(1024, 4096, device="cuda", dtype=torch.bfloat16) / 64
+    norm_w = torch.randn(1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+    logits_in = torch.randn(8, VOCAB, device="cuda", dtype=torch.bfloat16)
+
+    def step() -> tuple[torch.Tensor, ...]:
+        h = bta.linear(x, w)
+        g = bta.rms_norm(bta.linear(x, w2), norm_w, 1e-6)
+        return h, g, bta.log_softmax(logits_in, -1, torch.float32), bta.mean(g, [-1])
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm up: compile kernels, allocate split-K counters outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        logits_in.copy_(torch.randn_like(logits_in))
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(static_out, step(), strict=True):
+            assert torch.equal(got, want)

@@ -1,0 +1,239 @@
+"""mm / addmm / bmm / matmul / linear: accuracy vs float64, bitwise batch invariance, edges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bi_testutils import (
+    DTYPES,
+    assert_accurate,
+    batches,
+    probe_positions,
+    rand,
+    with_probe,
+)
+
+import bi_triton_ascend as bta
+from bi_triton_ascend.ops.gemm_config import BLOCK_K, Tiles, cdiv, chain_for, force_tiles
+
+# (N, K): odd N with segmented K (S=2, last block partial), and an even, segmented shape.
+SHAPES = [pytest.param(37, 250, id="N37-K250-odd"), pytest.param(48, 200, id="N48-K200")]
+DTYPE_IDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+
+
+# --------------------------------------------------------------------- the chain
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("n,k", [(1024, 2048), (4096, 12288), (256, 4096), (37, 250), (48, 0)])
+def test_chain_covers_k_in_equal_segments(n: int, k: int, dtype: torch.dtype) -> None:
+    chain = chain_for(n, k, dtype)
+    assert chain.block_k == BLOCK_K[dtype]
+    assert chain.seg_blocks * chain.num_segs == cdiv(k, chain.block_k)
+    assert chain.num_segs >= 1 and (chain.num_segs & (chain.num_segs - 1)) == 0
+
+
+def test_segments_only_for_narrow_outputs() -> None:
+    # Qwen3 linear shapes keep one accumulator (fast large-M tiles); narrow N splits K.
+    for n, k in [(4096, 1024), (1024, 2048), (6144, 4096), (4096, 12288), (24576, 4096)]:
+        assert chain_for(n, k, torch.bfloat16).num_segs == 1
+    assert chain_for(512, 4096, torch.bfloat16).num_segs == 2
+    assert chain_for(256, 4096, torch.bfloat16).num_segs == 4
+
+
+# --------------------------------------------------------------------- accuracy
+@dtypes
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_mm_matches_float64(n: int, k: int, dtype: torch.dtype, device: torch.device) -> None:
+    for m in (1, 20, 70):
+        a, b = rand(m, k, dtype=dtype, device=device), rand(k, n, dtype=dtype, device=device)
+        assert_accurate(bta.mm(a, b), a.double() @ b.double(), dtype)
+
+
+@dtypes
+@pytest.mark.parametrize(
+    "bias_shape,beta,alpha",
+    [
+        pytest.param((48,), 1.0, 1.0, id="row-bias"),
+        pytest.param((20, 1), 0.5, 2.0, id="col-bias-scaled"),
+        pytest.param((20, 48), -1.0, 0.25, id="full-bias"),
+        pytest.param((), 1.0, 1.0, id="scalar-bias"),
+    ],
+)
+def test_addmm_matches_float64(
+    bias_shape: tuple[int, ...], beta: float, alpha: float, dtype: torch.dtype, device: torch.device
+) -> None:
+    a, b = rand(20, 200, dtype=dtype, device=device), rand(200, 48, dtype=dtype, device=device)
+    bias = rand(*bias_shape, dtype=dtype, device=device)
+    ref = beta * bias.double() + alpha * (a.double() @ b.double())
+    assert_accurate(bta.addmm(bias, a, b, beta=beta, alpha=alpha), ref, dtype)
+
+
+def test_addmm_beta_zero_ignores_nan_bias(device: torch.device) -> None:
+    a, b = (
+        rand(5, 64, dtype=torch.float32, device=device),
+        rand(64, 8, dtype=torch.float32, device=device),
+    )
+    bias = torch.full((8,), float("nan"), device=device)
+    assert_accurate(bta.addmm(bias, a, b, beta=0.0), a.double() @ b.double(), torch.float32)
+
+
+@dtypes
+def test_bmm_matches_float64(dtype: torch.dtype, device: torch.device) -> None:
+    a, b = (
+        rand(3, 17, 200, dtype=dtype, device=device),
+        rand(3, 200, 37, dtype=dtype, device=device),
+    )
+    assert_accurate(bta.bmm(a, b), a.double() @ b.double(), dtype)
+
+
+MATMUL_RANKS = [
+    pytest.param((64,), (64,), id="1d-1d"),
+    pytest.param((64,), (64, 9), id="1d-2d"),
+    pytest.param((5, 64), (64,), id="2d-1d"),
+    pytest.param((5, 64), (64, 9), id="2d-2d"),
+    pytest.param((2, 5, 64), (64, 9), id="3d-2d"),
+    pytest.param((5, 64), (3, 64, 9), id="2d-3d"),
+    pytest.param((3, 5, 64), (3, 64, 9), id="3d-3d"),
+    pytest.param((2, 1, 5, 64), (1, 3, 64, 9), id="4d-broadcast"),
+    pytest.param((64,), (2, 64, 9), id="1d-3d"),
+    pytest.param((2, 5, 64), (64,), id="3d-1d"),
+    pytest.param((2, 3, 5, 64), (3, 64, 9), id="4d-3d"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("a_shape,b_shape", MATMUL_RANKS)
+def test_matmul_every_rank_combination(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> None:
+    a, b = rand(*a_shape, dtype=dtype, device=device), rand(*b_shape, dtype=dtype, device=device)
+    out = bta.matmul(a, b)
+    assert out.dtype == dtype
+    assert_accurate(out, torch.matmul(a.double(), b.double()), dtype)
+
+
+@dtypes
+@pytest.mark.parametrize("x_shape", [(64,), (7, 64), (2, 3, 64)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_linear_matches_float64(
+    x_shape: tuple[int, ...], with_bias: bool, dtype: torch.dtype, device: torch.device
+) -> None:
+    x, w = rand(*x_shape, dtype=dtype, device=device), rand(37, 64, dtype=dtype, device=device)
+    bias = rand(37, dtype=dtype, device=device) if with_bias else None
+    ref = torch.nn.functional.linear(
+        x.double(), w.double(), None if bias is None else bias.double()
+    )
+    assert_accurate(bta.linear(x, w, bias), ref, dtype)
+
+
+# --------------------------------------------------------------------- invariance
+@dtypes
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_linear_row_alone_equals_row_in_any_batch(
+    n: int, k: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    w = rand(n, k, dtype=dtype, device=device)
+    bias = rand(n, dtype=dtype, device=device)
+    probe = rand(1, k, dtype=dtype, device=device)
+    alone = bta.linear(probe, w, bias)
+    for m in batches():
+        out = bta.linear(with_probe(probe, m), w, bias)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: DTYPE_IDS[d])
+def test_mm_transposed_weight_invariant(dtype: torch.dtype, device: torch.device) -> None:
+    # b given as a transposed (column-major) view, a as a strided slice of a wider buffer.
+    b = rand(48, 200, dtype=dtype, device=device).t()
+    probe = rand(1, 200, dtype=dtype, device=device)
+    alone = bta.mm(probe, b)
+    for m in (1, 3, 17, 33, 65):
+        wide = torch.zeros(m, 400, dtype=dtype, device=device)
+        wide[:, ::2] = with_probe(probe, m)
+        out = bta.mm(wide[:, ::2], b)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: DTYPE_IDS[d])
+def test_bmm_entry_alone_equals_entry_in_any_batch(
+    dtype: torch.dtype, device: torch.device
+) -> None:
+    probe_a = rand(1, 5, 200, dtype=dtype, device=device)
+    probe_b = rand(1, 200, 37, dtype=dtype, device=device)
+    alone = bta.bmm(probe_a, probe_b)
+    for count in (1, 2, 3, 7):
+        a = with_probe(probe_a, count)
+        b = with_probe(probe_b, count)
+        out = bta.bmm(a, b)
+        for p in probe_positions(count):
+            assert torch.equal(out[p], alone[0]), f"B={count}, entry {p}"
+    # Rows within an entry: the first 5 rows of a taller entry equal the 5-row product.
+    tall = torch.cat([probe_a, rand(1, 60, 200, dtype=dtype, device=device)], dim=1)
+    assert torch.equal(bta.bmm(tall, probe_b)[:, :5], alone)
+
+
+def test_matmul_folded_and_broadcast_paths_agree_with_mm(device: torch.device) -> None:
+    w = rand(64, 37, dtype=torch.bfloat16, device=device)
+    x = rand(2, 3, 5, 64, dtype=torch.bfloat16, device=device)
+    by_rows = bta.mm(x.reshape(-1, 64), w).reshape(2, 3, 5, 37)
+    assert torch.equal(bta.matmul(x, w), by_rows)  # folded into M
+    assert torch.equal(bta.matmul(x.transpose(0, 1), w), by_rows.transpose(0, 1))  # batched
+    assert torch.equal(bta.matmul(x, w.expand(3, 64, 37)), by_rows)  # broadcast weight
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=lambda d: DTYPE_IDS[d])
+def test_kernel_and_tiles_do_not_change_bits(dtype: torch.dtype, device: torch.device) -> None:
+    # Same M, different kernels/tiles: split-K kernel vs persistent, several BLOCK_M/BLOCK_N.
+    a, b = rand(40, 250, dtype=dtype, device=device), rand(250, 37, dtype=dtype, device=device)
+    assert chain_for(37, 250, dtype).num_segs > 1
+    outs = []
+    for tiles in (Tiles(True, 16, 32, 4, 1), Tiles(True, 64, 16, 4, 1),
+                  Tiles(False, 32, 32, 4, 1), Tiles(False, 64, 64, 4, 1)):  # fmt: skip
+        with force_tiles(tiles):
+            outs.append(bta.mm(a, b))
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+def test_twenty_calls_are_identical(device: torch.device) -> None:
+    a, b = (
+        rand(33, 200, dtype=torch.bfloat16, device=device),
+        rand(200, 48, dtype=torch.bfloat16, device=device),
+    )
+    first = bta.mm(a, b)
+    for _ in range(19):
+        assert torch.equal(bta.mm(a, b), first)
+
+
+# --------------------------------------------------------------------- edges
+@pytest.mark.parametrize(
+    "m,k,n", [(0, 64, 8), (5, 0, 8), (5, 64, 0), (0, 0, 0)], ids=["M0", "K0", "N0", "all0"]
+)
+def test_empty_inputs(m: int, k: int, n: int, device: torch.device) -> None:
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    assert torch.equal(bta.mm(a, b), torch.zeros(m, n, device=device))
+    bias = torch.randn(n, device=device)
+    torch.testing.assert_close(bta.addmm(bias, a, b, beta=2.0), (2 * bias).expand(m, n))
+    assert bta.bmm(a[None], b[None]).shape == (1, m, n)
+    assert bta.bmm(
+        torch.empty(0, m, k, device=device), torch.empty(0, k, n, device=device)
+    ).shape == (0, m, n)
+    assert bta.linear(torch.randn(2, m, k, device=device), b.t()).shape == (2, m, n)
+
+
+def test_bad_arguments_raise(device: torch.device) -> None:
+    a = torch.randn(4, 8, device=device)
+    with pytest.raises(ValueError, match="mm: a's last dimension"):
+        bta.mm(a, torch.randn(7, 3, device=device))
+    with pytest.raises(TypeError, match="must have the dtype of a"):
+        bta.mm(a, torch.randn(8, 3, device=device, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"bf16|bfloat16"):
+        bta.mm(a.to(torch.int32), torch.randn(8, 3, device=device).to(torch.int32))
+    with pytest.raises(ValueError, match="bmm: a and b must have the same batch size"):
+        bta.bmm(torch.randn(2, 4, 8, device=device), torch.randn(3, 8, 3, device=device))
+    with pytest.raises(ValueError, match="linear: weight must be 2-D"):
+        bta.linear(a, torch.randn(8, device=device))
+    with pytest.raises(ValueError, match="addmm: bias must broadcast"):
+        bta.addmm(torch.randn(5, device=device), a, torch.randn(8, 3, device=device))

@@ -1,0 +1,59 @@
+"""mean over any dims (keepdim, dtype): accuracy, long rows, invariance, empty."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from bi_testutils import DTYPES, assert_accurate, batches, probe_positions, rand, with_probe
+
+import bi_triton_ascend as bta
+
+mean_module = importlib.import_module("bi_triton_ascend.ops.mean")
+
+DTYPE_IDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize(
+    "dim", [None, [], [0], [-1], [1, 2], [2, 0], [0, 1, 2]],
+    ids=["none", "empty-list", "0", "-1", "1,2", "2,0", "all"],
+)  # fmt: skip
+@pytest.mark.parametrize("keepdim", [False, True], ids=["", "keepdim"])
+def test_matches_float64(dim, keepdim: bool, dtype: torch.dtype, device: torch.device) -> None:
+    x = rand(3, 5, 37, dtype=dtype, device=device)
+    out = bta.mean(x, dim, keepdim)
+    want_dims = tuple(range(3)) if not dim else tuple(dim)
+    ref = x.double().mean(dim=want_dims, keepdim=keepdim)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_accurate(out, ref, dtype)
+
+
+def test_dtype_argument_and_long_rows(
+    monkeypatch: pytest.MonkeyPatch, device: torch.device
+) -> None:
+    monkeypatch.setattr(mean_module, "ONE_PASS_MAX", 32)
+    monkeypatch.setattr(mean_module, "BLOCK", 16)
+    monkeypatch.setattr(mean_module, "MAX_CHUNKS", 4)
+    x = rand(4, 1000, dtype=torch.bfloat16, device=device)
+    out = bta.mean(x, [-1], dtype=torch.float32)
+    assert out.dtype == torch.float32
+    assert_accurate(out, x.double().mean(-1), torch.float32)
+    assert_accurate(bta.mean(x), x.double().mean(), torch.bfloat16)  # one row of 4000
+
+
+def test_rows_alone_equal_rows_in_any_batch(device: torch.device) -> None:
+    probe = rand(1, 300, dtype=torch.bfloat16, device=device)
+    alone = bta.mean(probe, [-1])
+    for m in batches():
+        out = bta.mean(with_probe(probe, m), [-1])
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+
+
+def test_empty(device: torch.device) -> None:
+    assert torch.isnan(bta.mean(torch.empty(3, 0, device=device), [1])).all()
+    assert bta.mean(torch.empty(0, 3, device=device), [1]).shape == (0,)
+    with pytest.raises(ValueError, match="must not repeat"):
+        bta.mean(torch.randn(2, 3, device=device), [1, -1])

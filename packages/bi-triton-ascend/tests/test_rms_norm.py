@@ -1,0 +1,122 @@
+"""rms_norm / fused_add_rms_norm: vLLM's arithmetic order, accuracy, invariance, strides."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from bi_testutils import DTYPES, assert_accurate, batches, probe_positions, rand, with_probe
+
+import bi_triton_ascend as bta
+from ir_dispatch.ops import norm
+
+rms_module = importlib.import_module("bi_triton_ascend.ops.rms_norm")
+
+DTYPE_IDS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+HIDDEN = [
+    pytest.param(7, id="H7-odd"),
+    pytest.param(256, id="H256"),
+    pytest.param(1000, id="H1000"),
+]
+
+
+def _ref(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """float64 reference of vLLM's order: normalize, round to x's dtype, then multiply weight."""
+    xd = x.double()
+    y = (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype).double()
+    return y * w.double() if w is not None else y
+
+
+@dtypes
+@pytest.mark.parametrize("h", HIDDEN)
+@pytest.mark.parametrize("with_weight", [True, False], ids=["weight", "no-weight"])
+def test_rms_norm_matches_reference(
+    h: int, with_weight: bool, dtype: torch.dtype, device: torch.device
+) -> None:
+    x = rand(5, h, dtype=dtype, device=device, scale=3.0)
+    w = rand(h, dtype=dtype, device=device) if with_weight else None
+    out = bta.rms_norm(x, w, 1e-6)
+    assert out.dtype == dtype
+    assert_accurate(out, _ref(x, w, 1e-6), dtype)
+    # Same result as the ir-dispatch native reference (vLLM's order) within one rounding.
+    assert_accurate(out, norm.rms_norm.native(x, w, 1e-6).double(), dtype)
+
+
+def test_weight_dtype_promotes_like_torch(device: torch.device) -> None:
+    x = rand(4, 64, dtype=torch.bfloat16, device=device)
+    w = rand(64, dtype=torch.float32, device=device)
+    out = bta.rms_norm(x, w, 1e-5)
+    assert out.dtype == torch.float32  # bf16 * fp32 -> fp32, as in `out * weight`
+    # The normalized value is rounded to bf16 before the weight (vLLM's order): bf16 tolerance.
+    assert_accurate(out, _ref(x, w, 1e-5), torch.bfloat16)
+
+
+@dtypes
+@pytest.mark.parametrize("h", HIDDEN)
+def test_fused_add_rms_norm_matches_reference(
+    h: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    x, r = rand(6, h, dtype=dtype, device=device), rand(6, h, dtype=dtype, device=device)
+    w = rand(h, dtype=dtype, device=device)
+    out, new_r = bta.fused_add_rms_norm(x, r, w, 1e-6)
+    summed = x.double() + r.double()
+    assert_accurate(new_r, summed, dtype)
+    ref = (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-6)).to(
+        dtype
+    ).double() * w.double()
+    assert_accurate(out, ref, dtype)
+    assert new_r.data_ptr() not in (x.data_ptr(), r.data_ptr())  # nothing aliased or mutated
+
+
+@dtypes
+def test_rows_alone_equal_rows_in_any_batch(dtype: torch.dtype, device: torch.device) -> None:
+    h = 300
+    w = rand(h, dtype=dtype, device=device)
+    probe, probe_r = rand(1, h, dtype=dtype, device=device), rand(1, h, dtype=dtype, device=device)
+    alone = bta.rms_norm(probe, w, 1e-6)
+    alone_f = bta.fused_add_rms_norm(probe, probe_r, w, 1e-6)
+    for m in batches():
+        out = bta.rms_norm(with_probe(probe, m), w, 1e-6)
+        fused, resid = bta.fused_add_rms_norm(with_probe(probe, m), with_probe(probe_r, m), w, 1e-6)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+            assert torch.equal(fused[p], alone_f[0][0]) and torch.equal(resid[p], alone_f[1][0])
+
+
+def test_two_pass_path_for_long_rows(monkeypatch: pytest.MonkeyPatch, device: torch.device) -> None:
+    # Rows longer than ONE_PASS_MAX are normalized in two passes; force it on small rows.
+    monkeypatch.setattr(rms_module, "ONE_PASS_MAX", 64)
+    monkeypatch.setattr(rms_module, "TWO_PASS_BLOCK", 64)
+    x, r, w = (rand(9, 300, dtype=torch.float32, device=device) for _ in range(3))
+    w = w[0]
+    assert_accurate(bta.rms_norm(x, w, 1e-6), _ref(x, w, 1e-6), torch.float32)
+    out, _ = bta.fused_add_rms_norm(x, r, w, 1e-6)
+    assert_accurate(out, _ref(x.double() + r.double(), w, 1e-6), torch.float32)
+    alone = bta.rms_norm(x[4:5], w, 1e-6)
+    assert torch.equal(bta.rms_norm(x, w, 1e-6)[4], alone[0])
+
+
+def test_strided_and_3d_inputs(device: torch.device) -> None:
+    base = rand(4, 3, 128, dtype=torch.bfloat16, device=device)
+    x = base.transpose(0, 1)  # [3, 4, 128], rows not evenly strided: copied
+    w = rand(64, dtype=torch.bfloat16, device=device)
+    assert torch.equal(bta.rms_norm(x, None, 1e-6), bta.rms_norm(x.contiguous(), None, 1e-6))
+    sliced = base[..., ::2]  # element stride 2
+    assert torch.equal(bta.rms_norm(sliced, w, 1e-6), bta.rms_norm(sliced.contiguous(), w, 1e-6))
+
+
+def test_empty_and_bad_inputs(device: torch.device) -> None:
+    x = torch.empty(0, 64, device=device)
+    assert bta.rms_norm(x, None, 1e-6).shape == (0, 64)
+    out, r = bta.fused_add_rms_norm(x, x, None, 1e-6)
+    assert out.shape == r.shape == (0, 64)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        bta.rms_norm(torch.randn(2, 8, device=device), torch.randn(7, device=device), 1e-6)
+    with pytest.raises(ValueError, match="residual must match"):
+        bta.fused_add_rms_norm(
+            torch.randn(2, 8, device=device), torch.randn(2, 7, device=device), None, 1e-6
+        )
+    with pytest.raises(TypeError, match="epsilon must be a float"):
+        bta.rms_norm(torch.randn(2, 8, device=device), None, "1e-6")  # type: ignore[arg-type]
