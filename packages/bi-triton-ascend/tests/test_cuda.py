@@ -149,3 +149,57 @@ def test_cuda_graph_capture_and_replay() -> None:
         torch.cuda.synchronize()
         for got, want in zip(static_out, step(), strict=True):
             assert torch.equal(got, want)
+
+
+class _Block(torch.nn.Module):
+    """A Qwen3-0.6B-shaped decoder block in plain torch ops (eager attention, no fused kernels)."""
+
+    def __init__(self, hidden: int = 1024, heads: int = 16, head_dim: int = 64) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.norm1 = torch.nn.Parameter(torch.rand(hidden) + 0.5)
+        self.norm2 = torch.nn.Parameter(torch.rand(hidden) + 0.5)
+        self.qkv = torch.nn.Linear(hidden, 3 * heads * head_dim, bias=False)
+        self.o = torch.nn.Linear(heads * head_dim, hidden, bias=False)
+        self.up = torch.nn.Linear(hidden, 3072, bias=False)
+        self.down = torch.nn.Linear(3072, hidden, bias=False)
+
+    @staticmethod
+    def _rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self._rms(x, self.norm1)).view(b, t, 3, self.heads, -1).unbind(2)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / self.head_dim**0.5
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        attn = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, -1)
+        h = x + self.o(attn)
+        return h + self.down(torch.nn.functional.silu(self.up(self._rms(h, self.norm2))))
+
+
+@torch.inference_mode()
+def test_block_through_overrides_is_invariant_for_batch_1_to_64_and_default_is_not() -> None:
+    """Issue #3's acceptance check: the probe sequence's output, alone vs in batches 1..64."""
+    import ir_dispatch as ird
+
+    torch.manual_seed(0)
+    block = _Block().cuda().to(torch.bfloat16)
+    seqs = torch.randn(64, 32, 1024, device="cuda", dtype=torch.bfloat16)
+    probe = seqs[:1]
+
+    def probe_outputs() -> list[tuple[int, int, torch.Tensor]]:
+        alone = block(probe)
+        outs = []
+        for size in range(1, 65):
+            for index in probe_positions(size):
+                batch = torch.cat([seqs[1:size][:index], probe, seqs[1:size][index:]])
+                outs.append((size, index, block(batch)[index : index + 1]))
+        return [(s, i, o) for s, i, o in outs if not torch.equal(o, alone)]
+
+    with ird.aten_overrides(), ird.batch_invariant():
+        assert probe_outputs() == []
+    assert probe_outputs(), "default cuBLAS path matched at every batch size: the check cannot fail"
