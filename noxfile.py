@@ -28,12 +28,18 @@ PYTEST_NO_TESTS = 5
 
 
 def uv_sync(session: nox.Session, *args: str) -> None:
-    """Sync the session's venv from uv.lock with only the given groups/extras/packages."""
+    """Sync the session's venv from uv.lock with only the given groups/extras/packages.
+
+    The workspace members are rebuilt every time: uv caches editable wheels by path and
+    metadata, and a cached wheel built before a package's sources existed installs nothing.
+    """
+    members = [arg for p in PACKAGES for arg in ("--reinstall-package", p.name)]
     session.run_install(
         "uv",
         "sync",
         "--locked",
         "--no-default-groups",
+        *members,
         *args,
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
@@ -83,7 +89,18 @@ def triton_banner(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["cpu"])
 def cpu(session: nox.Session) -> None:
     """CPU unit tests of every package under Triton 3.6's interpreter (TRITON_INTERPRET=1)."""
-    uv_sync(session, "--all-packages", "--extra", "nvidia", "--extra", "cpu", "--group", "test")
+    uv_sync(
+        session,
+        "--all-packages",
+        "--extra",
+        "nvidia",
+        "--extra",
+        "cpu",
+        "--extra",
+        "transformers",
+        "--group",
+        "test",
+    )
     triton_banner(session)
     session.env["TRITON_INTERPRET"] = "1"
     pytest_dirs(session, [p / "tests" for p in PACKAGES])
