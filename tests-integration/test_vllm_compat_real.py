@@ -1,0 +1,69 @@
+"""``_vllm_compat`` against the installed vLLM: every hook point the plugin uses exists.
+
+The unit tests check both layouts on fake module trees; this checks the real 0.32 tree (the
+CPU build), so a vLLM that moves a name fails here rather than at a user's first request.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from vllm_bi_plugin import _hooks_cpu, _vllm_compat
+
+vllm = pytest.importorskip("vllm", reason="needs vLLM")
+
+
+def test_layout_is_detected() -> None:
+    layout = _vllm_compat.detect_layout()
+    assert layout is _vllm_compat.V0_32
+    assert _vllm_compat.vllm_version() == "0.32.0"
+
+
+def test_kernel_module_has_what_the_hooks_patch() -> None:
+    bi = _vllm_compat.V0_32.import_bi_module()
+    for name in ("enable_batch_invariant_mode", "init_batch_invariance", "linear_batch_invariant",
+                 "rms_norm_batch_invariant", "_batch_invariant_MODE"):  # fmt: skip
+        assert hasattr(bi, name), name
+    # init_batch_invariance must look enable_batch_invariant_mode up at call time.
+    assert "enable_batch_invariant_mode()" in inspect.getsource(bi.init_batch_invariance)
+    for module, name in _vllm_compat.V0_32.imported_by_value:
+        assert getattr(_vllm_compat.import_module(module), name) is getattr(bi, name)
+
+
+def test_vllm_overrides_what_the_layout_says() -> None:
+    src = inspect.getsource(_vllm_compat.V0_32.import_bi_module().enable_batch_invariant_mode)
+    names = {"_log_softmax": "_log_softmax", "softmax.int": "softmax", "_softmax": "_softmax",
+             "mean.dim": "mean.dim", "bmm": "bmm", "bmm.out": "bmm.out"}  # fmt: skip
+    for overload in _vllm_compat.V0_32.aten_overloads:
+        assert f'"aten::{names[overload]}"' in src, overload
+    for overload in _vllm_compat.V0_32.matmul_overloads:
+        assert f'"aten::{overload}"' in src, overload
+
+
+def test_cpu_hook_points_exist() -> None:
+    utils = _vllm_compat.import_module(_vllm_compat.LAYER_UTILS_MODULE)
+    params = list(inspect.signature(utils.dispatch_cpu_unquantized_gemm).parameters)
+    assert params == ["layer", "remove_weight"]
+    registry = _vllm_compat.import_module(_vllm_compat.ATTENTION_REGISTRY_MODULE)
+    assert callable(registry.register_backend) and registry.AttentionBackendEnum.CPU_ATTN
+    ir_ops = _vllm_compat.import_module(_vllm_compat.IR_OPS_MODULE)
+    assert {"rms_norm", "fused_add_rms_norm"} <= set(dir(ir_ops))
+    platforms = _vllm_compat.import_module(_vllm_compat.PLATFORMS_MODULE)
+    assert hasattr(type(platforms.current_platform), "get_default_ir_op_priority")
+    custom_ops = _vllm_compat.import_module(_vllm_compat.CUSTOM_OPS_MODULE)
+    assert callable(custom_ops.cutlass_scaled_mm)
+
+
+def test_cpu_attention_backend_class_path_resolves() -> None:
+    from vllm_bi_plugin import cpu_attention
+
+    assert cpu_attention.CLASS_PATH == _hooks_cpu.CPU_ATTENTION_CLASS
+    builder = cpu_attention.BatchInvariantCPUAttentionBackend.get_builder_cls()
+    assert issubclass(builder, cpu_attention.CPUAttentionMetadataBuilder)
+    # The attributes the per-token build reads are set by vLLM's builder constructor.
+    init_src = inspect.getsource(cpu_attention.CPUAttentionMetadataBuilder.__init__)
+    for attr in ("num_heads", "num_kv_heads", "head_dim", "dtype", "window_size", "isa",
+                 "kv_cache_dtype", "is_cross_attention", "is_encoder_only_attention"):  # fmt: skip
+        assert f"self.{attr} =" in init_src, attr
