@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from _report import (
+from _common import (
     add_src_paths,
     geomean,
     median,

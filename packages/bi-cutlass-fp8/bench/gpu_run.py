@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from _report import PACKAGE, PACKAGES, add_src_paths, environment, out_dir
+from _common import PACKAGE, PACKAGES, add_src_paths, environment, out_dir
 
 add_src_paths()
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import torch
 from fp8_testing import sm90_skip_reason
 
-import ir_dispatch as ird
+from ir_dispatch.testing import seeded_default_mode
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_mode() -> Iterator[None]:
     """Every test starts seeded, in default mode; the mode is reset afterwards."""
-    torch.manual_seed(0)
-    ird.set_batch_invariant(False)
-    yield
-    ird.set_batch_invariant(False)
+    with seeded_default_mode():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 import bi_triton_ascend  # noqa: F401  (registers the provider)
 import ir_dispatch as ird
 from bi_triton_ascend import _platform
+from ir_dispatch.testing import seeded_default_mode, skip_marked
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,10 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """``cuda``-marked tests skip, with the reason, where no CUDA device runs the kernels."""
     if torch.cuda.is_available() and not _platform.interpreting():
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA) with Triton, not the interpreter")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+    skip_marked(items, "cuda", "needs an NVIDIA GPU (CUDA) with Triton, not the interpreter")
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +62,5 @@ def prefer_triton() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed_and_mode() -> Iterator[None]:
     """Fixed seed; default mode and no aten overrides before and after every test."""
-    torch.manual_seed(0)
-    ird.set_batch_invariant(False)
-    yield
-    ird.set_batch_invariant(False)
-    ird.uninstall_aten_overrides()
+    with seeded_default_mode(uninstall_overrides=True):
+        yield

@@ -12,16 +12,19 @@ is shared, so the minimum is the least noisy estimate), with every repetition ke
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+
+import _report
 
 import ir_dispatch as ird
 from ir_dispatch.providers import cpu_gemm, cpu_rows
@@ -147,13 +150,12 @@ def main() -> None:
             "python": platform.python_version(),
             "gemm_rows": cpu_gemm.GEMM_ROWS,
         },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _report.utc_date(),
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_cpu_provider_{args.threads}t_{args.clock}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    _report.write_json(path, report)
 
 
 if __name__ == "__main__":

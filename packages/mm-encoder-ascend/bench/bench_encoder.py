@@ -31,8 +31,6 @@ Run (H100, < 3 minutes)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import platform
 import random
@@ -47,6 +45,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+
+import _report
 
 import mm_encoder_ascend as mea
 from mm_encoder_ascend import _platform
@@ -234,12 +236,8 @@ def versions() -> dict[str, str]:
 def write_png(path: Path, rows: list[dict[str, Any]]) -> None:
     """Latency and host time per configuration and variant (matplotlib, else a plain bar PNG)."""
     configs = list(dict.fromkeys(r["config"] for r in rows))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _report.pyplot()
+    if plt is None:
         _bars_png(
             path,
             [
@@ -362,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "device": dev_name,
-        "versions": versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **_report.header(dev_name, versions()),
         "bench": "mm-encoder-ascend/bench/bench_encoder.py",
         "model": {
             "layers": LAYERS,
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     stem = "bench_encoder_smoke" if args.smoke else "bench_encoder"
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    _report.write_json(out_dir / f"{stem}.json", report, announce=False)
     if rows:
         write_png(out_dir / f"{stem}.png", rows)
     print(f"wrote {out_dir / stem}.json/.png in {report['wall_s']:.1f} s")

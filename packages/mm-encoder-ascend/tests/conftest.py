@@ -11,27 +11,21 @@ from typing import Any
 import pytest
 import torch
 
-import ir_dispatch as ird
+from ir_dispatch.testing import seeded_default_mode, skip_marked
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip device-marked tests, with the reason, where the device is absent."""
-    no_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
-    no_npu = pytest.mark.skip(reason="needs an Ascend NPU (torch_npu with a device)")
-    has_npu = hasattr(torch, "npu") and bool(torch.npu.is_available())
-    for item in items:
-        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
-            item.add_marker(no_cuda)
-        if item.get_closest_marker("npu") is not None and not has_npu:
-            item.add_marker(no_npu)
+    if not torch.cuda.is_available():
+        skip_marked(items, "cuda", "needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    if not (hasattr(torch, "npu") and bool(torch.npu.is_available())):
+        skip_marked(items, "npu", "needs an Ascend NPU (torch_npu with a device)")
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_mode() -> Iterator[None]:
-    torch.manual_seed(0)
-    ird.set_batch_invariant(False)
-    yield
-    ird.set_batch_invariant(False)
+    with seeded_default_mode():
+        yield
 
 
 @dataclass

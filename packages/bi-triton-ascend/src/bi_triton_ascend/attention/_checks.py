@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_dim, check_float, check_same, check_tensor
+from .._checks import dtype_name as _name
 from .config import MAX_HEAD_SIZE, SUPPORTED_DTYPES
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 MODES = ("auto", "split", "fused")
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def tensor(op: str, name: str, t: object, dims: int) -> torch.Tensor:
     """``t`` as a ``dims``-D tensor, else ``TypeError``/``ValueError`` naming ``name``."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != dims:
-        raise ValueError(f"{op}: {name} must be {dims}-D; got shape {tuple(t.shape)}")
-    return t
+    checked = check_tensor(op, name, t)
+    check_dim(op, name, checked, dims)
+    return checked
 
 
 def float_like(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     """``t`` must be a supported float dtype equal to ``ref``'s, on ``ref``'s device."""
-    if t.dtype not in SUPPORTED_DTYPES:
-        allowed = ", ".join(_name(d) for d in SUPPORTED_DTYPES)
-        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {_name(t.dtype)}")
-    if t.dtype != ref.dtype:
-        raise TypeError(
-            f"{op}: {name} must have the dtype of {ref_name} ({_name(ref.dtype)}); "
-            f"got {_name(t.dtype)}"
-        )
-    if t.device != ref.device:
-        raise ValueError(
-            f"{op}: {name} must be on {ref_name}'s device {ref.device}; got {t.device}"
-        )
+    check_float(op, name, t, SUPPORTED_DTYPES)
+    check_same(op, ref_name, ref, name, t)
 
 
 def index(op: str, name: str, t: torch.Tensor, length: int | None, device: torch.device) -> None:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._checks import check_dim, check_float, check_same, check_tensor
+from .._checks import check_dim, check_float, check_same, check_tensor
 from .gemm import batched_gemm
 
 

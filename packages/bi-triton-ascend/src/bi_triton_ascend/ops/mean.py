@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from ._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024

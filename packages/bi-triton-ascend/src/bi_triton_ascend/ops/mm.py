@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_dim, check_float, check_same, check_tensor
+from .._checks import check_dim, check_float, check_same, check_tensor
 from .gemm import batched_gemm
 
 

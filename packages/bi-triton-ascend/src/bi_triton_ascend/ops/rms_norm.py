@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from ._checks import check_float, check_tensor
+from .._checks import check_float, check_tensor
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from ._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096

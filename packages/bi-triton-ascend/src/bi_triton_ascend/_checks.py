@@ -1,4 +1,7 @@
-"""Argument checks shared by the ops: bad input raises naming the argument, expected and got."""
+"""Argument checks of the ops and attention: bad input raises naming argument, want and got.
+
+One module for both so a dtype, tensor or device mismatch reads the same from every entry point.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import torch
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``: dtype names as users write them."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -18,19 +22,21 @@ def check_tensor(op: str, name: str, t: object) -> torch.Tensor:
     return t
 
 
-def check_float(op: str, name: str, t: torch.Tensor) -> None:
-    """``t`` must be bf16, fp16 or fp32."""
-    if t.dtype not in FLOAT_DTYPES:
-        allowed = ", ".join(_name(d) for d in FLOAT_DTYPES)
-        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {_name(t.dtype)}")
+def check_float(
+    op: str, name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+) -> None:
+    """``t`` must have one of ``dtypes`` (default bf16, fp16 or fp32)."""
+    if t.dtype not in dtypes:
+        allowed = ", ".join(dtype_name(d) for d in dtypes)
+        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {dtype_name(t.dtype)}")
 
 
 def check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor) -> None:
     """``t`` must share ``ref``'s dtype and device."""
     if t.dtype != ref.dtype:
         raise TypeError(
-            f"{op}: {name} must have the dtype of {ref_name} ({_name(ref.dtype)}); "
-            f"got {_name(t.dtype)}"
+            f"{op}: {name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}); "
+            f"got {dtype_name(t.dtype)}"
         )
     if t.device != ref.device:
         raise ValueError(
@@ -51,7 +57,7 @@ def check_out_dtype(op: str, dtype: object) -> torch.dtype | None:
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
-        allowed = ", ".join(_name(d) for d in FLOAT_DTYPES)
+        allowed = ", ".join(dtype_name(d) for d in FLOAT_DTYPES)
         raise TypeError(f"{op}: dtype must be None or one of {allowed}; got {dtype!r}")
     return dtype
 
