@@ -54,6 +54,15 @@ def upcast_dot() -> bool:
     return interpreting()
 
 
+def dot_precision(dtype: torch.dtype) -> str | None:
+    """``tl.dot``'s input precision: exact fp32 FMAs for fp32 operands (never TF32/HF32).
+
+    16-bit operands ignore it, so ``None`` keeps each backend's own default there: triton
+    rejects nothing, but triton-ascend refuses ``"tf32"``.
+    """
+    return "ieee" if dtype == torch.float32 else None
+
+
 def supported_platforms() -> tuple[PlatformKind, ...]:
     """Platforms the Triton provider registers for.
 

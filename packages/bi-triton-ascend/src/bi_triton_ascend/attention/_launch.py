@@ -29,11 +29,6 @@ COMBINE_BLOCK_D = 32
 COMBINE_WARPS = 1
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 operands: exact fp32 FMAs, never TF32 (ignored for 16-bit operands).
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _want_split(
     mode: str,
     seq_lens: torch.Tensor,
@@ -190,7 +185,7 @@ def _tile_flags(cfg: AttnConfig, chunk: int, dtype: torch.dtype) -> dict[str, ob
         "GROUP_PAD": cfg.group_pad,
         "HEAD_PAD": cfg.head_pad,
         "UPCAST": _platform.upcast_dot(),
-        "PRECISION": _precision(dtype),
+        "PRECISION": _platform.dot_precision(dtype),
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
         # Same rounding in the fused fold and in the combine kernel: no FMA contraction.

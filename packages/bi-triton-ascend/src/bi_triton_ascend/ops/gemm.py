@@ -307,15 +307,6 @@ def _arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
     return pool[-1]
 
 
-def _precision(dtype: torch.dtype) -> str | None:
-    """``tl.dot``'s input precision: exact fp32 FMAs for fp32 (never TF32/HF32), else default.
-
-    16-bit operands ignore it; ``None`` keeps each backend's default (triton-ascend rejects
-    ``"tf32"``).
-    """
-    return "ieee" if dtype == torch.float32 else None
-
-
 def batched_gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -359,7 +350,7 @@ def batched_gemm(
         "HAS_BETA": beta != 1.0,
         "EVEN_K": k % chain.block_k == 0,
         "UPCAST": _platform.upcast_dot(),
-        "PRECISION": _precision(a.dtype),
+        "PRECISION": _platform.dot_precision(a.dtype),
         "BLOCK_M": tiles.block_m,
         "BLOCK_N": tiles.block_n,
         "BLOCK_K": chain.block_k,
