@@ -9,9 +9,11 @@ binary tree::
     TP_SEGMENTS = 8:   ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 A rank holding ``TP_SEGMENTS / tp`` consecutive segments owns a whole subtree: it reduces it
-locally, and :func:`fixed_order_all_reduce` combines the ranks' subtree sums with the top of the
-same tree. Every TP size that is a power of two dividing ``TP_SEGMENTS`` therefore performs the
-same additions in the same order, and every rank ends with identical bits.
+locally, and :func:`fixed_order_all_reduce` (the ``fixed_order`` provider of the op
+``ir_dispatch.ops.all_reduce``) combines the ranks' subtree sums with the top of the same tree;
+both use the one :func:`~ir_dispatch.ops.collectives.tree_sum`. Every TP size that is a power of
+two dividing ``TP_SEGMENTS`` therefore performs the same additions in the same order, and every
+rank ends with identical bits.
 
 Column-parallel layers (``qkv_proj``, ``gate_up_proj``, the vocab-parallel ``lm_head``) split N,
 never K: an output element is computed whole on one rank, so they are TP-invariant as long as the
@@ -24,18 +26,14 @@ zeros, which is exact.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import torch
 
-from .ops import mm
+from .ops import collectives, mm
+from .ops.collectives import _check_power_of_two
+from .ops.collectives import tree_sum as tree_sum  # one tree for ranks and segments
 
 TP_SEGMENTS = int(os.environ.get("IR_DISPATCH_TP_SEGMENTS", "8"))
-
-
-def _check_power_of_two(name: str, value: int) -> None:
-    if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, got {value}")
 
 
 def supported_tp_sizes(segments: int = TP_SEGMENTS) -> tuple[int, ...]:
@@ -51,17 +49,6 @@ def segment_bounds(k: int, segments: int = TP_SEGMENTS) -> list[tuple[int, int]]
         raise ValueError(f"K={k} must be divisible by the {segments} TP-invariant segments")
     step = k // segments
     return [(i * step, (i + 1) * step) for i in range(segments)]
-
-
-def tree_sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum ``parts`` along a balanced binary tree of adjacent pairs, in that fixed order."""
-    if not parts:
-        raise ValueError("tree_sum needs at least one tensor")
-    _check_power_of_two("len(parts)", len(parts))
-    level = list(parts)
-    while len(level) > 1:
-        level = [level[i] + level[i + 1] for i in range(0, len(level), 2)]
-    return level[0]
 
 
 def local_row_parallel_partial(
@@ -116,15 +103,18 @@ def fixed_order_all_reduce(partial: torch.Tensor, group: object | None = None) -
     ``world_size`` times the traffic of the output but gives every rank the same bits for any
     batch; with power-of-two world sizes it is also the top of :func:`local_row_parallel_partial`'s
     tree, which makes row-parallel layers TP-invariant.
+
+    This is the ``fixed_order`` provider of the op :data:`ir_dispatch.ops.all_reduce`, called
+    directly so that it runs whatever the mode; ``group`` defaults to the world group.
     """
     import torch.distributed as dist
 
-    world = dist.get_world_size(group)  # type: ignore[arg-type]
-    if world == 1:
+    pg = dist.group.WORLD if group is None else group
+    if pg is None:
+        raise ValueError("fixed_order_all_reduce: group is None and no default group exists")
+    if dist.get_world_size(pg) == 1:  # type: ignore[arg-type]
         return partial
-    gathered = [torch.empty_like(partial) for _ in range(world)]
-    dist.all_gather(gathered, partial.contiguous(), group=group)  # type: ignore[arg-type]
-    return tree_sum(gathered)
+    return collectives.fixed_order_all_reduce(partial, pg.group_name)  # type: ignore[attr-defined]
 
 
 def emulate_row_parallel_linear(

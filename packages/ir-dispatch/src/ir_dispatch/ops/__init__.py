@@ -4,12 +4,14 @@ Each is an :class:`~ir_dispatch.registry.IrOp`: call it like the torch function 
 """
 
 from . import composite as _composite  # noqa: F401  (registers the composite impls)
+from .collectives import all_reduce
 from .linalg import addmm, bmm, linear, matmul, mm, scaled_mm
 from .norm import fused_add_rms_norm, rms_norm
 from .reduce import log_softmax, mean, softmax
 
 __all__ = [
     "addmm",
+    "all_reduce",
     "bmm",
     "fused_add_rms_norm",
     "linear",

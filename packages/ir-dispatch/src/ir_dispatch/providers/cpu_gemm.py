@@ -111,7 +111,9 @@ def chunked_addmm(
     a_pad = a.new_empty(padded, k)
     a_pad[:m].copy_(a)
     a_pad[m:].zero_()
-    weight = b.t()  # [N, K]
+    # [N, K] row-major whatever b's strides: BLAS picks kernels (and so rounding) by layout,
+    # and the same values must give the same bits. Free for linear's b = weight.t().
+    weight = b.t().contiguous()
     # acc[c] is chunk c's output transposed, [N, GEMM_ROWS] row-major: the rows sit on the
     # contiguous dimension, which BLAS kernels spread over SIMD lanes.
     acc = a.new_empty(chunks, n, GEMM_ROWS)
