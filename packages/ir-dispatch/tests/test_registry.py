@@ -206,3 +206,15 @@ def test_custom_op_outputs_are_contiguous_like_the_fake() -> None:
     out = op(torch.randn(3, 5))
     assert out.is_contiguous()
     torch.library.opcheck(op.torch_op, (torch.randn(3, 5),))
+
+
+def test_call_impl_runs_the_given_impl_and_records_it(row_sum_op: IrOp) -> None:
+    row_sum_op.register_impl("invariant", batch_invariant=True)(_fixed_order_row_sum)
+    x = torch.ones(2, 3)
+    with ird.batch_invariant():
+        impl = row_sum_op.select(x)
+        with ird.recording() as rec:
+            out = row_sum_op.call_impl(impl, x)
+    assert impl.provider == "invariant"
+    assert rec.counts == {(row_sum_op.name, "invariant"): 1}
+    assert torch.equal(out, torch.full((2,), 3.0))

@@ -331,7 +331,14 @@ class IrOp:
 
     def call_selected(self, *args: Any, **kwargs: Any) -> Any:
         """Select and run an implementation directly (no custom-op boundary)."""
-        impl = self.select(*args, **kwargs)
+        return self.call_impl(self.select(*args, **kwargs), *args, **kwargs)
+
+    def call_impl(self, impl: Impl, *args: Any, **kwargs: Any) -> Any:
+        """Run an implementation the caller already got from :meth:`select`, recorded and logged.
+
+        For callers that inspect the choice first (e.g. to keep another library's kernel when
+        only the native reference would serve) without paying for selection twice.
+        """
         if _recorders:
             for rec in list(_recorders):
                 rec.counts[(self.name, impl.provider)] += 1

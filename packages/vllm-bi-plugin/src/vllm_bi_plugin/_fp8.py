@@ -43,7 +43,7 @@ def _run(
         impl = None
     if impl is None or impl.provider == "native":
         return _fallback["vllm"](a, b, scale_a, scale_b, out_dtype, bias)
-    return ir_dispatch.ops.scaled_mm.call_selected(a, b, scale_a, scale_b, out_dtype, bias)
+    return ir_dispatch.ops.scaled_mm.call_impl(impl, a, b, scale_a, scale_b, out_dtype, bias)
 
 
 def _fake(
