@@ -27,12 +27,13 @@ Example (one device call per case keeps each under the 10-minute limit)::
 
     export PYTHONPATH=/tmp/vllm-site:packages/ir-dispatch/src:packages/bi-triton-ascend/src:\\
 packages/bi-cutlass-fp8/src:packages/vllm-bi-plugin/src
-    python tests-integration/gpu/e2e_vllm_gpu.py --cases cold --modes default,vllm-bi,plugin
+    python tests-integration/gpu/e2e_vllm_gpu.py --cases cold,prefix --parallel 6 --gpus 0,1
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import importlib.metadata
@@ -46,7 +47,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-MODES = ("default", "vllm-bi", "plugin")
+from vllm_bi_plugin.modes import MODES
+
 BATCH_SIZES = [2, 7, 16, 33, 64, 129, 256]
 SHAPES = {
     # Qwen3-0.6B and Qwen3-8B widths; fewer layers keep engine starts short.
@@ -76,31 +78,10 @@ CASES: dict[str, dict[str, Any]] = {
         "engine": {"quantization": "fp8", "enable_prefix_caching": False},
     },
 }
-GPU_ENGINE = {"kv_cache_memory_bytes": None, "gpu_memory_utilization": 0.6, "max_model_len": 2048}
-GPU_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_USE_FLASHINFER_SAMPLER": "0",
-    "VLLM_HOST_IP": "127.0.0.1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "NCCL_SOCKET_IFNAME": "lo",
-}
-PLUGIN_ENTRY = "vllm_bi_plugin.plugin:register"
-
-
-def plugin_has_entry_point() -> bool:
-    eps = importlib.metadata.entry_points(group="vllm.general_plugins")
-    return any(ep.value == PLUGIN_ENTRY for ep in eps)
-
-
-def mode_env(mode: str) -> dict[str, str]:
-    env = {**os.environ, **GPU_ENV}
-    env.pop("VLLM_BATCH_INVARIANT", None)
-    env.pop("VLLM_PLUGINS", None)
-    if mode in ("vllm-bi", "plugin"):
-        env["VLLM_BATCH_INVARIANT"] = "1"
-    if mode == "vllm-bi":
-        env["VLLM_PLUGINS"] = "none"  # an allowlist naming no installed plugin
-    return env
+GPU_ENGINE = {"max_model_len": 2048}
+KV_CACHE_BYTES = 4 << 30
+"""Fixed KV cache per engine: skips vLLM's memory profiling, which misreads memory that
+concurrent engines on the same GPU allocate or free while it measures."""
 
 
 def versions() -> dict[str, str | None]:
@@ -139,9 +120,26 @@ def device_name() -> str:
     return f"{p.name} (sm{p.major}{p.minor}, {p.multi_processor_count} SMs)"
 
 
+def engine_memory(jobs_per_gpu: int) -> dict[str, Any]:
+    """Memory settings that let ``jobs_per_gpu`` engines start side by side on one GPU.
+
+    With ``kv_cache_memory_bytes`` set, ``gpu_memory_utilization`` only gates the start (free
+    memory must exceed that share of the card), so it is kept small when engines share a card.
+    """
+    share = 0.6 if jobs_per_gpu == 1 else 0.08
+    return {"gpu_memory_utilization": share, "kv_cache_memory_bytes": KV_CACHE_BYTES}
+
+
 def run_one(
-    model: Path, mode: str, case: str, args: argparse.Namespace, log_dir: Path
+    model: Path,
+    mode: str,
+    case: str,
+    args: argparse.Namespace,
+    log_dir: Path,
+    gpu: str | None = None,
 ) -> dict[str, Any]:
+    """Run one (mode, case) needle experiment in its own process, on ``gpu`` if given."""
+    from vllm_bi_plugin.modes import mode_env, needs_register_in_child
     from vllm_bi_plugin.needle import NeedleConfig
 
     spec = CASES[case]
@@ -153,14 +151,19 @@ def run_one(
         other_lens=(8, 256),
         max_tokens=args.max_tokens,
         vocab_size=SHAPES[args.shape]["vocab_size"],
-        engine={**GPU_ENGINE, **spec["engine"], **args.engine},
+        engine={**GPU_ENGINE, **engine_memory(args.jobs_per_gpu), **spec["engine"], **args.engine},
         cached_reference=spec.get("cached_reference", False),
-        register_plugin=(mode == "plugin" and not plugin_has_entry_point()),
+        register_plugin=needs_register_in_child(mode),
     )
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(asdict(cfg)))
-        log = log_dir / f"{case}-{mode}.log"
+        log = log_dir / f"{args.shape}-{case}-{mode}.log"
+        env = mode_env(mode)
+        # One compile cache per engine: engines that start side by side must not race on one.
+        env["VLLM_CACHE_ROOT"] = str(Path(tempfile.gettempdir(), "vllm-cache", log.stem))
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [
             sys.executable,
             "-m",
@@ -172,9 +175,12 @@ def run_one(
         ]
         t0 = time.perf_counter()
         with open(log, "w") as f:
-            code = subprocess.run(
-                cmd, env=mode_env(mode), stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
-            ).returncode
+            try:
+                code = subprocess.run(
+                    cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = -9
         wall = time.perf_counter() - t0
         if code != 0 or not out_path.exists():
             tail = log.read_text()[-4000:]
@@ -218,6 +224,43 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["ratio_vs_default"] = (r["value"] / b) if (b and r.get("value")) else None
 
 
+def record(doc: dict[str, Any], shape: str, case: str, mode: str, result: dict[str, Any]) -> bool:
+    """Put one (mode, case) outcome into ``doc``; return whether it breaks batch invariance."""
+
+    def other(row: dict[str, Any]) -> bool:
+        return not (row["shape"] == shape and row["case"] == case and row["mode"] == mode)
+
+    doc["results"] = [r for r in doc["results"] if other(r)]
+    doc["summary"] = [s for s in doc["summary"] if other(s)]
+    if "error" in result:
+        print(f"== {shape} {case} / {mode}: FAILED {result['error']}", flush=True)
+        print(result["log_tail"][-1500:], flush=True)
+        doc["summary"].append({"shape": shape, "case": case, "mode": mode, **result})
+        return mode != "default"
+    rows = rows_for(case, mode, result, shape)
+    doc["results"].extend(rows)
+    same = sum(r["identical"] for r in rows)
+    again = result.get("alone_again")
+    doc["summary"].append(
+        {
+            "shape": shape, "case": case, "mode": mode, "identical": same,
+            "placements": len(rows),
+            "alone_again_identical": None if again is None else again["identical"],
+            "engine_seconds": result["engine_seconds"],
+            "wall_seconds": result["wall_seconds"],
+            "plugin": result["plugin"], "plugin_loaded_by": result["plugin_loaded_by"],
+        }
+    )  # fmt: skip
+    print(
+        f"== {shape} {case} / {mode}: identical {same}/{len(rows)}; "
+        f"engine {result['engine_seconds']:.0f} s",
+        flush=True,
+    )
+    return mode != "default" and (
+        same != len(rows) or (again is not None and not again["identical"])
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -230,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=256, help="drop batch sizes above this")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds per engine process")
+    parser.add_argument("--log-dir", type=Path, default=None, help="default: <out dir>/e2e-logs")
+    parser.add_argument("--parallel", type=int, default=1, help="engine processes at a time")
+    parser.add_argument(
+        "--gpus", default="", help="GPU ids the processes take in turn, e.g. 0,1 (default: all)"
+    )
     parser.add_argument(
         "--engine",
         type=json.loads,
@@ -240,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         "--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "vllm-bi-gpu-models"
     )
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    n_gpus = max(1, len([g for g in args.gpus.split(",") if g]))
+    args.jobs_per_gpu = -(-args.parallel // n_gpus)
     cases = [c for c in args.cases.split(",") if c]
     modes = [m for m in args.modes.split(",") if m]
     unknown = [c for c in cases if c not in CASES] + [m for m in modes if m not in MODES]
@@ -251,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = Qwen3Shape(num_layers=args.layers, max_position_embeddings=4096, **SHAPES[args.shape])
     model = write_random_qwen3(args.model_dir / shape.name, shape)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = args.out.parent / "e2e-logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = args.log_dir or args.out.parent / "e2e-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
 
     doc: dict[str, Any] = {
         "device": None,
@@ -266,48 +318,27 @@ def main(argv: list[str] | None = None) -> int:
     doc["device"], doc["versions"] = device_name(), versions()
     doc["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     doc["model"] = asdict(shape)
-    failed = False
-    for case in cases:
-        for mode in modes:
-            print(f"== {args.shape} {case} / {mode}", flush=True)
-            result = run_one(model, mode, case, args, log_dir)
-            doc["results"] = [
-                r
-                for r in doc["results"]
-                if not (r["shape"] == args.shape and r["case"] == case and r["mode"] == mode)
-            ]
-            doc["summary"] = [
-                s
-                for s in doc["summary"]
-                if not (s["shape"] == args.shape and s["case"] == case and s["mode"] == mode)
-            ]
-            if "error" in result:
-                print(f"   FAILED: {result['error']}\n{result['log_tail'][-1500:]}", flush=True)
-                doc["summary"].append({"shape": args.shape, "case": case, "mode": mode, **result})
-                failed = failed or mode != "default"
-                continue
-            rows = rows_for(case, mode, result, args.shape)
-            doc["results"].extend(rows)
-            same = sum(r["identical"] for r in rows)
-            again = result.get("alone_again")
-            doc["summary"].append(
-                {
-                    "shape": args.shape, "case": case, "mode": mode, "identical": same,
-                    "placements": len(rows),
-                    "alone_again_identical": None if again is None else again["identical"],
-                    "engine_seconds": result["engine_seconds"],
-                    "wall_seconds": result["wall_seconds"],
-                    "plugin": result["plugin"], "plugin_loaded_by": result["plugin_loaded_by"],
-                }
-            )  # fmt: skip
-            print(
-                f"   identical {same}/{len(rows)}; engine {result['engine_seconds']:.0f} s",
-                flush=True,
+    doc.setdefault("models", {})[args.shape] = asdict(shape)
+    doc["engines_side_by_side"] = args.parallel
+    if args.parallel > 1:
+        doc["timing_note"] = (
+            f"{args.parallel} engines shared the GPUs: the tokens/s here are no speed "
+            "measurement (benchmarks/vllm_serving.py is)"
+        )
+    jobs = [(case, mode) for case in cases for mode in modes]
+    gpus = [g for g in args.gpus.split(",") if g] or [None]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {
+            pool.submit(run_one, model, mode, case, args, log_dir, gpus[i % len(gpus)]): (
+                case,
+                mode,
             )
-            if mode != "default" and (
-                same != len(rows) or (again is not None and not again["identical"])
-            ):
-                failed = True
+            for i, (case, mode) in enumerate(jobs)
+        }
+        outcomes = {futures[f]: f.result() for f in concurrent.futures.as_completed(futures)}
+    failed = False
+    for case, mode in jobs:
+        failed = record(doc, args.shape, case, mode, outcomes[case, mode]) or failed
     add_ratios(doc["results"])
     args.out.write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out}")

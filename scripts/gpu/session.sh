@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU work of one device session, in phases that each fit one device call (< 10 minutes).
+# Run from the repository root on the lent machine, after `source scripts/gpu/env.sh`:
+#
+#   bash scripts/gpu/session.sh kernels   # no vLLM needed: FP8 bench, Triton CUDA tests, model bench
+#   bash scripts/gpu/session.sh e2e       # vLLM staged: needle e2e, 0.6B and 8B shapes, all cases
+#   bash scripts/gpu/session.sh bench     # vLLM staged: serving benchmark, 0.6B and 8B shapes
+#   bash scripts/gpu/session.sh tp        # vLLM staged, 2 GPUs: tensor-parallel runs
+#
+# Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
+# 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
+# tarball, <phase>-logs.tgz.
+set -u
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn}
+WORK=/tmp/work/$PHASE
+mkdir -p "$WORK" "$OUT"
+NGPU=$(nvidia-smi -L | wc -l)
+GPU_B=$((NGPU > 1 ? 1 : 0))  # the second GPU, or the first again on a one-GPU machine
+PAR=$((NGPU > 1 ? 6 : 3))    # engines side by side per shape
+echo "== phase $PHASE on $NGPU GPU(s), $(date -u +%H:%M:%S)"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+
+# gpu_job GPU SECONDS NAME CMD...: run CMD on one GPU in the background, output to $WORK/NAME.log
+gpu_job() {
+  local gpu=$1 secs=$2 name=$3
+  shift 3
+  (CUDA_VISIBLE_DEVICES=$gpu timeout "$secs" "$@" >"$WORK/$name.log" 2>&1
+   echo "== $name exit $? at $(date -u +%H:%M:%S)" >>"$WORK/$name.log") &
+}
+
+# after_job: wait for the jobs, show each log's tail, pack the logs, list $OUT.
+after_jobs() {
+  wait
+  cp "$WORK"/*.json "$OUT"/ 2>/dev/null
+  for f in "$WORK"/*.log; do
+    echo "---------------- $(basename "$f")"
+    tail -n "${TAIL:-25}" "$f"
+  done
+  tar czf "$OUT/$PHASE-logs.tgz" -C "$WORK" . 2>/dev/null
+  ls -la "$OUT"
+}
+
+case $PHASE in
+kernels)
+  # GPU A: the CUTLASS FP8 kernel's JIT build and benchmark (#5), then the model-level bench (#4).
+  gpu_job 0 420 fp8 bash -c "python3 packages/bi-cutlass-fp8/bench/bench_fp8.py \
+    ; python3 benchmarks/model_decoder.py --shapes 0.6b --out $OUT/model_decoder_0.6b.json \
+    ; python3 benchmarks/model_decoder.py --shapes 8b --compile eager --out $OUT/model_decoder_8b.json"
+  [ "$NGPU" -lt 2 ] && wait  # one card: keep the timed runs alone on it
+  # GPU B: every bi-triton-ascend CUDA test, attention included (#3), after the dot-precision
+  # change; ir-dispatch's CUDA tests after the contiguous-output fix; the attention benchmark (#12).
+  gpu_job "$GPU_B" 420 triton_tests bash -c "python3 -m pytest packages/bi-triton-ascend/tests -q \
+    -p no:cacheprovider -rs --junitxml=$OUT/bi_triton_cuda.junit.xml; \
+    python3 -m pytest packages/ir-dispatch/tests/test_cuda.py -q -p no:cacheprovider -rs \
+    --junitxml=$OUT/ir_dispatch_cuda.junit.xml; \
+    OUT=$WORK python3 packages/bi-triton-ascend/bench/bench_attention.py && cp $WORK/bench_attention.json $OUT/"
+  after_jobs
+  ;;
+e2e)
+  # Needle alone vs in batches, three modes, four cases (#10): one shape per GPU.
+  gpu_job 0 560 e2e_06b python3 tests-integration/gpu/e2e_vllm_gpu.py --shape 0.6b \
+    --parallel "$PAR" --gpus 0 --out "$OUT/e2e_vllm_gpu_0.6b.json" --log-dir "$WORK/06b"
+  gpu_job "$GPU_B" 560 e2e_8b python3 tests-integration/gpu/e2e_vllm_gpu.py --shape 8b \
+    --parallel "$PAR" --gpus "$GPU_B" --out "$OUT/e2e_vllm_gpu_8b.json" --log-dir "$WORK/8b" \
+    --engine '{"kv_cache_memory_bytes": 2147483648}'
+  after_jobs
+  ;;
+bench)
+  # Serving throughput and latency, default vs vllm-bi vs plugin (#10); one shape per GPU, the
+  # modes one after another on it. Results and logs in $WORK, the JSON copied to $OUT at the end.
+  gpu_job 0 560 bench_06b python3 benchmarks/vllm_serving.py --shape 0.6b --timeout 250 \
+    --model-dir /tmp/models --out "$WORK/vllm_serving_0.6b.json"
+  [ "$NGPU" -lt 2 ] && wait  # one card: the shapes one after the other
+  gpu_job "$GPU_B" 560 bench_8b python3 benchmarks/vllm_serving.py --shape 8b --timeout 250 \
+    --model-dir /tmp/models --out "$WORK/vllm_serving_8b.json"
+  after_jobs
+  ;;
+tp)
+  if [ "$NGPU" -lt 2 ]; then echo "phase tp needs 2 GPUs, this machine has $NGPU"; exit 2; fi
+  (timeout 570 python3 tests-integration/gpu/e2e_vllm_tp.py --out "$OUT/e2e_vllm_tp.json" --log-dir "$WORK" \
+    >"$WORK/tp.log" 2>&1; echo "== tp exit $?" >>"$WORK/tp.log")
+  TAIL=60 after_jobs
+  ;;
+attn)
+  gpu_job 0 300 attn python3 tests-integration/gpu/attn_backend_smoke.py \
+    --out "$OUT/attn_backend_smoke.json"
+  TAIL=60 after_jobs
+  ;;
+*)
+  echo "unknown phase $PHASE; expected kernels, e2e, bench, tp or attn"
+  exit 2
+  ;;
+esac
