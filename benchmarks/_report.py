@@ -171,3 +171,60 @@ def plot_lines(
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+BarPanels = dict[str, dict[str, dict[str, float]]]
+
+
+def plot_bars(
+    path: Path,
+    panels: BarPanels,
+    ylabel: str,
+    hline: float | None = None,
+    panel_size: tuple[float, float] = (5.5, 3.4),
+    title: str = "",
+) -> Path | None:
+    """One subplot per panel of grouped bars (one bar per series); skipped without matplotlib.
+
+    Args:
+        path: the PNG to write.
+        panels: panel title -> series name -> category -> value (non-finite values are left out).
+        ylabel: the y-axis label of every panel.
+        hline: draw a dashed reference line at this y (e.g. 1.0 for ratios).
+        panel_size: width and height of one panel in inches.
+        title: the figure's title (device, versions, date), when given.
+    """
+    plt = pyplot()
+    if plt is None:
+        print("matplotlib not installed: no plot")
+        return None
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows), squeeze=False
+    )
+    for ax, (panel_title, series) in zip(axes.flat, panels.items(), strict=False):
+        cats = list(dict.fromkeys(c for values in series.values() for c in values))
+        width = 0.8 / max(1, len(series))
+        for i, (name, values) in enumerate(series.items()):
+            finite = [j for j, c in enumerate(cats) if math.isfinite(values.get(c, math.nan))]
+            xs = [j + i * width for j in finite]
+            ys = [values[cats[j]] for j in finite]
+            ax.bar(xs, ys, width=width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
+        ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=7)
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(panel_title, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,495 @@
+"""Model-level speed of batch-invariant mode (issue #4): tokens/s of a Qwen3 decoder, BI vs default.
+
+Issue #4's model target: a Qwen3-0.6B-shaped and a Qwen3-8B-shaped decoder (random weights,
+fewer layers allowed), prefill and decode, eager and ``torch.compile``, where batch-invariant
+mode must reach >= 0.8x the tokens/s of the default mode. The model is ``transformers``'
+Qwen3ForCausalLM (bf16, eager attention) put in batch-invariant mode exactly as
+``tests-integration/gpu/transformers_bi.py`` does: ``ir_dispatch.aten_overrides()`` plus
+``ir_dispatch.batch_invariant()``, with ``bi_triton_ascend`` imported to register its kernels.
+
+Measured per shape, in one run and side by side (default mode, then BI mode, per case):
+
+* prefill: batch 1 x 2048 and batch 16 x 512 tokens (one forward, logits of the last token
+  only, as vLLM's prefill);
+* decode: batch 1 and batch 32, one new token per step on a static KV cache after a prompt of
+  ``--decode-prompt`` tokens, timed over ``--steps`` steps;
+* each in eager and in ``torch.compile`` (default mode; a failure is recorded in its row).
+
+Every repetition is kept; the median is reported. Each row also lists the providers the
+registry dispatched to in its first run (``providers_used``; empty in default mode): a BI row
+with none under compile means the compiled graph bypassed the aten overrides, so that row did
+not run the batch-invariant kernels and its ratio says nothing about them.
+
+Run on the GPU machine from the repository root::
+
+    source scripts/gpu/env.sh && python benchmarks/model_decoder.py --shapes 0.6b,8b
+
+On CPU: ``TRITON_INTERPRET=1 python benchmarks/model_decoder.py --tiny --compile eager``.
+Re-plot a result file: ``python benchmarks/model_decoder.py --replot model_decoder.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report
+import torch
+
+import ir_dispatch as ird
+
+TARGET_RATIO = 0.8
+MODES = ("default", "batch_invariant")
+COMPILE_MODES = ("eager", "compile")
+TABLE_COLUMNS = [
+    "shape", "phase", "batch", "seq", "compile", "mode", "median", "unit", "ratio_vs_default",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The Qwen3 config fields that set the cost of a forward (layers may be cut)."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    layers: int
+    full_layers: int
+    tie_word_embeddings: bool
+
+
+SHAPES = {
+    "0.6b": ModelShape("0.6b", 1024, 3072, 16, 8, 128, 151936, 8, 28, True),
+    "8b": ModelShape("8b", 4096, 12288, 32, 8, 128, 151936, 4, 36, False),
+    "tiny": ModelShape("tiny", 32, 64, 2, 1, 16, 256, 1, 1, True),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured workload: a phase at a batch size and sequence length."""
+
+    phase: str  # "prefill" or "decode"
+    batch: int
+    seq: int  # prefill: tokens per row; decode: prompt tokens already in the cache
+
+    def tokens(self, steps: int) -> int:
+        """Tokens produced by one repetition (decode: one per row per step)."""
+        return self.batch * (self.seq if self.phase == "prefill" else steps)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures; ``--tiny`` swaps in a config small enough for CPU tests."""
+
+    shapes: tuple[str, ...]
+    compile_modes: tuple[str, ...]
+    cases: tuple[Case, ...]
+    steps: int
+    reps: int
+    warmup: int
+    layers: int | None
+
+
+def full_cases(decode_prompt: int) -> tuple[Case, ...]:
+    """Issue #4's workloads: prefill 1x2048 and 16x512, decode at batch 1 and 32."""
+    return (
+        Case("prefill", 1, 2048),
+        Case("prefill", 16, 512),
+        Case("decode", 1, decode_prompt),
+        Case("decode", 32, decode_prompt),
+    )
+
+
+TINY_CASES = (
+    Case("prefill", 1, 8),
+    Case("prefill", 2, 4),
+    Case("decode", 1, 4),
+    Case("decode", 2, 4),
+)
+
+
+# ------------------------------------------------------------------------------ model
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(shape: ModelShape, layers: int, max_len: int) -> torch.nn.Module:
+    """A random-weight bf16 Qwen3ForCausalLM of ``shape``, as transformers_bi.py builds it."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=max(4096, max_len),
+        tie_word_embeddings=shape.tie_word_embeddings,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config).to(device=device(), dtype=torch.bfloat16).eval()
+
+
+def static_cache(model: torch.nn.Module, batch: int, max_len: int) -> Any:
+    """A StaticCache for ``batch`` rows (fixed shapes, so one compiled decode graph serves all
+    steps); transformers 5 sizes it lazily, 4.x wants batch, device and dtype up front."""
+    from transformers import StaticCache
+
+    try:
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    except TypeError:
+        return StaticCache(
+            config=model.config, max_batch_size=batch, max_cache_len=max_len,
+            device=device(), dtype=torch.bfloat16,
+        )  # fmt: skip
+
+
+@contextmanager
+def run_mode(mode: str) -> Iterator[None]:
+    """Default mode as is; BI mode entered as transformers_bi.py does."""
+    with ExitStack() as stack:
+        if mode == "batch_invariant":
+            stack.enter_context(ird.aten_overrides())
+            stack.enter_context(ird.batch_invariant())
+        yield
+
+
+def forward_fn(model: torch.nn.Module, compile_mode: str) -> Callable[..., Any]:
+    """The model's forward, eager or freshly compiled (dynamo's cache dropped first, since its
+    guards do not see the dispatch mode and would reuse the other mode's graph)."""
+    if compile_mode == "eager":
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+
+
+# ------------------------------------------------------------------------------ workloads
+def random_ids(batch: int, seq: int, vocab: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(batch * 100_003 + seq)
+    return torch.randint(0, vocab, (batch, seq), generator=gen).to(device())
+
+
+def prefill_step(fn: Callable[..., Any], ids: torch.Tensor) -> Callable[[], Any]:
+    """One prefill forward without a cache, logits of the last position only (as vLLM)."""
+    return lambda: fn(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+
+class DecodeRunner:
+    """Greedy decode on a static KV cache: :meth:`prefill` (untimed) then :meth:`steps`."""
+
+    def __init__(
+        self, model: torch.nn.Module, fn: Callable[..., Any], case: Case, steps: int, vocab: int
+    ) -> None:
+        self.model, self.fn, self.case, self.n_steps = model, fn, case, steps
+        self.prompt = random_ids(case.batch, case.seq, vocab)
+        self.cache = static_cache(model, case.batch, case.seq + steps)
+        self.next_ids = self.prompt[:, -1:]
+
+    def prefill(self) -> None:
+        """Reset the cache and fill it with the prompt (eager model: one graph fewer)."""
+        self.cache.reset()
+        positions = torch.arange(self.case.seq, device=device())
+        out = self.model(
+            input_ids=self.prompt, past_key_values=self.cache, cache_position=positions,
+            use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        self.next_ids = out.logits[:, -1:].argmax(-1)
+
+    def steps(self) -> None:
+        """One new token per row per step; each step feeds back the previous argmax."""
+        ids = self.next_ids
+        for i in range(self.n_steps):
+            position = torch.tensor([self.case.seq + i], device=device())
+            out = self.fn(
+                input_ids=ids, past_key_values=self.cache, cache_position=position,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            ids = out.logits[:, -1:].argmax(-1)
+
+
+# ------------------------------------------------------------------------------ timing
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_once_ms(fn: Callable[[], Any]) -> float:
+    """Wall time of one call in ms: CUDA events on a GPU, perf_counter on CPU; synced."""
+    sync()
+    if torch.cuda.is_available():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1e3
+
+
+def repeat_ms(
+    run: Callable[[], Any], reps: int, warmup: int, setup: Callable[[], Any] | None = None
+) -> tuple[list[float], dict[str, list[str]]]:
+    """Every timed repetition of ``run`` after ``warmup`` untimed ones (compiles happen there),
+    and the providers the registry dispatched to in the first run (recorded there only, so the
+    recorder costs no timed repetition; ``setup``, run untimed before each, is not recorded)."""
+    times, providers = [], {}
+    for i in range(warmup + reps):
+        if setup is not None:
+            setup()
+        if i == 0:
+            with ird.recording() as recorder:
+                ms = time_once_ms(run)
+            providers = recorder.providers()
+        else:
+            ms = time_once_ms(run)
+        if i >= warmup:
+            times.append(ms)
+    return times, providers
+
+
+@torch.inference_mode()
+def measure_case(
+    model: torch.nn.Module, fn: Callable[..., Any], case: Case, settings: Settings, vocab: int
+) -> tuple[list[float], dict[str, list[str]]]:
+    """Tokens/s of every repetition of ``case``, and the providers it dispatched to."""
+    if case.phase == "prefill":
+        ids = random_ids(case.batch, case.seq, vocab)
+        times, used = repeat_ms(prefill_step(fn, ids), settings.reps, settings.warmup)
+    else:
+        runner = DecodeRunner(model, fn, case, settings.steps, vocab)
+        times, used = repeat_ms(runner.steps, settings.reps, settings.warmup, runner.prefill)
+    tokens = case.tokens(settings.steps)
+    return [tokens / (ms / 1e3) for ms in times], used
+
+
+# ------------------------------------------------------------------------------ rows
+def result_row(
+    shape: ModelShape, layers: int, case: Case, compile_mode: str, mode: str, settings: Settings
+) -> dict[str, Any]:
+    return {
+        "shape": shape.name,
+        "layers": layers,
+        "phase": case.phase,
+        "batch": case.batch,
+        "seq": case.seq,
+        "steps": settings.steps if case.phase == "decode" else None,
+        "compile": compile_mode,
+        "mode": mode,
+        "unit": "tokens/s",
+    }
+
+
+def measure_mode(
+    model: torch.nn.Module, shape: ModelShape, layers: int, compile_mode: str, mode: str,
+    settings: Settings,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every case in one mode; a failing case (e.g. compile of the BI path) keeps its error."""
+    rows = []
+    with run_mode(mode):
+        fn = forward_fn(model, compile_mode)
+        for case in settings.cases:
+            row = result_row(shape, layers, case, compile_mode, mode, settings)
+            try:
+                reps, used = measure_case(model, fn, case, settings, shape.vocab_size)
+                row.update(reps=reps, median=_report.median(reps), providers_used=used)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                row.update(reps=[], median=float("nan"), error=error)
+                print(f"  {shape.name} {case} {compile_mode} {mode}: {error[:300]}")
+            rows.append(row)
+            print(f"  {shape.name} {case.phase} b{case.batch} s{case.seq} {compile_mode} "
+                  f"{mode}: {row['median']:.4g} tokens/s", flush=True)  # fmt: skip
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``ratio_vs_default`` = BI tokens/s / default tokens/s of the same case (1.0 on default)."""
+    key = lambda r: (r["shape"], r["phase"], r["batch"], r["seq"], r["compile"])  # noqa: E731
+    default = {key(r): r["median"] for r in rows if r["mode"] == "default"}
+    for r in rows:
+        base = default.get(key(r), float("nan"))
+        ok = base > 0 and math.isfinite(base) and math.isfinite(r["median"])
+        r["ratio_vs_default"] = r["median"] / base if ok else float("nan")
+
+
+def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
+    shape = SHAPES[name]
+    layers = settings.layers or shape.layers
+    max_len = max(c.seq + settings.steps for c in settings.cases)
+    model = build_model(shape, layers, max_len)
+    rows = []
+    for compile_mode in settings.compile_modes:
+        for mode in MODES:
+            rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rows
+
+
+# ------------------------------------------------------------------------------ report
+def versions() -> dict[str, Any]:
+    import transformers
+
+    found: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+    }
+    for module in ("triton", "bi_triton_ascend", "ir_dispatch"):
+        try:
+            found[module] = getattr(__import__(module), "__version__", "?")
+        except ImportError:
+            found[module] = None
+    return found
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's verdict: every BI row at >= 0.8x its default row, and the worst ratio."""
+    bi = [r for r in rows if r["mode"] == "batch_invariant"]
+    ratios = [r["ratio_vs_default"] for r in bi]
+    finite = [x for x in ratios if math.isfinite(x)]
+    return {
+        "target_ratio": TARGET_RATIO,
+        "min_ratio": min(finite) if finite else None,
+        "geomean_ratio": _report.geomean(finite) if finite else None,
+        "rows_below_target": sum(1 for x in finite if x < TARGET_RATIO),
+        "rows_failed": sum(1 for r in rows if "error" in r),
+        "target_met": bool(finite) and len(finite) == len(ratios) and min(finite) >= TARGET_RATIO,
+    }
+
+
+def plot(path: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """One panel per (shape, phase, compile): tokens/s against batch, a line per mode."""
+    panels: _report.Panels = {}
+    for r in rows:
+        title = f"{r['shape']} {r['phase']} {r['compile']}"
+        panels.setdefault(title, {}).setdefault(r["mode"], []).append(
+            (float(r["batch"]), float(r["median"]))
+        )
+    return _report.plot_lines(path, panels, "batch", "tokens/s", logx=True, logy=True)
+
+
+def report(rows: list[dict[str, Any]], verdict: dict[str, Any]) -> None:
+    _report.print_table(rows, TABLE_COLUMNS, "Qwen3 decoder tokens/s: default vs batch-invariant")
+    print(f"\nBI / default: min {verdict['min_ratio']}, geomean {verdict['geomean_ratio']}, "
+          f"target >= {TARGET_RATIO}: {'met' if verdict['target_met'] else 'NOT met'}")  # fmt: skip
+
+
+def replot(path: Path) -> None:
+    """Table and PNG again from a written result file (e.g. on a machine with matplotlib)."""
+    payload = json.loads(path.read_text())
+    report(payload["results"], payload.get("summary") or summary(payload["results"]))
+    plot(path.with_suffix(".png"), payload["results"])
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--shapes", default="0.6b,8b", help="comma list of 0.6b, 8b")
+    parser.add_argument("--compile", default="eager,compile", help="comma list of eager, compile")
+    parser.add_argument("--layers", type=int, help="layers of every shape (default: 0.6b 8, 8b 4)")
+    parser.add_argument("--steps", type=int, default=32, help="decode steps per repetition")
+    parser.add_argument("--decode-prompt", type=int, default=512, help="tokens cached first")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="tiny config and few steps (CPU)")
+    parser.add_argument("--out", type=Path, help="default: $OUT/model_decoder.json")
+    parser.add_argument("--replot", type=Path, help="re-print and re-plot a result file")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    base = Settings(
+        shapes=tuple(s for s in args.shapes.split(",") if s),
+        compile_modes=tuple(c for c in args.compile.split(",") if c),
+        cases=full_cases(args.decode_prompt),
+        steps=args.steps,
+        reps=args.reps,
+        warmup=args.warmup,
+        layers=args.layers,
+    )
+    if not base.shapes or not base.compile_modes:
+        raise SystemExit("--shapes and --compile need at least one value each")
+    for value in (*base.shapes, *base.compile_modes):
+        if value not in SHAPES and value not in COMPILE_MODES:
+            raise SystemExit(f"unknown shape or compile mode: {value}")
+    if args.tiny:
+        return replace(base, shapes=("tiny",), cases=TINY_CASES, steps=min(args.steps, 4),
+                       warmup=min(args.warmup, 1))  # fmt: skip
+    return base
+
+
+def raise_recompile_limit(limit: int = 64) -> None:
+    """Room for one graph per case and mode (dynamo's default of 8 would fall back to eager)."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, limit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.replot:
+        replot(args.replot)
+        return
+    settings = settings_from(args)
+    try:
+        import bi_triton_ascend  # noqa: F401 - registers the Triton providers
+    except ImportError:
+        print("bi_triton_ascend not importable: BI mode uses the providers that are installed")
+    raise_recompile_limit()
+    results_dir = Path(__file__).resolve().parent / "results"
+    path = args.out or _report.out_dir(results_dir) / "model_decoder.json"
+    head = _report.header(_report.cuda_device(platform.processor() or "cpu"), versions())
+    rows: list[dict[str, Any]] = []
+    verdict = summary(rows)
+    for name in settings.shapes:
+        started = time.perf_counter()
+        rows += measure_shape(name, settings)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+        add_ratios(rows)  # written after every shape: a run cut short keeps what it measured
+        verdict = summary(rows)
+        write_results(path, head, rows, settings, verdict, announce=name == settings.shapes[-1])
+    report(rows, verdict)
+    plot(path.with_suffix(".png"), rows)
+
+
+def write_results(
+    path: Path, head: dict[str, Any], rows: list[dict[str, Any]], settings: Settings,
+    verdict: dict[str, Any], announce: bool,
+) -> None:  # fmt: skip
+    setup = asdict(settings) | {
+        "layers_per_shape": {s: settings.layers or SHAPES[s].layers for s in settings.shapes},
+        "full_layers": {s: SHAPES[s].full_layers for s in settings.shapes},
+        "dtype": "bfloat16", "attn_implementation": "eager", "kv_cache": "static",
+        "bi_mode": "ir_dispatch.aten_overrides() + ir_dispatch.batch_invariant()",
+        "timing": "CUDA events around each repetition (perf_counter on CPU); median of reps",
+    }  # fmt: skip
+    payload = {**head, "setup": setup, "summary": verdict, "results": rows}
+    _report.write_json(path, payload, announce=announce)
+
+
+if __name__ == "__main__":
+    main()

