@@ -237,3 +237,62 @@ def test_bad_arguments_raise(device: torch.device) -> None:
         bta.linear(a, torch.randn(8, device=device))
     with pytest.raises(ValueError, match="addmm: bias must broadcast"):
         bta.addmm(torch.randn(5, device=device), a, torch.randn(8, 3, device=device))
+
+
+# --------------------------------------------------------------------- fp32 output, N-free chain
+def test_fp32_output_is_the_unrounded_accumulator(device: torch.device) -> None:
+    from bi_triton_ascend.ops.gemm import batched_gemm
+
+    a = rand(3, 5, 256, dtype=torch.bfloat16, device=device)
+    b = rand(3, 256, 48, dtype=torch.bfloat16, device=device)
+    wide = batched_gemm(a, b, out_dtype=torch.float32)
+    assert wide.dtype == torch.float32
+    assert not torch.equal(wide, wide.to(torch.bfloat16).float())  # really not rounded
+    exact = a.double() @ b.double()
+    torch.testing.assert_close(wide.double(), exact, rtol=1e-5, atol=1e-4)
+    for row in (0, 4):  # batch-invariant like the default output: a row alone, same bits
+        alone = batched_gemm(a[:, row : row + 1], b, out_dtype=torch.float32)
+        assert torch.equal(alone, wide[:, row : row + 1])
+    with pytest.raises(ValueError, match="out_dtype"):
+        batched_gemm(a, b, out_dtype=torch.float16)
+
+
+def test_n_independent_chain_switch() -> None:
+    from bi_triton_ascend.ops import gemm_config
+
+    assert chain_for(256, 4096, torch.bfloat16).num_segs == 4  # default: N-dependent
+    gemm_config.set_n_independent_chain(True)
+    try:
+        assert gemm_config.n_independent_chain()
+        for n in (32, 256, 512, 4096):
+            assert chain_for(n, 4096, torch.bfloat16) == chain_for(8192, 4096, torch.bfloat16)
+    finally:
+        gemm_config.set_n_independent_chain(False)
+    assert chain_for(256, 4096, torch.bfloat16).num_segs == 4
+    with pytest.raises(TypeError, match="on must be a bool"):
+        gemm_config.set_n_independent_chain(1)  # type: ignore[arg-type]
+
+
+def test_column_split_keeps_bits_with_n_independent_chain(device: torch.device) -> None:
+    """A column-parallel shard (half of N) keeps the full product's bits on the K-only chain.
+
+    Compared on the fp32 accumulator, where the default (N-dependent) chain visibly differs.
+    """
+    from bi_triton_ascend.ops import gemm_config
+    from bi_triton_ascend.ops.gemm import batched_gemm
+
+    x = rand(1, 4, 2048, dtype=torch.bfloat16, device=device)
+    w = rand(1, 2048, 256, dtype=torch.bfloat16, device=device)
+
+    def full_and_halves() -> tuple[torch.Tensor, torch.Tensor]:
+        full = batched_gemm(x, w, out_dtype=torch.float32)
+        parts = [batched_gemm(x, w[..., h : h + 128], out_dtype=torch.float32) for h in (0, 128)]
+        return full, torch.cat(parts, dim=-1)
+
+    assert chain_for(256, 2048, torch.bfloat16) != chain_for(128, 2048, torch.bfloat16)
+    assert not torch.equal(*full_and_halves())
+    gemm_config.set_n_independent_chain(True)
+    try:
+        assert torch.equal(*full_and_halves())
+    finally:
+        gemm_config.set_n_independent_chain(False)

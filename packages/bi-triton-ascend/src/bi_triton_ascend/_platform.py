@@ -108,6 +108,25 @@ def _cuda_arch(index: int) -> str:
     return "sm90" if major == 9 and _triton_at_least(3, 4) else "cuda"
 
 
+def shared_memory_limit(device: torch.device) -> int | None:
+    """Bytes of shared memory one program may use on ``device``; ``None`` where unknown.
+
+    Only CUDA reports it (``sharedMemPerBlockOptin``); the interpreter has no limit, and on
+    Ascend the compiler sizes its own buffers.
+    """
+    if interpreting() or device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_shared_memory(index)
+
+
+@functools.cache
+def _cuda_shared_memory(index: int) -> int:
+    # torch >= 2.3 reports the opt-in limit; its type stubs do not list the attribute.
+    props = torch.cuda.get_device_properties(index)
+    return int(props.shared_memory_per_block_optin)  # type: ignore[attr-defined]
+
+
 def _triton_at_least(major: int, minor: int) -> bool:
     import triton
 

@@ -15,10 +15,16 @@ both use the one :func:`~ir_dispatch.ops.collectives.tree_sum`. Every TP size th
 two dividing ``TP_SEGMENTS`` therefore performs the same additions in the same order, and every
 rank ends with identical bits.
 
+How the segment products run is a parameter (:data:`SegmentGemm`): the reference
+:func:`fp32_segment_gemm` (``ir_dispatch::mm`` on fp32 copies, any provider), or on GPUs one
+batched GEMM with an fp32 output (vllm-bi-plugin's TP-invariant mode). One device must use the
+same one at every TP size; :func:`tree_all_reduce` combines ranks given any rank-order gather.
+
 Column-parallel layers (``qkv_proj``, ``gate_up_proj``, the vocab-parallel ``lm_head``) split N,
 never K: an output element is computed whole on one rank, so they are TP-invariant as long as the
-GEMM's reduction order for a column does not depend on how many columns the call has (true of
-the CPU provider and of the Triton kernels, whose K order is fixed per K; checked by tests).
+GEMM's reduction order for a column does not depend on how many columns the call has. The CPU
+provider's does not; bi-triton-ascend's default chain splits K for narrow N (< 1024), so
+TP-invariant mode switches it to a K-only chain (``set_n_independent_chain``).
 Attention heads are independent per head. The vocab-parallel embedding adds one looked-up row to
 zeros, which is exact.
 """
@@ -26,6 +32,7 @@ zeros, which is exact.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -51,8 +58,43 @@ def segment_bounds(k: int, segments: int = TP_SEGMENTS) -> list[tuple[int, int]]
     return [(i * step, (i + 1) * step) for i in range(segments)]
 
 
+SegmentGemm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(a [S, M, Kseg], b [S, Kseg, N]) -> [S, M, N]`` float32: each product from zero in fp32."""
+
+
+def fp32_segment_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The reference :data:`SegmentGemm`: each segment through ``ir_dispatch::mm`` on fp32 copies.
+
+    Portable (any provider of ``mm``) but slow on GPUs: it copies the weight to fp32 on every
+    call. GPUs use a batched GEMM with an fp32 output instead (``vllm-bi-plugin``'s
+    ``_tp.triton_segment_gemm``); each device must use one of them at every TP size.
+    """
+    products = [mm.call_selected(ai.float(), bi.float()) for ai, bi in zip(a, b, strict=True)]
+    return torch.stack(products)
+
+
+def segment_operands(
+    x: torch.Tensor, weight: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [M, K]`` and ``weight [N, K]`` as ``count`` batched segment products, without copies.
+
+    Returns ``a [count, M, K / count]`` and ``b [count, K / count, N]`` (strided views).
+    """
+    k = x.shape[-1]
+    bounds = segment_bounds(k, count)  # checks that count divides K
+    seg = bounds[0][1]
+    a = x.reshape(x.shape[0], count, seg).transpose(0, 1)
+    b = weight.reshape(weight.shape[0], count, seg).permute(1, 2, 0)
+    return a, b
+
+
 def local_row_parallel_partial(
-    x_shard: torch.Tensor, weight_shard: torch.Tensor, tp_size: int, segments: int = TP_SEGMENTS
+    x_shard: torch.Tensor,
+    weight_shard: torch.Tensor,
+    tp_size: int,
+    segments: int = TP_SEGMENTS,
+    *,
+    segment_gemm: SegmentGemm | None = None,
 ) -> torch.Tensor:
     """One rank's fp32 subtree sum of a row-parallel ``x @ weight.T``.
 
@@ -61,6 +103,8 @@ def local_row_parallel_partial(
         weight_shard: ``[N, K / tp_size]``, this rank's slice of the weight.
         tp_size: the number of ranks; must divide ``segments``.
         segments: total K segments of the whole layer.
+        segment_gemm: how the segment products run (default :func:`fp32_segment_gemm`); the
+            same one must be used at every TP size.
 
     Returns:
         ``[M, N]`` float32: the sum of this rank's segments along its subtree.
@@ -74,11 +118,40 @@ def local_row_parallel_partial(
     k_local = x_shard.shape[-1]
     if weight_shard.shape[-1] != k_local:
         raise ValueError(f"weight_shard has K={weight_shard.shape[-1]} but x_shard has K={k_local}")
-    partials = [
-        mm.call_selected(x_shard[:, lo:hi].float(), weight_shard[:, lo:hi].float().t())
-        for lo, hi in segment_bounds(k_local, local)
-    ]
-    return tree_sum(partials)
+    a, b = segment_operands(x_shard, weight_shard, local)
+    products = (segment_gemm or fp32_segment_gemm)(a, b)
+    if products.dtype != torch.float32:
+        raise ValueError(f"segment_gemm must return float32, got {products.dtype}")
+    return tree_sum(list(products.unbind(0)))
+
+
+def tree_all_reduce(
+    partial: torch.Tensor, all_gather: Callable[[torch.Tensor], torch.Tensor], world_size: int
+) -> torch.Tensor:
+    """Sum the ranks' ``partial`` tensors in the fixed tree order, given a rank-order gather.
+
+    Args:
+        partial: this rank's tensor.
+        all_gather: returns every rank's ``partial`` stacked in rank order, ``[world, *shape]``
+            (vLLM's group ``all_gather`` along a new dim 0, or a test's emulation).
+        world_size: the number of ranks (a power of two).
+    """
+    _check_power_of_two("world_size", world_size)
+    if world_size == 1:
+        return partial
+    gathered = all_gather(partial)
+    if gathered.shape[0] != world_size:
+        raise ValueError(f"all_gather returned {gathered.shape[0]} parts for {world_size} ranks")
+    return tree_sum(list(gathered.unbind(0)))
+
+
+def finish_row_parallel(
+    total: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """Bias once, in fp32, after the whole reduction; then one cast to the activation dtype."""
+    if bias is not None:
+        total = total + bias.float()
+    return total.to(dtype)
 
 
 def row_parallel_linear(
@@ -87,12 +160,12 @@ def row_parallel_linear(
     bias: torch.Tensor | None = None,
     *,
     segments: int = TP_SEGMENTS,
+    segment_gemm: SegmentGemm | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` with the TP-invariant reduction order, on one device (TP=1)."""
-    out = local_row_parallel_partial(x.reshape(-1, x.shape[-1]), weight, 1, segments)
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    x2 = x.reshape(-1, x.shape[-1])
+    out = local_row_parallel_partial(x2, weight, 1, segments, segment_gemm=segment_gemm)
+    return finish_row_parallel(out, bias, x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
 def fixed_order_all_reduce(partial: torch.Tensor, group: object | None = None) -> torch.Tensor:
@@ -124,6 +197,7 @@ def emulate_row_parallel_linear(
     bias: torch.Tensor | None = None,
     *,
     segments: int = TP_SEGMENTS,
+    segment_gemm: SegmentGemm | None = None,
 ) -> torch.Tensor:
     """What ``tp_size`` ranks compute for a row-parallel layer, in one process.
 
@@ -142,13 +216,12 @@ def emulate_row_parallel_linear(
             weight[:, r * shard : (r + 1) * shard],
             tp_size,
             segments,
+            segment_gemm=segment_gemm,
         )
         for r in range(tp_size)
     ]
-    out = tree_sum(partials)
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    out = tree_all_reduce(partials[0], lambda _: torch.stack(partials), tp_size)
+    return finish_row_parallel(out, bias, x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
 def emulate_column_parallel_linear(

@@ -21,6 +21,7 @@ class Report:
         kept: parts of vLLM's own batch-invariant mode that stay in place, with why.
         gaps: problems left: batch-invariant mode will raise there rather than vary.
         env: environment variables set.
+        tp: tensor-parallel facts (``mode``, ``segments``, ``collective``) for the log line.
         announced: whether the summary line was logged in this process.
     """
 
@@ -32,6 +33,7 @@ class Report:
     kept: list[str] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    tp: dict[str, str] = field(default_factory=dict)
     announced: bool = False
 
     def replaced(self, theirs: str, ours: str) -> None:
@@ -53,6 +55,8 @@ class Report:
             parts.append("installed " + "; ".join(f"{t} -> {o}" for t, o in self.replacements))
         else:
             parts.append("installed nothing in place of vLLM's own")
+        if self.tp:
+            parts.append("tensor parallel: " + "; ".join(f"{k} {v}" for k, v in self.tp.items()))
         if self.kept:
             parts.append("kept vLLM's own: " + "; ".join(self.kept))
         if self.gaps:

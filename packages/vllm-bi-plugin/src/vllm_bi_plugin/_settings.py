@@ -75,3 +75,20 @@ def apply_torch_settings() -> None:
     ):
         if backend is not None and hasattr(backend, attr):
             setattr(backend, attr, "ieee")
+
+
+TP_INVARIANT_ENV = "VLLM_BI_TP_INVARIANT"
+
+
+def tp_invariant_requested() -> bool:
+    """Whether ``VLLM_BI_TP_INVARIANT`` asks for TP-invariant mode (read only in BI mode).
+
+    Raises:
+        ValueError: the variable is set to anything but ``0`` or ``1`` (blank counts as unset).
+    """
+    value = os.environ.get(TP_INVARIANT_ENV, "").strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise ValueError(f"{TP_INVARIANT_ENV}={value!r} is not understood; expected 0 or 1")

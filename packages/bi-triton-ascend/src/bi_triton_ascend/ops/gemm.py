@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from .gemm_config import Chain, Tiles, cdiv, chain_for, select_tiles
+from .gemm_config import Chain, Tiles, cdiv, chain_for, fit_shared_memory, select_tiles
 
 
 @triton.jit
@@ -313,6 +313,7 @@ def batched_gemm(
     bias: torch.Tensor | None = None,
     alpha: float = 1.0,
     beta: float = 1.0,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``alpha * (a @ b) + beta * bias`` per batch entry, in one launch.
 
@@ -325,13 +326,20 @@ def batched_gemm(
         bias: ``None`` or a tensor that expands to ``[Bt, M, N]``; ignored when ``beta == 0``.
         alpha: scale of the product.
         beta: scale of ``bias``.
+        out_dtype: the output dtype; ``None`` is ``a.dtype``. ``torch.float32`` returns the fp32
+            accumulator itself (no rounding to ``a.dtype``), which the TP-invariant row-parallel
+            layers need to add K segments in fp32. The chain does not depend on it.
 
     Returns:
-        A new contiguous ``[Bt, M, N]`` tensor in ``a.dtype``.
+        A new contiguous ``[Bt, M, N]`` tensor in ``out_dtype`` (default ``a.dtype``).
     """
     batches, m, k = a.shape
     n = b.shape[2]
-    out = torch.empty((batches, m, n), dtype=a.dtype, device=a.device)
+    if out_dtype is not None and out_dtype not in (a.dtype, torch.float32):
+        raise ValueError(
+            f"batched_gemm: out_dtype must be None, {a.dtype} or float32, got {out_dtype}"
+        )
+    out = torch.empty((batches, m, n), dtype=out_dtype or a.dtype, device=a.device)
     if out.numel() == 0:
         return out
     has_bias = bias is not None and beta != 0.0
@@ -339,6 +347,11 @@ def batched_gemm(
     chain = chain_for(n, k, a.dtype)
     programs = _platform.num_programs(a.device)
     tiles = select_tiles(_platform.arch(a.device), m, n, chain, a.dtype, programs)
+    if out.dtype != a.dtype:
+        tiles = fit_shared_memory(
+            tiles, chain, a.element_size(), out.element_size(),
+            _platform.shared_memory_limit(a.device),
+        )  # fmt: skip
     args = (
         m, n, k,
         *a.stride(), *b.stride(), *out.stride(), *bias_view.stride(),

@@ -18,7 +18,7 @@ not fill the device). So the kernel and the M/N tile sizes may follow the batch 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,15 +55,40 @@ class Chain:
     num_segs: int
 
 
+_n_independent: list[bool] = [False]
+
+
+def set_n_independent_chain(on: bool) -> None:
+    """Make the chain a function of ``(K, dtype)`` only: one segment whatever N (default off).
+
+    Tensor parallelism splits a column-parallel layer's N (``qkv_proj``, ``gate_up_proj``, the
+    vocab-parallel ``lm_head``) across ranks, so with the default rule a narrow layer could get
+    split-K segments at TP=2 and not at TP=1, and other bits. The TP-invariant mode of
+    ``vllm-bi-plugin`` switches this on in every process; it costs the split-K speed-up of
+    narrow outputs (N < 1024) at small M, and changes nothing for N >= 1024.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"set_n_independent_chain: on must be a bool, got {type(on).__name__}")
+    _n_independent[0] = on
+
+
+def n_independent_chain() -> bool:
+    """Whether :func:`set_n_independent_chain` is on."""
+    return _n_independent[0]
+
+
 def chain_for(n: int, k: int, dtype: torch.dtype) -> Chain:
     """The accumulation chain of an ``[*, K] @ [K, N]`` product; depends on N, K, dtype only.
 
     Segments are equal (their count divides the number of K-blocks), which lets Triton fuse the
-    segment and K loops into one pipelined loop.
+    segment and K loops into one pipelined loop. With :func:`set_n_independent_chain` on, N is
+    ignored and K is one segment.
     """
     block_k = BLOCK_K[dtype]
     k_blocks = cdiv(k, block_k)
     segs = 1
+    if _n_independent[0]:
+        return Chain(block_k, k_blocks, 1)
     while (
         cdiv(n, _REF_BLOCK_N) * segs < _TARGET_PROGRAMS
         and segs < _MAX_SEGS
@@ -191,3 +216,28 @@ def select_tiles(
 ) -> Tiles:
     """:func:`tiles_for`, unless :class:`force_tiles` is active."""
     return _forced[-1] if _forced else tiles_for(arch, m, n, chain, dtype, programs)
+
+
+def fit_shared_memory(
+    tiles: Tiles, chain: Chain, in_bytes: int, out_bytes: int, limit: int | None
+) -> Tiles:
+    """``tiles`` with fewer pipeline stages (then narrower N tiles) until they fit ``limit``.
+
+    The tile tables assume an output of the input's width; an fp32 output (the TP-invariant
+    segment products) doubles the epilogue's staging tile, which overflowed shared memory on
+    the H100 at 128 x 256 tiles with 3 stages (272 KiB of 227 KiB). Stages and tile widths never
+    change the accumulation chain, so the bits stay the same. The estimate is the operand
+    pipeline plus one output tile.
+    """
+    if limit is None:
+        return tiles
+
+    def need(t: Tiles) -> int:
+        pipeline = t.num_stages * (t.block_m + t.block_n) * chain.block_k * in_bytes
+        return pipeline + t.block_m * t.block_n * out_bytes
+
+    while need(tiles) > limit and tiles.num_stages > 2:
+        tiles = replace(tiles, num_stages=tiles.num_stages - 1)
+    while need(tiles) > limit and tiles.block_n > 32:
+        tiles = replace(tiles, block_n=tiles.block_n // 2)
+    return tiles
