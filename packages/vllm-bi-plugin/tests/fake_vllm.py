@@ -117,9 +117,126 @@ def dispatch_cpu_unquantized_gemm(layer, remove_weight):
     layer.cpu_linear = "vllm"
 """
 
+_LINEAR_SRC = """
+import torch
+
+from vllm.distributed.parallel_state import get_tp_group
+
+
+class UnquantizedLinearMethod:
+    def apply(self, layer, x, bias=None):
+        return torch.nn.functional.linear(x, layer.weight, bias)
+
+
+class RowParallelLinear(torch.nn.Module):
+    \"\"\"vLLM's forward (0.26 and 0.32 alike) over a given rank's weight shard.\"\"\"
+
+    def __init__(self, weight, bias=None, *, tp_rank=0, tp_size=1, input_is_parallel=True,
+                 reduce_results=True, skip_bias_add=False, return_bias=False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.input_is_parallel, self.reduce_results = input_is_parallel, reduce_results
+        self.skip_bias_add, self.return_bias = skip_bias_add, return_bias
+        self.quant_method = UnquantizedLinearMethod()
+
+    def forward(self, input_):
+        if self.input_is_parallel:
+            input_parallel = input_
+        else:
+            input_parallel = torch.chunk(input_, self.tp_size, dim=-1)[self.tp_rank].contiguous()
+        bias_ = None if (self.tp_rank > 0 or self.skip_bias_add) else self.bias
+        output = self.quant_method.apply(self, input_parallel, bias_)
+        if self.reduce_results and self.tp_size > 1:
+            output = get_tp_group().all_reduce(output)
+        if not self.return_bias:
+            return output
+        return output, (self.bias if self.skip_bias_add else None)
+"""
+
+_PARALLEL_STATE_SRC = """
+TP_GROUP = None  # tests put a group with all_gather/all_reduce here
+
+
+def get_tp_group():
+    return TP_GROUP
+"""
+
 _CUSTOM_OPS_SRC = """
 def cutlass_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias=None):
     return "vllm-cutlass"
+"""
+
+_ATTENTION_BASE_SRC = """
+import enum
+
+
+class AttentionType(str, enum.Enum):
+    DECODER = "decoder"
+    ENCODER = "encoder"
+    ENCODER_ONLY = "encoder_only"
+    ENCODER_DECODER = "encoder_decoder"
+
+
+class AttentionCGSupport(enum.Enum):
+    ALWAYS = 3
+    UNIFORM_BATCH = 2
+    UNIFORM_SINGLE_TOKEN_DECODE = 1
+    NEVER = 0
+"""
+
+# vLLM 0.26's FLASH_ATTN as far as the plugin's subclass relies on it: the Impl's constructor
+# attributes (FlashAttention's (w - 1, 0) window), forward signature and the builder's flags.
+_FLASH_ATTN_SRC = """
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType
+
+CALLS = []
+
+
+class FlashAttentionImpl:
+    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes,
+                 sliding_window, kv_cache_dtype, logits_soft_cap=None,
+                 attn_type=AttentionType.DECODER, kv_sharing_target_layer_name=None,
+                 sinks=None):
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads
+        self.sliding_window = (-1, -1) if sliding_window is None else (sliding_window - 1, 0)
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.dcp_world_size = 1
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None):
+        CALLS.append("vllm-flash-attn")
+        return output.fill_(0)
+
+
+class FlashAttentionMetadataBuilder:
+    _cudagraph_support = AttentionCGSupport.UNIFORM_BATCH
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec):
+        return cls._cudagraph_support
+
+    def use_cascade_attention(self, *args, **kwargs):
+        return True
+
+
+class FlashAttentionBackend:
+    @staticmethod
+    def get_name():
+        return "FLASH_ATTN"
+
+    @staticmethod
+    def get_impl_cls():
+        return FlashAttentionImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return FlashAttentionMetadataBuilder
 """
 
 
@@ -129,7 +246,10 @@ def write_tree(root: Path, layout: str) -> Path:
     bi_module = bi_path[:-3].replace("/", ".")
     files = {
         bi_path: _BI_SRC + f"\nPATCHES_TORCH_BMM = {layout == '0.26'}\n",
-        "vllm/model_executor/layers/linear.py": f"from {bi_module} import linear_batch_invariant\n",
+        "vllm/model_executor/layers/linear.py": (
+            f"from {bi_module} import linear_batch_invariant\n" + _LINEAR_SRC
+        ),
+        "vllm/distributed/parallel_state.py": _PARALLEL_STATE_SRC,
         "vllm/model_executor/layers/vocab_parallel_embedding.py": (
             f"from {bi_module} import linear_batch_invariant\n"
         ),
@@ -141,6 +261,8 @@ def write_tree(root: Path, layout: str) -> Path:
         "vllm/ir/ops/__init__.py": _IR_OPS_SRC,
         "vllm/platforms/__init__.py": _PLATFORMS_SRC,
         "vllm/_custom_ops.py": _CUSTOM_OPS_SRC,
+        "vllm/v1/attention/backend.py": _ATTENTION_BASE_SRC,
+        "vllm/v1/attention/backends/flash_attn.py": _FLASH_ATTN_SRC,
     }
     for rel, src in files.items():
         path = root / rel

@@ -10,6 +10,7 @@ packed batches). Verified on CPU only (see README).
 
 from ir_dispatch import batch_invariant, is_batch_invariant, recording
 
+from . import _vllm_cpu  # noqa: F401  (registers vLLM's CPU kernels where vLLM is installed)
 from .attention import ATTN_IMPLEMENTATION, register_transformers_attention, varlen_attention
 from .autograd import fused_add_rms_norm, linear, log_softmax_fp32, rms_norm
 from .elementwise import cos_sin_cache, rotary_embedding, silu_and_mul

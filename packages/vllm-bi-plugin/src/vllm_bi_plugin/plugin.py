@@ -15,6 +15,12 @@ at once and changes nothing. With it set it:
    there; on GPUs, the kit's kernels in place of vLLM's, op by op where one exists;
 5. logs one line naming what it installed in place of vLLM's own.
 
+With ``VLLM_BI_TP_INVARIANT=1`` as well, row-parallel layers take the TP-invariant order
+(``_tp``; docs/tensor-parallel.md), so TP=1, 2, 4 and 8 give the same bits.
+
+With ``VLLM_BI_ATTENTION=1`` as well (opt-in; CUDA with vLLM 0.26), vLLM's ``FLASH_ATTN``
+backend computes attention with the kit's fixed-chunk paged kernel (``gpu_attention``).
+
 Calling it again in the same process does nothing.
 """
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings
+from . import _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings, _tp
 from ._providers import PACKAGES_BY_PLATFORM, import_providers
 from ._report import Report
 from ._vllm_compat import (
@@ -98,6 +104,8 @@ def register() -> None:
 def _install() -> Report:
     import ir_dispatch
 
+    tp_invariant = _settings.tp_invariant_requested()  # a bad value fails before any change
+    kit_attention = _hooks_gpu.attention_opted_in()  # likewise
     ir_dispatch.set_batch_invariant(True)
     platform = detect_platform()
     report = Report(platform)
@@ -113,12 +121,17 @@ def _install() -> Report:
             "no vLLM with a known batch-invariant module is importable: only ir-dispatch's "
             "mode was switched on"
         )
+        if tp_invariant:
+            report.gap(f"{_settings.TP_INVARIANT_ENV}=1 needs vLLM: nothing patched")
         return report
     report.vllm = f"{vllm_version() or '?'} (layout {layout.name})"
     if platform == "cpu":
         _hooks_cpu.install(layout, report)
     else:
         _hooks_gpu.install(layout, platform, report)
+    if kit_attention:
+        _hooks_gpu.install_attention(layout, platform, report)
+    _tp.install(layout, platform, report, tp_invariant=tp_invariant)
     return report
 
 
@@ -143,9 +156,12 @@ def unregister() -> None:
         ir_dispatch.uninstall_aten_overrides()
         ir_dispatch.reload_from_env()
         _hooks_common.set_fused_fallback(False)
+        _tp.uninstall()
         if _report.platform == "cpu" and vllm_installed():
             registry = import_module(ATTENTION_REGISTRY_MODULE)
             backend = registry.AttentionBackendEnum.CPU_ATTN
             if backend.get_path() == _hooks_cpu.CPU_ATTENTION_CLASS:
                 backend.clear_override()
+        if vllm_installed():
+            _hooks_gpu.uninstall_attention()
         _report = None

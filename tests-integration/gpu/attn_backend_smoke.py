@@ -1,0 +1,271 @@
+"""GPU smoke of the kit's attention backend (``VLLM_BI_ATTENTION=1``) in vLLM 0.26.
+
+For the lent H100 with vLLM 0.26.0 staged (``source scripts/gpu/env.sh`` first). Writes a
+random-weight Qwen3 (0.6B width, 4 layers, 8k positions) and runs, each engine in its own
+process with vLLM's defaults (torch.compile + CUDA graphs; the backend asks for piecewise):
+
+invariance (mode ``plugin`` + ``VLLM_BI_ATTENTION=1``, a 6000-token needle, 32 greedy tokens
+with logprobs, alone vs batches at front and back; bitwise)
+    ``cold``      batches 2, 9, 33, no prefix caching.
+    ``prefix``    prefix caching on; the needle runs alone twice (its prefix cached) first.
+    ``chunked``   ``max_num_batched_tokens=1024``: the needle's prefill spans 6 steps.
+timing (one engine at a time, nothing else on the GPU)
+    single-stream decode ms/token over the cached needle, ``(t(1 + N tokens) - t(1 token)) / N``,
+    for ``plugin`` with and without ``VLLM_BI_ATTENTION=1``; the opt-in run also counts the
+    kit kernel's calls (ir-dispatch's recorder), proving the backend ran.
+
+Writes ``$OUT/attn_backend_smoke.json`` (or ``--out``) and the engine logs next to it. Exit
+status 1 if a placement differs from the needle alone, or the kit's kernel never ran.
+
+Example (about 4 minutes)::
+
+    source scripts/gpu/env.sh && python tests-integration/gpu/attn_backend_smoke.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as _dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ATTENTION_ENV = "VLLM_BI_ATTENTION"
+NEEDLE_LEN = 6000
+MAX_MODEL_LEN = 8192
+ENGINE: dict[str, Any] = {
+    "max_model_len": MAX_MODEL_LEN,
+    "gpu_memory_utilization": 0.1,  # a start gate only: the KV cache size is fixed below
+    "kv_cache_memory_bytes": 2 << 30,
+}
+CASES: dict[str, dict[str, Any]] = {
+    "cold": {"batch_sizes": [2, 9, 33], "engine": {"enable_prefix_caching": False}},
+    "prefix": {
+        "batch_sizes": [9, 33],
+        "cached_reference": True,
+        "engine": {"enable_prefix_caching": True},
+    },
+    "chunked": {
+        "batch_sizes": [9, 33],
+        "engine": {
+            "enable_prefix_caching": False,
+            "enable_chunked_prefill": True,
+            "max_num_batched_tokens": 1024,
+        },
+    },
+}
+DECODE_TOKENS = 128
+
+
+def write_model() -> Path:
+    from vllm_bi_plugin.models import Qwen3Shape, default_cache_dir, write_random_qwen3
+
+    shape = Qwen3Shape(max_position_embeddings=MAX_MODEL_LEN)
+    # Qwen3Shape.name omits the position count: keep this checkpoint apart from the 4k one.
+    return write_random_qwen3(default_cache_dir() / f"{shape.name}-pos{MAX_MODEL_LEN}", shape)
+
+
+def child_env(opt_in: bool, cache: str) -> dict[str, str]:
+    """Mode ``plugin`` with or without the opt-in; ``cache`` names the compile cache (engines
+    that start side by side must not share one; sequential ones may, to save compile time)."""
+    from vllm_bi_plugin.modes import mode_env
+
+    env = mode_env("plugin")
+    env.pop(ATTENTION_ENV, None)
+    if opt_in:
+        env[ATTENTION_ENV] = "1"
+    env["VLLM_CACHE_ROOT"] = str(Path(tempfile.gettempdir(), "vllm-cache", f"attn-smoke-{cache}"))
+    return env
+
+
+class Deadline:
+    """The whole run's time budget, so that the device call's limit is never hit mid-write."""
+
+    def __init__(self, seconds: float, per_engine: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.per_engine = per_engine
+
+    def timeout(self) -> float:
+        return max(1.0, min(self.per_engine, self.end - time.monotonic() - 15))
+
+
+def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
+    with open(log, "w") as f:
+        try:
+            return subprocess.run(
+                cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return -9
+
+
+def needle_case(model: Path, case: str, log_dir: Path, deadline: Deadline) -> dict[str, Any]:
+    """One invariance case through ``python -m vllm_bi_plugin.needle`` (opt-in on)."""
+    from vllm_bi_plugin.modes import needs_register_in_child
+    from vllm_bi_plugin.needle import NeedleConfig
+
+    spec = CASES[case]
+    cfg = NeedleConfig(
+        model=str(model),
+        batch_sizes=spec["batch_sizes"],
+        positions=["front", "back"],
+        needle_len=NEEDLE_LEN,
+        other_lens=(8, 256),
+        max_tokens=32,
+        engine={**ENGINE, **spec["engine"]},
+        cached_reference=spec.get("cached_reference", False),
+        register_plugin=needs_register_in_child("plugin"),
+    )
+    log = log_dir / f"needle-{case}.log"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
+        cfg_path.write_text(json.dumps(asdict(cfg)))
+        cmd = [sys.executable, "-m", "vllm_bi_plugin.needle", "--config", str(cfg_path)]
+        env = child_env(True, case)
+        code = run_child([*cmd, "--out", str(out_path)], env, log, deadline.timeout())
+        if code != 0 or not out_path.exists():
+            return {"case": case, "error": f"exit {code}", "log_tail": log.read_text()[-4000:]}
+        result = json.loads(out_path.read_text())
+    placements = [
+        {k: c[k] for k in ("batch_size", "position", "identical", "max_abs_logprob_diff")}
+        for c in result["cases"]
+    ]
+    again = result.get("alone_again")
+    return {
+        "case": case,
+        "engine_seconds": result["engine_seconds"],
+        "plugin": result["plugin"],
+        "kit_attention_installed": "vllm_bi paged_attention" in (result["plugin"] or ""),
+        "alone_again_identical": None if again is None else again["identical"],
+        # vLLM's warning when it drops full graphs for the backend (AttentionCGSupport.NEVER).
+        "cudagraph_piecewise": "cudagraph_mode=PIECEWISE" in log.read_text(),
+        "placements": placements,
+        "identical": all(p["identical"] for p in placements)
+        and (again is None or again["identical"]),
+    }
+
+
+def timing_child(model: str, out: str) -> int:
+    """In the child: single-stream decode ms/token over the cached needle, kit calls counted."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    import ir_dispatch
+    from vllm_bi_plugin import plugin
+    from vllm_bi_plugin.modes import needs_register_in_child
+    from vllm_bi_plugin.needle import NeedleConfig, make_prompts
+
+    if needs_register_in_child("plugin"):
+        plugin.register()
+    needle, _ = make_prompts(NeedleConfig(model=model, needle_len=NEEDLE_LEN))
+    llm = LLM(model=model, skip_tokenizer_init=True, seed=0, enable_prefix_caching=True, **ENGINE)
+    prompt = [TokensPrompt(prompt_token_ids=needle)]
+
+    def seconds(tokens: int) -> float:
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+        t0 = time.perf_counter()
+        llm.generate(prompt, params, use_tqdm=False)
+        return time.perf_counter() - t0
+
+    seconds(1 + DECODE_TOKENS)  # warm-up: caches the needle's prefix, compiles what is lazy
+    with ir_dispatch.recording() as rec:
+        seconds(2)
+    kit_calls = rec.counts.get(("paged_attention", "triton"), 0)
+    short = [seconds(1) for _ in range(3)]
+    long = [seconds(1 + DECODE_TOKENS) for _ in range(3)]
+    ms = (statistics.median(long) - statistics.median(short)) / DECODE_TOKENS * 1e3
+    report = plugin.installed()
+    Path(out).write_text(
+        json.dumps(
+            {
+                "decode_ms_per_token": ms,
+                "short_seconds": short,
+                "long_seconds": long,
+                "kit_attention_calls": kit_calls,
+                "plugin": None if report is None else report.summary(),
+            }
+        )
+    )
+    return 0
+
+
+def timing(model: Path, opt_in: bool, log_dir: Path, deadline: Deadline) -> dict[str, Any]:
+    log = log_dir / f"timing-{'opt-in' if opt_in else 'plugin'}.log"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "t.json")
+        cmd = [sys.executable, __file__, "--timing-child", str(model), str(out)]
+        code = run_child(cmd, child_env(opt_in, "timing"), log, deadline.timeout())
+        if code != 0 or not out.exists():
+            return {"error": f"exit {code}", "log_tail": log.read_text()[-4000:]}
+        return dict(json.loads(out.read_text()))
+
+
+def device_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    p = torch.cuda.get_device_properties(0)
+    return f"{p.name} (sm{p.major}{p.minor}, {p.multi_processor_count} SMs)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--timing-child"]:
+        return timing_child(args_in[1], args_in[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="default: $OUT/...json")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--parallel", type=int, default=3, help="needle engines at a time")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per engine")
+    parser.add_argument("--budget", type=float, default=560.0, help="seconds for everything")
+    parser.add_argument("--no-timing", action="store_true")
+    args = parser.parse_args(args_in)
+    out = args.out or Path(os.environ.get("OUT", "/tmp/out"), "attn_backend_smoke.json")
+    log_dir = out.parent / "attn-smoke-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    deadline = Deadline(args.budget, args.timeout)
+    model = write_model()
+    cases = [c for c in args.cases.split(",") if c]
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        needles = list(pool.map(lambda c: needle_case(model, c, log_dir, deadline), cases))
+    for n in needles:
+        print(f"[smoke] {n['case']}: {'identical' if n.get('identical') else n}", flush=True)
+    doc: dict[str, Any] = {
+        "what": "vllm-bi-plugin attention backend smoke (VLLM_BI_ATTENTION=1), vLLM 0.26",
+        "device": device_name(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "needle_len": NEEDLE_LEN,
+        "needle": needles,
+    }
+    ok = all(n.get("identical") and n.get("kit_attention_installed") for n in needles)
+    if not args.no_timing:
+        opt_in = timing(model, True, log_dir, deadline)
+        baseline = timing(model, False, log_dir, deadline)
+        doc["timing"] = {"plugin+VLLM_BI_ATTENTION": opt_in, "plugin": baseline}
+        if "decode_ms_per_token" in opt_in and "decode_ms_per_token" in baseline:
+            doc["timing"]["speed_vs_plugin"] = (
+                baseline["decode_ms_per_token"] / opt_in["decode_ms_per_token"]
+            )
+        ok = ok and opt_in.get("kit_attention_calls", 0) > 0
+        ok = ok and baseline.get("kit_attention_calls", 1) == 0
+        print(f"[smoke] timing: {json.dumps(doc['timing'])[:600]}", flush=True)
+    doc["passed"] = ok
+    doc["wall_seconds"] = time.perf_counter() - started
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"[smoke] {'PASSED' if ok else 'FAILED'} in {doc['wall_seconds']:.0f} s -> {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

