@@ -249,6 +249,7 @@ def record(doc: dict[str, Any], shape: str, case: str, mode: str, result: dict[s
             "engine_seconds": result["engine_seconds"],
             "wall_seconds": result["wall_seconds"],
             "plugin": result["plugin"], "plugin_loaded_by": result["plugin_loaded_by"],
+            "kit_providers": result.get("kit_providers"),
         }
     )  # fmt: skip
     print(

@@ -28,9 +28,10 @@ def test_batch_invariant_provider_serves_in_the_mode() -> None:
 
     fn = _fp8.make_cutlass_scaled_mm(vllm_cutlass)
     a, b, sa, sb = _inputs()
+    before = _fp8.fallback_calls()
     with ir_dispatch.batch_invariant(), ir_dispatch.recording() as rec:
         out = fn(a, b, sa, sb, torch.bfloat16)
-    assert calls == []
+    assert calls == [] and _fp8.fallback_calls() == before
     assert out.shape == (2, 3, 16) and out.dtype == torch.bfloat16
     assert rec.providers()["scaled_mm"] == ["cpu"]
     ref = ir_dispatch.ops.scaled_mm.native(a.reshape(6, 32), b, sa, sb, torch.bfloat16)
@@ -46,9 +47,11 @@ def test_vllm_serves_when_no_batch_invariant_provider_accepts() -> None:
 
     fn = _fp8.make_cutlass_scaled_mm(vllm_cutlass)
     a, b, sa, sb = _inputs()
+    before = _fp8.fallback_calls()
     with ir_dispatch.batch_invariant(False):
         out = fn(a, b, sa, sb, torch.float16)
     assert calls == [(6, 32)]
+    assert _fp8.fallback_calls() == before + 1  # counted, so runs can say who served FP8
     assert out.shape == (2, 3, 16) and bool((out == 7).all())
 
 

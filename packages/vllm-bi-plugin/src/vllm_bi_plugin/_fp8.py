@@ -25,6 +25,16 @@ import torch
 _OP_NAME = "vllm_bi::cutlass_scaled_mm"
 _fallback: dict[str, Callable[..., torch.Tensor]] = {}
 _op: Any = None
+_fallback_calls = 0
+
+
+def fallback_calls() -> int:
+    """How many calls went to vLLM's own CUTLASS path (no kit kernel accepted them).
+
+    Under CUDA graphs the hook runs while graphs are captured, so the count reflects the choices
+    the graphs replay. Calls the kit served show up in ``ir_dispatch.recording()`` instead.
+    """
+    return _fallback_calls
 
 
 def _run(
@@ -42,6 +52,8 @@ def _run(
     except ir_dispatch.NoBatchInvariantImplError:
         impl = None
     if impl is None or impl.provider == "native":
+        global _fallback_calls
+        _fallback_calls += 1
         return _fallback["vllm"](a, b, scale_a, scale_b, out_dtype, bias)
     return ir_dispatch.ops.scaled_mm.call_impl(impl, a, b, scale_a, scale_b, out_dtype, bias)
 

@@ -147,9 +147,23 @@ def run(cfg: NeedleConfig, progress: Callable[[str], None] | None = None) -> dic
 
     Returns:
         ``{"config", "engine_seconds", "plugin", "alone", "alone_again", "cases": [...],
-        "timing": [...]}``; each case holds its batch size, position, the needle's generation,
-        its comparison with the alone run, the batch's wall time and generated tokens.
+        "timing": [...], "kit_providers": {...}}``; each case holds its batch size, position,
+        the needle's generation, its comparison with the alone run, the batch's wall time and
+        generated tokens. ``kit_providers`` says which ir-dispatch providers served which ops in
+        this process (eager calls and CUDA-graph captures; replays run no Python) and how many
+        FP8 GEMM calls fell back to vLLM's CUTLASS path.
     """
+    import ir_dispatch
+
+    from . import _fp8
+
+    with ir_dispatch.recording() as rec:
+        result = _run(cfg, progress)
+    result["kit_providers"] = {"ops": rec.providers(), "fp8_fallback_calls": _fp8.fallback_calls()}
+    return result
+
+
+def _run(cfg: NeedleConfig, progress: Callable[[str], None] | None) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
