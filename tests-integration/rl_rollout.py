@@ -5,10 +5,18 @@ Run in its own process (vLLM's mode and the plugin's hooks are per process)::
     python rl_rollout.py CONFIG.json OUT.json
 
 ``CONFIG.json`` holds ``model``, ``prompts`` (token id lists), ``samples``, ``max_tokens``,
-``temperatures``, ``seed`` and ``engine`` (extra ``vllm.LLM`` keyword arguments). ``OUT.json``
-gets one record per completion: the temperature, prompt index, sampled token ids and the
-logprob vLLM reported for each (as Python floats, which carry float32 values exactly), plus the
-engine's ``logprobs_mode`` and KV block size, which the scorer needs to mirror.
+``temperatures``, ``seed``, ``engine`` (extra ``vllm.LLM`` keyword arguments) and optionally
+``rescore``. ``OUT.json`` gets one record per completion: the temperature, prompt index, sampled
+token ids and the logprob vLLM reported for each (as Python floats, which carry float32 values
+exactly), plus the engine's ``logprobs_mode`` and KV block size, which the scorer needs to mirror.
+
+With ``rescore: true`` the same engine then scores every prompt + completion again as one
+prefill (``SamplingParams(max_tokens=1, prompt_logprobs=0)``, all sequences in one batch) and
+each record gets ``prefill_logprobs``: the prompt logprob vLLM reports for each completion token.
+vLLM 0.32 computes prompt logprobs from the raw logits (``log_softmax`` in fp32, no temperature,
+no logits processors, whatever ``logprobs_mode`` says), and a request with ``prompt_logprobs``
+skips reading the prefix cache, so every token is recomputed; compare them with decode
+logprobs of a ``raw_logprobs`` engine.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
                     {"temperature": temperature, "prompt": p_index, "tokens": tokens,
                      "logprobs": logprobs}
                 )  # fmt: skip
+    if cfg.get("rescore"):
+        rescore(llm, cfg["prompts"], records)
     installed = plugin.installed()
     return {
         "records": records,
@@ -60,6 +70,22 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(vllm_config.model_config.dtype),
         "plugin": None if installed is None else installed.summary(),
     }
+
+
+def rescore(llm: Any, prompts: list[list[int]], records: list[dict[str, Any]]) -> None:
+    """Add ``prefill_logprobs`` to each record: its completion scored again as a prefill."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    seqs = [TokensPrompt(prompt_token_ids=prompts[r["prompt"]] + r["tokens"]) for r in records]
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    outs = llm.generate(seqs, params, use_tqdm=False)
+    for r, out in zip(records, outs, strict=True):
+        n, scored = len(prompts[r["prompt"]]), out.prompt_logprobs
+        assert scored is not None and len(scored) == n + len(r["tokens"])
+        r["prefill_logprobs"] = [
+            float(scored[n + j][t].logprob) for j, t in enumerate(r["tokens"])
+        ]
 
 
 def main() -> int:

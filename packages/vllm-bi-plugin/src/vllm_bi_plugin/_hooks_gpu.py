@@ -20,7 +20,6 @@ leaves vLLM's own (bitwise) path rather than a batch-variant one:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -149,12 +148,7 @@ def attention_opted_in() -> bool:
     Raises:
         ValueError: the variable is set to something other than ``0`` or ``1``.
     """
-    value = os.environ.get(ATTENTION_ENV, "").strip()
-    if value in ("", "0"):
-        return False
-    if value == "1":
-        return True
-    raise ValueError(f"{ATTENTION_ENV}={value!r} is not understood; expected 0 or 1")
+    return _settings.switch_on(ATTENTION_ENV)
 
 
 def install_attention(layout: VllmLayout, platform: str, report: Report) -> None:

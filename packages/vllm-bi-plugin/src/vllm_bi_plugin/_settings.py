@@ -80,15 +80,20 @@ def apply_torch_settings() -> None:
 TP_INVARIANT_ENV = "VLLM_BI_TP_INVARIANT"
 
 
-def tp_invariant_requested() -> bool:
-    """Whether ``VLLM_BI_TP_INVARIANT`` asks for TP-invariant mode (read only in BI mode).
+def switch_on(name: str) -> bool:
+    """Whether the opt-in switch ``name`` is ``1``; unset, blank and ``0`` are off.
 
     Raises:
-        ValueError: the variable is set to anything but ``0`` or ``1`` (blank counts as unset).
+        ValueError: the variable holds anything else (naming it), before anything is changed.
     """
-    value = os.environ.get(TP_INVARIANT_ENV, "").strip()
+    value = os.environ.get(name, "").strip()
     if value in ("", "0"):
         return False
     if value == "1":
         return True
-    raise ValueError(f"{TP_INVARIANT_ENV}={value!r} is not understood; expected 0 or 1")
+    raise ValueError(f"{name}={value!r} is not understood; expected 0 or 1")
+
+
+def tp_invariant_requested() -> bool:
+    """Whether ``VLLM_BI_TP_INVARIANT`` asks for TP-invariant mode (read only in BI mode)."""
+    return switch_on(TP_INVARIANT_ENV)
