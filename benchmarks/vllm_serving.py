@@ -38,10 +38,8 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import _report  # noqa: E402
 
+from vllm_bi_plugin.child import KILLED, log_tail, run_streaming  # noqa: E402
 from vllm_bi_plugin.modes import MODES, mode_env, needs_register_in_child  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -380,29 +379,20 @@ def run_child(
     cfg: dict[str, Any], env: dict[str, str], log_path: Path, timeout_s: float
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Run one (shape, mode) child; return (its JSON or ``None``, an error with the log tail)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(cfg))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(cfg_path),
                "--child-out", str(out_path)]  # fmt: skip
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
-            watchdog = threading.Timer(timeout_s, proc.kill)
-            watchdog.start()
-            try:
-                for line in proc.stderr or ():
-                    log.write(line)
-                    if line.startswith(CHILD_PREFIX):
-                        print(f"  [{cfg['mode']}] {line[len(CHILD_PREFIX) :].rstrip()}", flush=True)
-                code = proc.wait()
-            finally:
-                watchdog.cancel()
+        code = run_streaming(
+            cmd, env, log_path, timeout_s, CHILD_PREFIX,
+            lambda msg: print(f"  [{cfg['mode']}] {msg}", flush=True),
+        )  # fmt: skip
         data = json.loads(out_path.read_text()) if out_path.exists() else None
     if code == 0:
         return data, None
-    why = f"killed after {timeout_s:.0f} s" if code == -9 else f"exit {code}"
-    tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-LOG_TAIL_LINES:])
+    why = f"killed after {timeout_s:.0f} s" if code == KILLED else f"exit {code}"
+    tail = log_tail(log_path, LOG_TAIL_LINES)
     return data, f"the child failed ({why}); log {log_path}\n{tail}"
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .child import KILLED, log_tail, run_streaming
 from .models import QWEN3_0_6B, Qwen3Shape, default_cache_dir, write_random_qwen3
 from .needle import NeedleConfig
 
@@ -75,7 +74,6 @@ def run_needle_process(
     Raises:
         RuntimeError: the child failed or ran past ``timeout_s`` (the log tail is in the message).
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(asdict(cfg)))
@@ -88,22 +86,12 @@ def run_needle_process(
             "--out",
             str(out_path),
         ]
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.PIPE, text=True)
-            watchdog = threading.Timer(timeout_s, proc.kill)
-            watchdog.start()
-            try:
-                for line in proc.stderr or ():
-                    log.write(line)
-                    if line.startswith("[needle] "):
-                        say(line[len("[needle] ") :].rstrip())
-                code = proc.wait()
-            finally:
-                watchdog.cancel()
+        code = run_streaming(cmd, env, log_path, timeout_s, "[needle] ", say)
         if code != 0 or not out_path.exists():
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-            why = f"killed after {timeout_s:.0f} s" if code == -9 else f"exit {code}"
-            raise RuntimeError(f"the engine run failed ({why}); log {log_path}:\n{tail}")
+            why = f"killed after {timeout_s:.0f} s" if code == KILLED else f"exit {code}"
+            raise RuntimeError(
+                f"the engine run failed ({why}); log {log_path}:\n{log_tail(log_path, 25)}"
+            )
         result: dict[str, Any] = json.loads(out_path.read_text())
         return result
 
