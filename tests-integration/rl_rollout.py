@@ -83,9 +83,7 @@ def rescore(llm: Any, prompts: list[list[int]], records: list[dict[str, Any]]) -
     for r, out in zip(records, outs, strict=True):
         n, scored = len(prompts[r["prompt"]]), out.prompt_logprobs
         assert scored is not None and len(scored) == n + len(r["tokens"])
-        r["prefill_logprobs"] = [
-            float(scored[n + j][t].logprob) for j, t in enumerate(r["tokens"])
-        ]
+        r["prefill_logprobs"] = [float(scored[n + j][t].logprob) for j, t in enumerate(r["tokens"])]
 
 
 def main() -> int:
