@@ -121,6 +121,32 @@ def _epilogue(
 
 
 @triton.jit
+def _tile_operands(
+    a_ptr, b_ptr, batch, pid_m, pid_n, M, N,
+    stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Row/column offsets of tile ``(pid_m, pid_n)`` and its first K-block's operand pointers.
+
+    Rows/columns past the edge re-read valid ones (unmasked loads); their results are dropped.
+    """
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_m % M
+    cols = offs_n % N
+    a_ptrs = (
+        a_ptr + tl.cast(batch, tl.int64) * stride_ab
+        + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    )  # fmt: skip
+    b_ptrs = (
+        b_ptr + tl.cast(batch, tl.int64) * stride_bb
+        + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    )  # fmt: skip
+    return offs_m, offs_n, a_ptrs, b_ptrs
+
+
+@triton.jit
 def _gemm_split_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, part_ptr, count_ptr,
     M, N, K,
@@ -143,19 +169,10 @@ def _gemm_split_kernel(
     batch = tile // tiles
     pid_m = (tile % tiles) // tiles_n
     pid_n = tile % tiles_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Rows/columns past the edge re-read valid ones (unmasked loads); their results are dropped.
-    rows = offs_m % M
-    cols = offs_n % N
-    a_ptrs = (
-        a_ptr + tl.cast(batch, tl.int64) * stride_ab
-        + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    )  # fmt: skip
-    b_ptrs = (
-        b_ptr + tl.cast(batch, tl.int64) * stride_bb
-        + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    offs_m, offs_n, a_ptrs, b_ptrs = _tile_operands(
+        a_ptr, b_ptr, batch, pid_m, pid_n, M, N,
+        stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+        BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     acc = _segment_acc(
         a_ptrs, b_ptrs, K, seg * seg_blocks, seg_blocks, stride_ak, stride_bk, offs_m < M,
@@ -217,18 +234,10 @@ def _persistent_item(
     group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
     pid_m = first_m + (t % in_group) % group_rows
     pid_n = (t % in_group) // group_rows
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = offs_m % M
-    cols = offs_n % N
-    a_ptrs = (
-        a_ptr + tl.cast(batch, tl.int64) * stride_ab
-        + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    )  # fmt: skip
-    b_ptrs = (
-        b_ptr + tl.cast(batch, tl.int64) * stride_bb
-        + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    offs_m, offs_n, a_ptrs, b_ptrs = _tile_operands(
+        a_ptr, b_ptr, batch, pid_m, pid_n, M, N,
+        stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
+        BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     acc = _segment_acc(
         a_ptrs, b_ptrs, K, seg * seg_blocks, seg_blocks, stride_ak, stride_bk, offs_m < M,
