@@ -30,7 +30,6 @@ import datetime as _dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,13 +97,10 @@ class Deadline:
 
 
 def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
-    with open(log, "w") as f:
-        try:
-            return subprocess.run(
-                cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
-            ).returncode
-        except subprocess.TimeoutExpired:
-            return -9
+    """Exit status of the child (-9 when killed at ``timeout``); its output goes to ``log``."""
+    from vllm_bi_plugin.child import run_streaming
+
+    return run_streaming(cmd, env, log, timeout, "[needle] ", lambda _: None)
 
 
 def needle_case(model: Path, case: str, log_dir: Path, deadline: Deadline) -> dict[str, Any]:

@@ -39,7 +39,6 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +138,7 @@ def run_one(
     gpu: str | None = None,
 ) -> dict[str, Any]:
     """Run one (mode, case) needle experiment in its own process, on ``gpu`` if given."""
+    from vllm_bi_plugin.child import run_streaming
     from vllm_bi_plugin.modes import mode_env, needs_register_in_child
     from vllm_bi_plugin.needle import NeedleConfig
 
@@ -174,13 +174,7 @@ def run_one(
             str(out_path),
         ]
         t0 = time.perf_counter()
-        with open(log, "w") as f:
-            try:
-                code = subprocess.run(
-                    cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = -9
+        code = run_streaming(cmd, env, log, args.timeout, "[needle] ", lambda _: None)
         wall = time.perf_counter() - t0
         if code != 0 or not out_path.exists():
             tail = log.read_text()[-4000:]
