@@ -6,12 +6,15 @@
 #   bash scripts/gpu/session.sh e2e       # vLLM staged: needle e2e, 0.6B and 8B shapes, all cases
 #   bash scripts/gpu/session.sh bench     # vLLM staged: serving benchmark, 0.6B and 8B shapes
 #   bash scripts/gpu/session.sh tp        # vLLM staged, 2 GPUs: tensor-parallel runs
+#   bash scripts/gpu/session.sh check     # no vLLM: Triton CUDA tests again, host cost per call
+#   bash scripts/gpu/session.sh tune      # no vLLM: every FP8 config timed
+#   bash scripts/gpu/session.sh long      # vLLM staged: attention backend smoke + #12 baseline
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -77,9 +80,41 @@ bench)
   ;;
 tp)
   if [ "$NGPU" -lt 2 ]; then echo "phase tp needs 2 GPUs, this machine has $NGPU"; exit 2; fi
-  (timeout 570 python3 tests-integration/gpu/e2e_vllm_tp.py --out "$OUT/e2e_vllm_tp.json" --log-dir "$WORK" \
+  (timeout 510 python3 tests-integration/gpu/e2e_vllm_tp.py --out "$OUT/e2e_vllm_tp.json" \
+    --log-dir "$WORK" --shapes "${TP_SHAPES:-0.6b}" --deadline "${TP_DEADLINE:-440}" \
     >"$WORK/tp.log" 2>&1; echo "== tp exit $?" >>"$WORK/tp.log")
   TAIL=60 after_jobs
+  ;;
+check)
+  # GPU A: every bi-triton-ascend CUDA test after the GEMM's shared tile helper (#3).
+  gpu_job 0 420 triton_tests python3 -m pytest packages/bi-triton-ascend/tests -q \
+    -p no:cacheprovider -rs --junitxml="$OUT/bi_triton_cuda.junit.xml"
+  [ "$NGPU" -lt 2 ] && wait  # one card: keep the timed runs alone on it
+  # GPU B: host cost per call (#4, #10), as on main and with the registration of
+  # gpu-scratch/libreg (when carried: the wip/library-registration branch), whose CUDA-graph
+  # tests run too.
+  gpu_job "$GPU_B" 420 host_cost bash -c "python3 benchmarks/host_cost.py --out $OUT; \
+    if [ -d gpu-scratch/libreg ]; then PYTHONPATH=gpu-scratch/libreg:\$PYTHONPATH \
+      python3 benchmarks/host_cost.py --label libreg --out $WORK; \
+      PYTHONPATH=gpu-scratch/libreg:\$PYTHONPATH python3 -m pytest \
+      packages/ir-dispatch/tests/test_cuda.py -q -p no:cacheprovider -rs; fi"
+  after_jobs
+  ;;
+tune)
+  gpu_job 0 240 fp8_configs python3 packages/bi-cutlass-fp8/bench/bench_fp8.py --all-configs
+  after_jobs
+  ;;
+long)
+  # GPU A: the attention backend in vLLM (#12), then the plugin on the long loads; GPU B: the
+  # baseline of #12 (default vLLM and vLLM's own mode), 8B shape, 1k/8k/32k contexts.
+  gpu_job 0 560 long_plugin bash -c "python3 tests-integration/gpu/attn_backend_smoke.py \
+    --out $OUT/attn_backend_smoke.json; python3 benchmarks/vllm_serving.py --shape 8b \
+    --modes plugin --loads long-single,long-batch8 --timeout 250 --model-dir /tmp/models \
+    --out $WORK/vllm_long_plugin.json"
+  gpu_job "$GPU_B" 560 long_base python3 benchmarks/vllm_serving.py --shape 8b \
+    --modes default,vllm-bi --loads long-single,long-batch8 --timeout 260 \
+    --model-dir /tmp/models --out "$WORK/vllm_long_base.json"
+  after_jobs
   ;;
 attn)
   gpu_job 0 300 attn python3 tests-integration/gpu/attn_backend_smoke.py \

@@ -81,11 +81,15 @@ class Engine:
 
 
 def plan(shapes: list[str]) -> list[Engine]:
-    """The engines of both experiments; the TP=2 plugin runs serve both."""
+    """The engines of both experiments; the TP=2 plugin runs serve both.
+
+    The plugin's engines come first: when ``--deadline`` cuts the run short, the controls
+    (vLLM's own mode, default) are the ones skipped.
+    """
     engines = []
     for shape in shapes:
-        engines += [Engine(shape, m, 2, False, True) for m in ("default", "vllm-bi", "plugin")]
         engines.append(Engine(shape, "plugin", 2, True, True))
+        engines += [Engine(shape, m, 2, False, True) for m in ("plugin", "vllm-bi", "default")]
         engines += [Engine(shape, "plugin", 1, inv, False) for inv in (True, False)]
     return engines
 
@@ -100,6 +104,29 @@ def entry_point_dir(root: Path) -> Path:
     (info / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{ENTRY_POINT}\n")
     return root
 
+
+COLLECTIVE_ENV = {
+    # The same all-reduce path in every mode: NCCL (vLLM's symmetric-memory all-reduce is what
+    # the plugin's batch-invariant settings turn off anyway). On 2026-11-25 engines with it on
+    # hung in their first all-reduce and died with illegal memory accesses.
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    # The lent machines keep NVLink multicast off (device KINDS.md): restated for the children.
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "NCCL_DEBUG": "WARN",
+}
+"""Laid over every engine's environment, whatever its mode."""
+
+ENGINE_DEFAULTS: dict[str, Any] = {
+    # vLLM fuses the TP all-reduce with the next RMSNorm through FlashInfer when TP > 1 on
+    # Hopper. On the lent 2-GPU machines (NVLink multicast off) every engine with it on hung in
+    # its first all-reduce and died with an illegal memory access (2026-11-25, all three
+    # modes); off, all ran. It is also batch-variant (one- or two-shot all-reduce chosen by the
+    # token count), so the plugin turns its default off; the controls get the same setting.
+    "compilation_config": {"pass_config": {"fuse_allreduce_rms": False}},
+}
+"""Engine settings of every TP run, whatever the mode (``--engine`` entries override them)."""
 
 BASE_PORT = 31000
 PORT_STRIDE = 50
@@ -121,6 +148,7 @@ def child_env(engine: Engine, gpus: str, ep_dir: Path, log: Path) -> dict[str, s
     if engine.mode == "plugin":
         env["PYTHONPATH"] = f"{ep_dir}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+    env.update(COLLECTIVE_ENV)
     env["CUDA_VISIBLE_DEVICES"] = gpus
     # Engines that start side by side must not race for the same rendezvous ports: vLLM scans
     # upward from VLLM_PORT, so each engine gets its own range.
@@ -152,6 +180,7 @@ def run_engine(
             "enable_prefix_caching": False,
             "gpu_memory_utilization": 0.08,
             "kv_cache_memory_bytes": KV_CACHE_BYTES,
+            **ENGINE_DEFAULTS,
             **args.engine,
         },
         register_plugin=False,  # every process finds the entry point (see entry_point_dir)
@@ -298,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": base.versions(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "models": {s: asdict(d) for s, d in dims.items()},
+        "engine": {**ENGINE_DEFAULTS, **args.engine},
+        "child_env": COLLECTIVE_ENV,
         "wall_seconds": time.perf_counter() - t0,
         "results": [],
         "summary": [],
