@@ -52,7 +52,14 @@ sys.path.insert(0, str(HERE))
 import _report  # noqa: E402
 
 from vllm_bi_plugin.child import KILLED, log_tail, run_streaming  # noqa: E402
-from vllm_bi_plugin.modes import MODES, mode_env, needs_register_in_child  # noqa: E402
+from vllm_bi_plugin.modes import (  # noqa: E402
+    MODES,
+    TP_ENGINE_DEFAULTS,
+    mode_env,
+    needs_register_in_child,
+    tp_mode_env,
+    write_entry_point,
+)
 
 SHAPES: dict[str, dict[str, int]] = {
     # Qwen3-0.6B and Qwen3-8B widths (as tests-integration/gpu/e2e_vllm_gpu.py).
@@ -137,8 +144,8 @@ def build_loads(names: Sequence[str], contexts: Sequence[int], scale: int) -> li
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """What identifies a measurement across runs: (shape, load, mode, context)."""
-    return (row["shape"], row["load"], row["mode"], row.get("context"))
+    """What identifies a measurement across runs: (shape, load, mode, context, TP size)."""
+    return (row["shape"], row["load"], row["mode"], row.get("context"), row.get("tp", 1))
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -148,12 +155,13 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     missing (a failed child, or default not measured for that load).
     """
     base = {
-        (r["shape"], r["load"], r.get("context")): r.get("median")
+        (r["shape"], r["load"], r.get("context"), r.get("tp", 1)): r.get("median")
         for r in rows
         if r["mode"] == "default"
     }
     for r in rows:
-        ref, ours = base.get((r["shape"], r["load"], r.get("context"))), r.get("median")
+        key = (r["shape"], r["load"], r.get("context"), r.get("tp", 1))
+        ref, ours = base.get(key), r.get("median")
         if not ref or not ours:
             r["ratio_vs_default"] = None
         elif r["unit"] in LOWER_IS_BETTER:
@@ -186,20 +194,22 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per shape and mode: the geomean and lowest ratio to default, and issue #10's targets."""
     out: dict[str, Any] = {"ratios": {}, "targets": {}}
-    for shape in sorted({r["shape"] for r in rows}):
+    for shape, tp in sorted({(r["shape"], r.get("tp", 1)) for r in rows}):
+        group = [r for r in rows if r["shape"] == shape and r.get("tp", 1) == tp]
+        name = shape if tp == 1 else f"{shape}-tp{tp}"
         for mode in ("vllm-bi", "plugin"):
             ratios = [
                 r["ratio_vs_default"]
-                for r in rows
-                if r["shape"] == shape and r["mode"] == mode and r.get("ratio_vs_default")
+                for r in group
+                if r["mode"] == mode and r.get("ratio_vs_default")
             ]
             if ratios:
-                out["ratios"][f"{shape}/{mode}"] = {
+                out["ratios"][f"{name}/{mode}"] = {
                     "geomean": _report.geomean(ratios),
                     "min": min(ratios),
                     "loads": len(ratios),
                 }
-        out["targets"][shape] = plugin_targets([r for r in rows if r["shape"] == shape])
+        out["targets"][name] = plugin_targets(group)
     return out
 
 
@@ -214,8 +224,7 @@ def plugin_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     behind = [
         _label(r)
         for r, ratio in mine
-        if (other := by_key.get((r["shape"], r["load"], "vllm-bi", r.get("context"))))
-        and ratio < other
+        if (other := by_key.get(row_key({**r, "mode": "vllm-bi"}))) and ratio < other
     ]
     return {"met": not slow and not behind, "below_0.95x_default": slow, "behind_vllm_bi": behind}
 
@@ -225,9 +234,14 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def measured_row(
-    shape: str, mode: str, load: Load, reps: list[float], engine_seconds: float | None
+    shape: str,
+    mode: str,
+    load: Load,
+    reps: list[float],
+    engine_seconds: float | None,
+    tp: int = 1,
 ) -> dict[str, Any]:
-    """A result row in issue #10's shape (plus ``context`` for the long loads)."""
+    """A result row in issue #10's shape (plus ``context`` for the long loads, ``tp`` if > 1)."""
     row: dict[str, Any] = {
         "shape": shape,
         "load": load.name,
@@ -239,6 +253,8 @@ def measured_row(
     }
     if load.context is not None:
         row["context"] = load.context
+    if tp > 1:
+        row["tp"] = tp
     row["engine_seconds"] = engine_seconds
     row["config"] = {"prompts": load.prompts, "prompt_len": load.prompt_len,
                      "max_tokens": load.max_tokens}  # fmt: skip
@@ -397,7 +413,12 @@ def run_child(
 
 
 def rows_from_child(
-    shape: str, mode: str, loads: list[Load], data: dict[str, Any] | None, error: str | None
+    shape: str,
+    mode: str,
+    loads: list[Load],
+    data: dict[str, Any] | None,
+    error: str | None,
+    tp: int = 1,
 ) -> list[dict[str, Any]]:
     """One row per load: measured, or (for a load the child did not finish) the error."""
     done = {(m["load"]["name"], m["load"]["context"]): m["reps"] for m in (data or {}).get(
@@ -406,7 +427,7 @@ def rows_from_child(
     rows = []
     for load in loads:
         reps = done.get((load.name, load.context))
-        row = measured_row(shape, mode, load, reps or [], engine_seconds)
+        row = measured_row(shape, mode, load, reps or [], engine_seconds, tp)
         if reps is None:
             message, _, tail = (error or "no measurement").partition("\n")
             row["error"], row["log_tail"] = message, tail
@@ -419,6 +440,7 @@ def child_config(args: argparse.Namespace, model: Path, mode: str, loads: list[L
     max_len = max(load.tokens_needed for load in loads)
     engine = {
         "max_model_len": max(max_len, 256),
+        **({"tensor_parallel_size": args.tp, **TP_ENGINE_DEFAULTS} if args.tp > 1 else {}),
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "kv_cache_memory_bytes": args.kv_cache_memory_bytes,
         "max_num_seqs": args.max_num_seqs,
@@ -458,11 +480,16 @@ def run_document(
     """This call's rows as a result document, header taken from the children that ran."""
     first = next((c for c in children if c.get("versions")), {})
     summary = {
-        "install": {f"{c['shape']}/{c['mode']}": c.get("install") for c in children},
-        "runs": {f"{c['shape']}/{c['mode']}": run_info for c in children},
+        "install": {_child_key(c): c.get("install") for c in children},
+        "runs": {_child_key(c): run_info for c in children},
     }
     return {"device": first.get("device"), "versions": first.get("versions") or {},
             "date": _report.utc_date(), "results": rows, "summary": summary}  # fmt: skip
+
+
+def _child_key(child: dict[str, Any]) -> str:
+    tp = child.get("tp", 1)
+    return f"{child['shape']}{'' if tp == 1 else f'-tp{tp}'}/{child['mode']}"
 
 
 def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +547,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     for r in doc.get("results", []):
         if r.get("ratio_vs_default") is None:
             continue
-        panel = panels.setdefault(f"Qwen3 {r['shape']} shape", {})
+        tp = f", TP = {r['tp']}" if r.get("tp", 1) > 1 else ""
+        panel = panels.setdefault(f"Qwen3 {r['shape']} shape{tp}", {})
         panel.setdefault(r["mode"], {})[_label(r)] = r["ratio_vs_default"]
     if not panels:
         print("no ratios to plot")
@@ -597,6 +625,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--modes", default=",".join(MODES), type=lambda t: csv_choices(t, MODES))
     p.add_argument("--reps", type=positive(int), default=3)
+    p.add_argument(
+        "--tp",
+        type=positive(int),
+        default=1,
+        help="tensor_parallel_size (> 1: every mode gets modes.TP_ENV and TP_ENGINE_DEFAULTS)",
+    )
     p.add_argument(
         "--scale",
         type=positive(int),
@@ -676,16 +710,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     children: list[dict[str, Any]] = []
     doc = old
+    entry_points = write_entry_point(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
+    tp_tag = f"-tp{args.tp}" if args.tp > 1 else ""
     for mode in args.modes:
         print(f"== {args.shape} / {mode}: {len(loads)} loads x {args.reps} reps", flush=True)
         cfg = child_config(args, model, mode, loads)
-        log = args.out.parent / "vllm_serving_logs" / f"{args.shape}-{mode}.log"
-        data, error = run_child(cfg, mode_env(mode), log, args.timeout)
+        log = args.out.parent / "vllm_serving_logs" / f"{args.shape}{tp_tag}-{mode}.log"
+        env = tp_mode_env(mode, entry_points) if args.tp > 1 else mode_env(mode)
+        data, error = run_child(cfg, env, log, args.timeout)
         if error:
             print(f"  [{mode}] FAILED: {error.splitlines()[0]}", flush=True)
-        children.append({**(data or {}), "shape": args.shape, "mode": mode})
-        rows += rows_from_child(args.shape, mode, loads, data, error)
-        run_info = {"model": model.name, "layers": args.layers, "tiny": args.tiny,
+        children.append({**(data or {}), "shape": args.shape, "mode": mode, "tp": args.tp})
+        rows += rows_from_child(args.shape, mode, loads, data, error, args.tp)
+        run_info = {"model": model.name, "layers": args.layers, "tiny": args.tiny, "tp": args.tp,
                     "scale": args.scale, "reps": args.reps, "engine": cfg["engine"]}  # fmt: skip
         doc = merge_documents(old, run_document(rows, children, run_info))
         # After every child: a call cut off by a time limit keeps the modes it finished.

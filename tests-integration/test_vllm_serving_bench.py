@@ -130,6 +130,37 @@ def test_targets_name_the_loads_that_miss() -> None:
                        "behind_vllm_bi": ["decode-heavy"]}  # fmt: skip
 
 
+def test_tp_rows_keep_their_own_default_and_targets() -> None:
+    rows = [
+        _row("decode-heavy", "default", 100.0, bench.UNIT_GEN_TPS),
+        _row("decode-heavy", "plugin", 100.0, bench.UNIT_GEN_TPS),
+        _row("decode-heavy", "default", 200.0, bench.UNIT_GEN_TPS, tp=2),
+        _row("decode-heavy", "plugin", 100.0, bench.UNIT_GEN_TPS, tp=2),
+    ]
+    bench.add_ratios(rows)
+    assert [r["ratio_vs_default"] for r in rows] == [1.0, 1.0, 1.0, 0.5]
+    assert len(bench.merge_rows(rows[:2], rows[2:])) == 4  # TP size is part of the key
+    summary = bench.summarize(rows)
+    assert summary["targets"]["0.6b"]["met"] is True
+    assert summary["targets"]["0.6b-tp2"]["below_0.95x_default"] == ["decode-heavy"]
+
+
+def test_tp_child_config_sets_the_size_and_the_tp_defaults(tmp_path: Path) -> None:
+    args = bench.parse_args(["--tp", "2", "--shape", "0.6b", "--out", str(tmp_path / "x.json")])
+    loads = bench.build_loads(["single-stream"], [], scale=1)
+    engine = bench.child_config(args, tmp_path, "default", loads)["engine"]
+    assert engine["tensor_parallel_size"] == 2
+    assert engine["compilation_config"]["pass_config"]["fuse_allreduce_rms"] is False
+    one = bench.parse_args(["--shape", "0.6b", "--out", str(tmp_path / "x.json")])
+    assert (
+        "tensor_parallel_size" not in bench.child_config(one, tmp_path, "default", loads)["engine"]
+    )
+    row = bench.measured_row("0.6b", "plugin", loads[0], [1.0], None, tp=2)
+    assert row["tp"] == 2 and "tp" not in bench.measured_row(
+        "0.6b", "plugin", loads[0], [1.0], None
+    )
+
+
 @pytest.mark.parametrize(
     "argv, named",
     [

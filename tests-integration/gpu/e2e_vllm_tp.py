@@ -53,10 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e_vllm_gpu as base  # device_name, versions, SHAPES: one definition
 
+from vllm_bi_plugin.modes import TP_ENGINE_DEFAULTS, TP_ENV, write_entry_point
+
 BATCH_SIZES = [2, 7, 16, 33, 64, 129, 256]
-TP_ENV = "VLLM_BI_TP_INVARIANT"
+TP_INVARIANT_ENV = "VLLM_BI_TP_INVARIANT"
 KV_CACHE_BYTES = 2 << 30
-ENTRY_POINT = "batch_invariant = vllm_bi_plugin.plugin:register"
 
 
 @dataclass(frozen=True)
@@ -94,40 +95,6 @@ def plan(shapes: list[str]) -> list[Engine]:
     return engines
 
 
-def entry_point_dir(root: Path) -> Path:
-    """A folder with a ``.dist-info`` declaring the plugin's ``vllm.general_plugins`` entry."""
-    info = root / "vllm_bi_plugin_tp_e2e-0.0.0.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: vllm-bi-plugin-tp-e2e\nVersion: 0.0.0\n"
-    )
-    (info / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{ENTRY_POINT}\n")
-    return root
-
-
-COLLECTIVE_ENV = {
-    # The same all-reduce path in every mode: NCCL (vLLM's symmetric-memory all-reduce is what
-    # the plugin's batch-invariant settings turn off anyway). On 2026-11-25 engines with it on
-    # hung in their first all-reduce and died with illegal memory accesses.
-    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
-    # The lent machines keep NVLink multicast off (device KINDS.md): restated for the children.
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-    "NCCL_DEBUG": "WARN",
-}
-"""Laid over every engine's environment, whatever its mode."""
-
-ENGINE_DEFAULTS: dict[str, Any] = {
-    # vLLM fuses the TP all-reduce with the next RMSNorm through FlashInfer when TP > 1 on
-    # Hopper. On the lent 2-GPU machines (NVLink multicast off) every engine with it on hung in
-    # its first all-reduce and died with an illegal memory access (2026-11-25, all three
-    # modes); off, all ran. It is also batch-variant (one- or two-shot all-reduce chosen by the
-    # token count), so the plugin turns its default off; the controls get the same setting.
-    "compilation_config": {"pass_config": {"fuse_allreduce_rms": False}},
-}
-"""Engine settings of every TP run, whatever the mode (``--engine`` entries override them)."""
-
 BASE_PORT = 31000
 PORT_STRIDE = 50
 _ENGINE_INDEX: dict[Any, int] = {}
@@ -139,16 +106,13 @@ def engine_index(engine: Any) -> int:
 
 
 def child_env(engine: Engine, gpus: str, ep_dir: Path, log: Path) -> dict[str, str]:
-    from vllm_bi_plugin.modes import mode_env
+    from vllm_bi_plugin.modes import tp_mode_env
 
-    env = mode_env(engine.mode)
-    env.pop(TP_ENV, None)
+    env = tp_mode_env(engine.mode, ep_dir)  # TP=1 engines get the same, for comparability
+    env.pop(TP_INVARIANT_ENV, None)
     if engine.tp_invariant:
-        env[TP_ENV] = "1"
-    if engine.mode == "plugin":
-        env["PYTHONPATH"] = f"{ep_dir}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
-    env.update(COLLECTIVE_ENV)
+        env[TP_INVARIANT_ENV] = "1"
+    env["NCCL_DEBUG"] = "WARN"
     env["CUDA_VISIBLE_DEVICES"] = gpus
     # Engines that start side by side must not race for the same rendezvous ports: vLLM scans
     # upward from VLLM_PORT, so each engine gets its own range.
@@ -180,10 +144,10 @@ def run_engine(
             "enable_prefix_caching": False,
             "gpu_memory_utilization": 0.08,
             "kv_cache_memory_bytes": KV_CACHE_BYTES,
-            **ENGINE_DEFAULTS,
+            **TP_ENGINE_DEFAULTS,
             **args.engine,
         },
-        register_plugin=False,  # every process finds the entry point (see entry_point_dir)
+        register_plugin=False,  # every process finds the entry point (write_entry_point)
     )
     log = args.log_dir / f"{engine.label}.log"
     with tempfile.TemporaryDirectory() as tmp:
@@ -299,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         dims[shape] = Qwen3Shape(num_layers=args.layers, **base.SHAPES[shape])
         models[shape] = write_random_qwen3(args.model_dir / dims[shape].name, dims[shape])
-    ep_dir = entry_point_dir(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
+    ep_dir = write_entry_point(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
     engines = plan(shapes)
     # Largest engines first; TP=1 engines take the two GPUs in turn, TP=2 engines both.
     engines.sort(key=lambda e: (-e.tp, shapes.index(e.shape)))
@@ -327,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": base.versions(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "models": {s: asdict(d) for s, d in dims.items()},
-        "engine": {**ENGINE_DEFAULTS, **args.engine},
-        "child_env": COLLECTIVE_ENV,
+        "engine": {**TP_ENGINE_DEFAULTS, **args.engine},
+        "child_env": {**TP_ENV, "NCCL_DEBUG": "WARN"},
         "wall_seconds": time.perf_counter() - t0,
         "results": [],
         "summary": [],

@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 MODES: tuple[str, ...] = ("default", "vllm-bi", "plugin")
 
@@ -75,3 +77,68 @@ def plugin_has_entry_point() -> bool:
 def needs_register_in_child(mode: str) -> bool:
     """Whether a ``plugin``-mode child must call ``register()`` itself (no entry point here)."""
     return check_mode(mode) == "plugin" and not plugin_has_entry_point()
+
+
+# ---------------------------------------------------------------- tensor parallelism (TP > 1)
+
+TP_ENV: dict[str, str] = {
+    # TP workers are separate processes; "spawn" gives each a clean CUDA context.
+    "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    # The same all-reduce path in every mode: NCCL (the plugin's batch-invariant settings turn
+    # vLLM's symmetric-memory all-reduce off anyway).
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    # The lent machines keep NVLink multicast off; restated for children with their own env.
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+"""Laid over a TP > 1 engine's environment, whatever its mode."""
+
+TP_ENGINE_DEFAULTS: dict[str, Any] = {
+    # vLLM fuses the TP all-reduce with the next RMSNorm through FlashInfer when TP > 1 on
+    # Hopper/Blackwell. On the lent 2-GPU machines every engine with it on died in its first
+    # all-reduce (2026-11-25, all three modes); it is also batch-variant (one- or two-shot
+    # all-reduce chosen by the token count). The plugin turns its default off; the controls
+    # (default, vLLM's own mode) get the same setting so that the modes stay comparable.
+    "compilation_config": {"pass_config": {"fuse_allreduce_rms": False}},
+}
+"""``vllm.LLM`` settings of every TP > 1 engine the GPU scripts start."""
+
+ENTRY_POINT_DIST = "vllm_bi_plugin_entry_point-0.0.0.dist-info"
+
+
+def write_entry_point(root: Path) -> Path:
+    """Write a ``.dist-info`` under ``root`` declaring the plugin's vLLM entry point; return root.
+
+    TP workers are spawned processes that load plugins only through package metadata; on a
+    machine where the packages run from ``src/`` (not installed), putting ``root`` on the
+    children's ``PYTHONPATH`` lets every worker find the plugin.
+    """
+    info = root / ENTRY_POINT_DIST
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vllm-bi-plugin-entry-point\nVersion: 0.0.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[vllm.general_plugins]\nbatch_invariant = {PLUGIN_ENTRY}\n"
+    )
+    return root
+
+
+def tp_mode_env(
+    mode: str, entry_point_root: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """:func:`mode_env` for a TP > 1 engine: :data:`TP_ENV`, and in ``plugin`` mode the entry point.
+
+    Args:
+        mode: one of :data:`MODES`.
+        entry_point_root: a folder made by :func:`write_entry_point` (put on ``PYTHONPATH`` of
+            ``plugin``-mode children only: ``vllm-bi`` and ``default`` must not load the plugin).
+        base: the environment to start from (default: this process's).
+    """
+    env = {**mode_env(mode, base), **TP_ENV}
+    if mode == "plugin":
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(entry_point_root), env.get("PYTHONPATH", "")) if p
+        )
+    return env
