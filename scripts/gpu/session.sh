@@ -9,12 +9,13 @@
 #   bash scripts/gpu/session.sh check     # no vLLM: Triton CUDA tests again, host cost per call
 #   bash scripts/gpu/session.sh tune      # no vLLM: every FP8 config timed
 #   bash scripts/gpu/session.sh long      # vLLM staged: attention backend smoke + #12 baseline
+#   bash scripts/gpu/session.sh tpbench   # vLLM staged, 2 GPUs: serving benchmark at TP = 2 (#11)
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -115,6 +116,14 @@ long)
     --modes default,vllm-bi --loads long-single,long-batch8 --timeout 260 \
     --model-dir /tmp/models --out "$WORK/vllm_long_base.json"
   after_jobs
+  ;;
+tpbench)
+  if [ "$NGPU" -lt 2 ]; then echo "phase tpbench needs 2 GPUs, this machine has $NGPU"; exit 2; fi
+  # default, vLLM's own mode and the plugin at TP = 2 on both GPUs, one engine at a time.
+  (CUDA_VISIBLE_DEVICES=0,1 timeout 570 python3 benchmarks/vllm_serving.py --shape 0.6b --tp 2 \
+    --timeout 185 --model-dir /tmp/models --out "$WORK/vllm_serving_tp2.json" \
+    >"$WORK/tpbench.log" 2>&1; echo "== tpbench exit $?" >>"$WORK/tpbench.log")
+  TAIL=40 after_jobs
   ;;
 attn)
   gpu_job 0 300 attn python3 tests-integration/gpu/attn_backend_smoke.py \
