@@ -67,3 +67,49 @@ def test_cpu_attention_backend_class_path_resolves() -> None:
     for attr in ("num_heads", "num_kv_heads", "head_dim", "dtype", "window_size", "isa",
                  "kv_cache_dtype", "is_cross_attention", "is_encoder_only_attention"):  # fmt: skip
         assert f"self.{attr} =" in init_src, attr
+
+
+def test_allreduce_rms_fusion_default_is_off_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real VllmConfig takes fuse_allreduce_rms from the table the plugin patches.
+
+    On CPU vLLM's default is False and a config with the pass on cannot be built at TP > 1, so
+    a probe at -O2 (VllmConfig's default level) shows whether the table is read.
+    """
+    from vllm.config import CompilationConfig, VllmConfig
+
+    from vllm_bi_plugin import _fusions, _patch
+    from vllm_bi_plugin._report import Report
+
+    assert _patch.applied() == ()  # engines run in child processes; this one is clean
+    levels = _vllm_compat.optimization_pass_defaults()
+    assert levels is not None and set(levels) == {"O0", "O1", "O2", "O3"}
+    calls: list[object] = []
+
+    def probe(cfg: object) -> bool:
+        calls.append(cfg)
+        return False
+
+    monkeypatch.setitem(levels["O2"], _vllm_compat.ALLREDUCE_RMS_PASS, probe)
+    before = {level: passes[_vllm_compat.ALLREDUCE_RMS_PASS] for level, passes in levels.items()}
+    VllmConfig()
+    assert len(calls) == 1  # control: vLLM reads the -O2 entry
+    seen: list[object] = []  # the configs the warning check is given (it returns None)
+    monkeypatch.setattr(_fusions, "explicitly_enabled", seen.append)
+    report = Report("cuda")
+    try:
+        _fusions.install("cuda", report)
+        assert all(passes[_vllm_compat.ALLREDUCE_RMS_PASS] is False for passes in levels.values())
+        assert VllmConfig().compilation_config.pass_config.fuse_allreduce_rms is False
+        assert len(calls) == 1
+        explicit = CompilationConfig(pass_config={_vllm_compat.ALLREDUCE_RMS_PASS: True})
+        config = VllmConfig(compilation_config=explicit)
+        assert config.compilation_config.pass_config.fuse_allreduce_rms is True  # user's choice
+        assert seen[-1] is config  # the warning check ran on the built config
+        assert (_fusions.THEIRS, _fusions.OURS) in report.replacements and not report.gaps
+    finally:
+        _patch.undo_all()
+    for level, passes in levels.items():
+        assert passes[_vllm_compat.ALLREDUCE_RMS_PASS] is before[level], level
+    assert _patch.original_of(VllmConfig._apply_optimization_level_defaults) is (
+        VllmConfig._apply_optimization_level_defaults
+    )

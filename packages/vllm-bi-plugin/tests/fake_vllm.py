@@ -239,6 +239,59 @@ class FlashAttentionBackend:
         return FlashAttentionMetadataBuilder
 """
 
+# vllm.config.vllm (0.26 and 0.32 alike): per -O level defaults, a value or f(config), applied by
+# VllmConfig only to fields the user left None; fuse_allreduce_rms on at O2/O3 when TP > 1.
+_CONFIG_SRC = """
+import enum
+from types import SimpleNamespace
+
+
+class OptimizationLevel(enum.IntEnum):
+    O0 = 0
+    O1 = 1
+    O2 = 2
+    O3 = 3
+
+
+def enable_allreduce_rms_fusion(cfg):
+    return cfg.parallel_config.tensor_parallel_size > 1
+
+
+def _level(allreduce_rms):
+    passes = {"fuse_norm_quant": False, "fuse_allreduce_rms": allreduce_rms}
+    return {"compilation_config": {"pass_config": passes, "cudagraph_mode": None}}
+
+
+OPTIMIZATION_LEVEL_TO_CONFIG = {
+    OptimizationLevel.O0: _level(False),
+    OptimizationLevel.O1: _level(False),
+    OptimizationLevel.O2: _level(enable_allreduce_rms_fusion),
+    OptimizationLevel.O3: _level(enable_allreduce_rms_fusion),
+}
+
+
+class VllmConfig:
+    def __init__(self, tensor_parallel_size=1, optimization_level=2, pass_config=None):
+        passes = {"fuse_norm_quant": None, "fuse_allreduce_rms": None, **(pass_config or {})}
+        self.parallel_config = SimpleNamespace(tensor_parallel_size=tensor_parallel_size)
+        self.compilation_config = SimpleNamespace(
+            pass_config=SimpleNamespace(**passes), cudagraph_mode=None
+        )
+        level = OptimizationLevel(optimization_level)
+        self._apply_optimization_level_defaults(OPTIMIZATION_LEVEL_TO_CONFIG[level])
+
+    def _apply_optimization_level_defaults(self, defaults):
+        def apply(obj, values):
+            for key, value in values.items():
+                current = getattr(obj, key)
+                if isinstance(value, dict):
+                    apply(current, value)
+                elif current is None:
+                    setattr(obj, key, value(self) if callable(value) else value)
+
+        apply(self, defaults)
+"""
+
 
 def write_tree(root: Path, layout: str) -> Path:
     """Write a fake ``vllm`` package of ``layout`` (``"0.26"`` or ``"0.32"``) under ``root``."""
@@ -263,6 +316,7 @@ def write_tree(root: Path, layout: str) -> Path:
         "vllm/_custom_ops.py": _CUSTOM_OPS_SRC,
         "vllm/v1/attention/backend.py": _ATTENTION_BASE_SRC,
         "vllm/v1/attention/backends/flash_attn.py": _FLASH_ATTN_SRC,
+        "vllm/config/vllm.py": _CONFIG_SRC,
     }
     for rel, src in files.items():
         path = root / rel

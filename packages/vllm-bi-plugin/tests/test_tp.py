@@ -6,8 +6,10 @@ TP > 1 runs the ranks as threads of one process that exchange partials through a
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -228,3 +230,31 @@ def test_info_shows_tp_mode_segments_and_collective(fake_vllm_tree, monkeypatch)
     assert _patch.original_of(_linear_module().RowParallelLinear.forward) is (
         _linear_module().RowParallelLinear.forward
     )
+
+
+def test_chain_rule_set_and_undone(tp_plugin) -> None:
+    from bi_triton_ascend.ops import gemm_config
+
+    tp_plugin("0.32")
+    assert gemm_config.n_independent_chain()
+    plugin.unregister()
+    assert not gemm_config.n_independent_chain()
+
+
+def test_unregister_imports_no_provider_package(tp_plugin, monkeypatch) -> None:
+    """Undoing must not import bi_triton_ascend (its import registers kernels on CPU too)."""
+    tp_plugin("0.32", None)
+    real = builtins.__import__
+    names: list[str] = []
+
+    def spy(name: str, *args: Any, **kwargs: Any) -> Any:
+        names.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    try:
+        plugin.unregister()
+    finally:
+        monkeypatch.setattr(builtins, "__import__", real)
+    assert plugin.installed() is None
+    assert not [n for n in names if n.startswith("bi_triton_ascend")]

@@ -3,14 +3,15 @@
 vLLM offers no hook for most of what batch invariance needs (its kernels are module functions,
 some imported by value), so the plugin replaces attributes. Every replacement goes through
 :func:`patch_attr`, which makes a second ``register()`` a no-op, keeps a list for ``vllm-bi
-info`` and the one log line, and lets tests undo everything.
+info`` and the one log line, and lets tests undo everything. Defaults vLLM keeps in dicts (the
+optimization levels' pass switches) go through :func:`patch_item`, into the same list.
 """
 
 from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +29,22 @@ class Patch:
         original: what was stored there before (a class's raw descriptor; ``_MISSING`` when
             the class inherited it).
         replacement: what is there now.
+        item: whether ``target`` is a dict and ``attr`` one of its keys (:func:`patch_item`).
+        label: the name for messages where the target has none (a dict).
     """
 
     target: Any
     attr: str
     original: Any
     replacement: Any
+    item: bool = False
+    label: str = ""
 
     @property
     def where(self) -> str:
-        """``module.attr`` or ``module.Class.attr``, for messages."""
+        """``module.attr``, ``module.Class.attr`` or a dict item's label, for messages."""
+        if self.label:
+            return self.label
         if isinstance(self.target, types.ModuleType):
             return f"{self.target.__name__}.{self.attr}"
         if isinstance(self.target, type):
@@ -103,6 +110,31 @@ def patch_attr(target: Any, attr: str, replacement: Any) -> bool:
     return True
 
 
+def patch_item(mapping: MutableMapping[str, Any], key: str, value: Any, *, where: str) -> bool:
+    """Set ``mapping[key] = value`` and remember the original (identity kept for the undo).
+
+    Args:
+        mapping: the dict (a vLLM defaults table).
+        key: the key; it must exist (a typo must not silently add an entry).
+        value: the new value.
+        where: the item's name for messages (``module.TABLE[level]...key``).
+
+    Returns:
+        True if the item was replaced now, False if ``value`` itself is already there.
+
+    Raises:
+        KeyError: ``mapping`` has no ``key`` (vLLM renamed it: ``_vllm_compat`` needs updating).
+    """
+    if key not in mapping:
+        raise KeyError(f"{where} does not exist; cannot patch it")
+    current = mapping[key]
+    if current is value:
+        return False
+    mapping[key] = value
+    _applied.append(Patch(mapping, key, current, value, item=True, label=where))
+    return True
+
+
 def applied() -> tuple[Patch, ...]:
     """Every patch in force, oldest first."""
     return tuple(_applied)
@@ -112,7 +144,9 @@ def undo_all() -> None:
     """Restore every patched attribute, newest first (for tests and ``unregister``)."""
     while _applied:
         p = _applied.pop()
-        if p.original is _MISSING:
+        if p.item:
+            p.target[p.attr] = p.original
+        elif p.original is _MISSING:
             delattr(p.target, p.attr)
         else:
             setattr(p.target, p.attr, p.original)

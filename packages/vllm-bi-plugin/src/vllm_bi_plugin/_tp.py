@@ -15,6 +15,7 @@ The layer runs as one torch custom op (``vllm_bi::tp_invariant_row_linear``), so
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ from ._vllm_compat import (
 )
 
 _TRITON_DEVICES = ("cuda", "npu", "xpu")
+_GEMM_CONFIG_MODULE = "bi_triton_ascend.ops.gemm_config"
 
 
 def triton_segment_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,9 +181,11 @@ def install(layout: VllmLayout, platform: str, report: Report, *, tp_invariant: 
 
 
 def uninstall() -> None:
-    """Undo what :func:`install` set outside ``_patch`` (the Triton chain rule)."""
-    try:
-        from bi_triton_ascend.ops import gemm_config
-    except ImportError:
-        return
-    gemm_config.set_n_independent_chain(False)
+    """Undo what :func:`install` set outside ``_patch`` (the Triton chain rule).
+
+    Only where the chain module is loaded: importing ``bi_triton_ascend`` registers its kernels,
+    which an undo must not do in a process that never used them.
+    """
+    gemm_config = sys.modules.get(_GEMM_CONFIG_MODULE)
+    if gemm_config is not None:
+        gemm_config.set_n_independent_chain(False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -216,3 +216,44 @@ def tp_all_gather_stacked(x: object) -> object:
     """
     group = import_module(DISTRIBUTED_MODULE).get_tp_group()
     return group.all_gather(x.unsqueeze(0), dim=0)  # type: ignore[attr-defined]
+
+
+# Compile-pass defaults. ``vllm.config.vllm.OPTIMIZATION_LEVEL_TO_CONFIG`` (0.26 and 0.32) maps
+# each -O level to the defaults ``VllmConfig._apply_optimization_level_defaults`` applies to
+# fields the user left unset: ``["compilation_config"]["pass_config"]`` holds one entry per
+# fusion pass, a bool or a ``f(vllm_config) -> bool`` decided when the config is built.
+VLLM_CONFIG_MODULE = "vllm.config.vllm"
+VLLM_CONFIG_CLASS = "VllmConfig"
+OPTIMIZATION_LEVELS = "OPTIMIZATION_LEVEL_TO_CONFIG"
+APPLY_LEVEL_DEFAULTS = "_apply_optimization_level_defaults"
+ALLREDUCE_RMS_PASS = "fuse_allreduce_rms"
+
+
+def _vllm_config_module() -> ModuleType | None:
+    try:
+        return import_module(VLLM_CONFIG_MODULE)
+    except ImportError:
+        return None
+
+
+def optimization_pass_defaults() -> dict[str, MutableMapping[str, Any]] | None:
+    """Each optimization level's ``pass_config`` defaults dict, by level name (``"O2"``).
+
+    Returns ``None`` when this vLLM has no ``OPTIMIZATION_LEVEL_TO_CONFIG`` (older or renamed);
+    a level without a ``pass_config`` dict is left out.
+    """
+    table = getattr(_vllm_config_module(), OPTIMIZATION_LEVELS, None)
+    if not isinstance(table, Mapping):
+        return None
+    out: dict[str, MutableMapping[str, Any]] = {}
+    for level, defaults in table.items():
+        compilation = defaults.get("compilation_config") if isinstance(defaults, Mapping) else None
+        passes = compilation.get("pass_config") if isinstance(compilation, Mapping) else None
+        if isinstance(passes, MutableMapping):
+            out[getattr(level, "name", str(level))] = passes
+    return out
+
+
+def vllm_config_class() -> Any:
+    """The ``VllmConfig`` class, or ``None`` when ``vllm.config.vllm`` does not have it."""
+    return getattr(_vllm_config_module(), VLLM_CONFIG_CLASS, None)

@@ -13,7 +13,11 @@ at once and changes nothing. With it set it:
 4. installs the hooks for the vLLM release found (``_vllm_compat``): on CPU, ir-dispatch's
    kernels and a per-token attention schedule instead of vLLM's Triton overrides, which crash
    there; on GPUs, the kit's kernels in place of vLLM's, op by op where one exists;
-5. logs one line naming what it installed in place of vLLM's own.
+5. on CUDA and ROCm, makes vLLM's default for the compile pass ``fuse_allreduce_rms`` (fused
+   all-reduce + RMSNorm, whose all-reduce algorithm follows the token count) ``False`` at every
+   optimization level (``_fusions``). An explicit ``pass_config.fuse_allreduce_rms=True`` is
+   the user's choice, still honoured, and not batch-invariant (a warning is logged);
+6. logs one line naming what it installed in place of vLLM's own.
 
 With ``VLLM_BI_TP_INVARIANT=1`` as well, row-parallel layers take the TP-invariant order
 (``_tp``; docs/tensor-parallel.md), so TP=1, 2, 4 and 8 give the same bits.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings, _tp
+from . import _fusions, _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings, _tp
 from ._providers import PACKAGES_BY_PLATFORM, import_providers
 from ._report import Report
 from ._vllm_compat import (
@@ -132,6 +136,7 @@ def _install() -> Report:
     if kit_attention:
         _hooks_gpu.install_attention(layout, platform, report)
     _tp.install(layout, platform, report, tp_invariant=tp_invariant)
+    _fusions.install(platform, report)
     return report
 
 
@@ -143,8 +148,9 @@ def installed() -> Report | None:
 def unregister() -> None:
     """Undo :func:`register` in this process (tests; vLLM itself never calls this).
 
-    Restores every patched vLLM attribute, removes ir-dispatch's aten overrides and the
-    attention-backend override, and returns ir-dispatch to the mode the environment says.
+    Restores every patched vLLM attribute and defaults-table entry, removes ir-dispatch's aten
+    overrides and the attention-backend override, and returns ir-dispatch to the mode the
+    environment says.
     """
     global _report
     with _lock:
