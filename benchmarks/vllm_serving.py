@@ -626,6 +626,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), type=lambda t: csv_choices(t, MODES))
     p.add_argument("--reps", type=positive(int), default=3)
     p.add_argument(
+        "--variant",
+        default="",
+        help="label rows '<mode>+VARIANT' (for a run under extra env, e.g. VLLM_BI_ATTENTION=1)",
+    )
+    p.add_argument(
         "--tp",
         type=positive(int),
         default=1,
@@ -720,8 +725,9 @@ def main(argv: list[str] | None = None) -> int:
         data, error = run_child(cfg, env, log, args.timeout)
         if error:
             print(f"  [{mode}] FAILED: {error.splitlines()[0]}", flush=True)
-        children.append({**(data or {}), "shape": args.shape, "mode": mode, "tp": args.tp})
-        rows += rows_from_child(args.shape, mode, loads, data, error, args.tp)
+        label = f"{mode}+{args.variant}" if args.variant else mode
+        children.append({**(data or {}), "shape": args.shape, "mode": label, "tp": args.tp})
+        rows += rows_from_child(args.shape, label, loads, data, error, args.tp)
         run_info = {"model": model.name, "layers": args.layers, "tiny": args.tiny, "tp": args.tp,
                     "scale": args.scale, "reps": args.reps, "engine": cfg["engine"]}  # fmt: skip
         doc = merge_documents(old, run_document(rows, children, run_info))

@@ -9,13 +9,15 @@
 #   bash scripts/gpu/session.sh check     # no vLLM: Triton CUDA tests again, host cost per call
 #   bash scripts/gpu/session.sh tune      # no vLLM: every FP8 config timed
 #   bash scripts/gpu/session.sh long      # vLLM staged: attention backend smoke + #12 baseline
-#   bash scripts/gpu/session.sh tpbench   # vLLM staged, 2 GPUs: serving benchmark at TP = 2 (#11)
+#   bash scripts/gpu/session.sh tpbench   # vLLM staged, 2 GPUs: TP = 2 serving, default + vllm-bi
+#   bash scripts/gpu/session.sh tpbench2  # the same, plugin without and with TP-invariant mode
+#   bash scripts/gpu/session.sh serve     # vLLM staged: vllm serve vs offline + attention smoke
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -117,12 +119,31 @@ long)
     --model-dir /tmp/models --out "$WORK/vllm_long_base.json"
   after_jobs
   ;;
-tpbench)
-  if [ "$NGPU" -lt 2 ]; then echo "phase tpbench needs 2 GPUs, this machine has $NGPU"; exit 2; fi
-  # default, vLLM's own mode and the plugin at TP = 2 on both GPUs, one engine at a time.
-  (CUDA_VISIBLE_DEVICES=0,1 timeout 570 python3 benchmarks/vllm_serving.py --shape 0.6b --tp 2 \
-    --timeout 185 --model-dir /tmp/models --out "$WORK/vllm_serving_tp2.json" \
-    >"$WORK/tpbench.log" 2>&1; echo "== tpbench exit $?" >>"$WORK/tpbench.log")
+tpbench|tpbench2)
+  if [ "$NGPU" -lt 2 ]; then echo "phase $PHASE needs 2 GPUs, this machine has $NGPU"; exit 2; fi
+  # Serving benchmark at TP = 2 (#11), one engine at a time on both GPUs, in two calls:
+  # tpbench = default and vLLM's own mode; tpbench2 = the plugin without and with
+  # VLLM_BI_TP_INVARIANT=1 (the cost of TP-invariant mode). Fold the two JSONs with --merge.
+  BENCH="python3 benchmarks/vllm_serving.py --shape 0.6b --tp 2 --timeout 250 --model-dir /tmp/models"
+  if [ "$PHASE" = tpbench ]; then
+    (timeout 560 $BENCH --modes default,vllm-bi --out "$WORK/vllm_serving_tp2.json" \
+      >"$WORK/tpbench.log" 2>&1; echo "== tpbench exit $?" >>"$WORK/tpbench.log")
+  else
+    (timeout 280 $BENCH --modes plugin --out "$WORK/vllm_serving_tp2_plugin.json" \
+      >"$WORK/tpbench2.log" 2>&1; echo "== plugin exit $?" >>"$WORK/tpbench2.log"
+     VLLM_BI_TP_INVARIANT=1 timeout 280 $BENCH --modes plugin --variant tp-invariant \
+      --out "$WORK/vllm_serving_tp2_plugin.json" >>"$WORK/tpbench2.log" 2>&1
+     echo "== plugin+tp-invariant exit $?" >>"$WORK/tpbench2.log")
+  fi
+  TAIL=40 after_jobs
+  ;;
+serve)
+  # GPU A: vllm serve, 64 concurrent requests vs the offline engine (#10); GPU B: the attention
+  # backend smoke (#12), after the full-CUDA-graph change.
+  gpu_job 0 560 serve python3 tests-integration/gpu/serve_vllm_gpu.py \
+    --out "$OUT/serve_vllm_gpu.json" --log-dir "$WORK/serve-logs"
+  gpu_job "$GPU_B" 560 attn python3 tests-integration/gpu/attn_backend_smoke.py \
+    --out "$WORK/attn_backend_smoke.json"  # its engine logs stay in $WORK (the tarball)
   TAIL=40 after_jobs
   ;;
 attn)
