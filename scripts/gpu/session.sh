@@ -12,12 +12,13 @@
 #   bash scripts/gpu/session.sh tpbench   # vLLM staged, 2 GPUs: TP = 2 serving, default + vllm-bi
 #   bash scripts/gpu/session.sh tpbench2  # the same, plugin without and with TP-invariant mode
 #   bash scripts/gpu/session.sh serve     # vLLM staged: vllm serve vs offline + attention smoke
+#   bash scripts/gpu/session.sh profile   # vLLM staged: kernel time per mode (torch.profiler)
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve|profile}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -136,6 +137,19 @@ tpbench|tpbench2)
      echo "== plugin+tp-invariant exit $?" >>"$WORK/tpbench2.log")
   fi
   TAIL=40 after_jobs
+  ;;
+profile)
+  # Where the plugin loses time (#10, #4): kernels ranked by device time, default vs plugin.
+  # GPU A: 0.6B prefill-heavy (the 0.42x load); GPU B: 8B prefill, then 0.6B eager decode.
+  gpu_job 0 500 prof_06b_prefill python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill \
+    --model-dir /tmp/models --out "$WORK/prof-0.6b-prefill"
+  gpu_job "$GPU_B" 500 prof_8b bash -c "python3 benchmarks/profile_vllm.py --shape 8b \
+    --load prefill --prompts 16 --model-dir /tmp/models --out $WORK/prof-8b-prefill; \
+    python3 benchmarks/profile_vllm.py --shape 0.6b --load decode --enforce-eager \
+    --model-dir /tmp/models-b --out $WORK/prof-0.6b-decode-eager"
+  wait
+  for d in "$WORK"/prof-*; do cp "$d/profile_vllm.json" "$OUT/profile_vllm_${d##*/prof-}.json"; done
+  TAIL=30 after_jobs
   ;;
 serve)
   # GPU A: vllm serve, 64 concurrent requests vs the offline engine (#10); GPU B: the attention
