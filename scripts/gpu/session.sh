@@ -13,12 +13,13 @@
 #   bash scripts/gpu/session.sh tpbench2  # the same, plugin without and with TP-invariant mode
 #   bash scripts/gpu/session.sh serve     # vLLM staged: vllm serve vs offline + attention smoke
 #   bash scripts/gpu/session.sh profile   # vLLM staged: kernel time per mode (torch.profiler)
+#   bash scripts/gpu/session.sh gemm      # vLLM staged, carry .upstream: #4 GEMM table, all columns
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve|profile}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve|profile|gemm}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -137,6 +138,18 @@ tpbench|tpbench2)
      echo "== plugin+tp-invariant exit $?" >>"$WORK/tpbench2.log")
   fi
   TAIL=40 after_jobs
+  ;;
+gemm)
+  # #4's GEMM table with every column the issue names: ours, cuBLAS, cuBLAS without split-K,
+  # Thinking Machines' and vLLM's published batch-invariant matmuls (carry .upstream/tml, made
+  # with the fetch tool, never committed; vLLM's file comes with the staged vLLM).
+  gpu_job 0 560 gemm python3 packages/bi-triton-ascend/bench/bench_gemm.py \
+    --tml .upstream/tml/batch_invariant_ops.py \
+    --vllm /tmp/vllm-site/vllm/model_executor/layers/batch_invariant.py
+  [ "$NGPU" -lt 2 ] && wait
+  gpu_job "$GPU_B" 560 model python3 benchmarks/model_decoder.py --shapes 0.6b \
+    --out "$OUT/model_decoder_0.6b.json"
+  after_jobs
   ;;
 profile)
   # Where the plugin loses time (#10, #4): kernels ranked by device time, default vs plugin.
