@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import e2e_vllm_gpu as base  # device_name, versions, SHAPES: one definition
 
-from vllm_bi_plugin.modes import mode_env, write_entry_point
+from vllm_bi_plugin.modes import entry_point_env, write_entry_point
 from vllm_bi_plugin.needle import NeedleConfig, compare, make_prompts
 
 MAX_MODEL_LEN = 2048
@@ -70,12 +70,8 @@ def needle_config(model: Path, args: argparse.Namespace) -> NeedleConfig:
 
 def child_env(mode: str, entry_points: Path, multiprocess: bool) -> dict[str, str]:
     """``mode``'s environment; plugin children find the plugin through ``entry_points``."""
-    env = mode_env(mode)
+    env = entry_point_env(mode, entry_points)
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
-    if mode == "plugin":
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(entry_points), env.get("PYTHONPATH", "")) if p
-        )
     return env
 
 

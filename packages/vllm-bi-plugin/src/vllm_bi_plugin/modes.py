@@ -125,20 +125,30 @@ def write_entry_point(root: Path) -> Path:
     return root
 
 
-def tp_mode_env(
+def entry_point_env(
     mode: str, entry_point_root: Path, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """:func:`mode_env` for a TP > 1 engine: :data:`TP_ENV`, and in ``plugin`` mode the entry point.
+    """:func:`mode_env`, with the entry point of :func:`write_entry_point` for ``plugin``.
 
-    Args:
-        mode: one of :data:`MODES`.
-        entry_point_root: a folder made by :func:`write_entry_point` (put on ``PYTHONPATH`` of
-            ``plugin``-mode children only: ``vllm-bi`` and ``default`` must not load the plugin).
-        base: the environment to start from (default: this process's).
+    Only ``plugin``-mode children get ``entry_point_root`` on their ``PYTHONPATH``: ``vllm-bi``
+    and ``default`` must not load the plugin.
     """
-    env = {**mode_env(mode, base), **TP_ENV}
+    env = mode_env(mode, base)
     if mode == "plugin":
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(entry_point_root), env.get("PYTHONPATH", "")) if p
         )
     return env
+
+
+def tp_mode_env(
+    mode: str, entry_point_root: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """:func:`entry_point_env` for a TP > 1 engine, with :data:`TP_ENV` on top.
+
+    Args:
+        mode: one of :data:`MODES`.
+        entry_point_root: a folder made by :func:`write_entry_point`.
+        base: the environment to start from (default: this process's).
+    """
+    return {**entry_point_env(mode, entry_point_root, base), **TP_ENV}
