@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,25 @@ def test_check_rejects_a_non_model_directory(tmp_path) -> None:
         cli.main(["check", str(tmp_path)])
 
 
-def test_info_without_vllm(monkeypatch, capsys) -> None:
+@pytest.fixture
+def no_triton_provider() -> Iterator[None]:
+    """The registry as a process that never imported bi_triton_ascend sees it.
+
+    Another test (the plugin's register on CPU) may have imported it, which registers its
+    ``triton`` kernels for the rest of the process; restored afterwards.
+    """
+    bta = sys.modules.get("bi_triton_ascend")
+    if bta is None or not bta.supported:
+        yield
+        return
+    bta.unregister()
+    try:
+        yield
+    finally:
+        bta.register()
+
+
+def test_info_without_vllm(monkeypatch, capsys, no_triton_provider) -> None:
     monkeypatch.setattr(info, "vllm_installed", lambda: False)
     monkeypatch.setattr(info, "detect_layout", lambda: None)
     monkeypatch.setattr(info.plugin, "detect_platform", lambda: "cpu")
