@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,6 @@ sys.path.insert(0, str(HERE))
 import _report  # noqa: E402
 import vllm_serving as serving  # noqa: E402  (shapes, model writing, engine settings)
 
-from vllm_bi_plugin.child import KILLED, log_tail, run_streaming  # noqa: E402
 from vllm_bi_plugin.modes import MODES, mode_env, needs_register_in_child  # noqa: E402
 
 CHILD_PREFIX = "[profile] "
@@ -97,10 +94,6 @@ def child_main(config_path: Path, out_path: Path) -> int:
     _report.write_json(out_path, out, announce=False)
     print(f"{CHILD_PREFIX}wall {wall:.3f} s, {out['unit']} {total / 1e3:.1f} ms", file=sys.stderr)
     return 0
-
-
-def _say(mode: str) -> Callable[[str], None]:
-    return lambda msg: print(f"  [{mode}] {msg}", flush=True)
 
 
 def rows_for(mode: str, data: dict[str, Any], default_total: float | None) -> list[dict]:
@@ -170,20 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         cfg = {"model": str(model), "mode": mode, "load": serving.asdict(load),
                "vocab_size": vocab, "engine": engine, "top": args.top}  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_path, child_out = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-            cfg_path.write_text(json.dumps(cfg))
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(cfg_path),
-                   "--child-out", str(child_out)]  # fmt: skip
-            env = {**mode_env(mode), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-            log = out_dir / "profile_vllm_logs" / f"{args.shape}-{args.load}-{mode}.log"
-            say = _say(mode)
-            code = run_streaming(cmd, env, log, args.timeout, CHILD_PREFIX, say)
-            data = json.loads(child_out.read_text()) if code == 0 and child_out.exists() else None
-        if data is None:
-            why = f"killed after {args.timeout:.0f} s" if code == KILLED else f"exit {code}"
-            failures[mode] = f"{why}\n{log_tail(log, 30)}"
-            print(f"  [{mode}] FAILED ({why})", flush=True)
+        env = {**mode_env(mode), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        log = out_dir / "profile_vllm_logs" / f"{args.shape}-{args.load}-{mode}.log"
+        data, error = serving.run_child(
+            cfg, env, log, args.timeout, script=Path(__file__).resolve(), prefix=CHILD_PREFIX
+        )
+        if error or data is None:
+            failures[mode] = error or "no result"
+            print(f"  [{mode}] FAILED: {failures[mode].splitlines()[0]}", flush=True)
             continue
         head = head or _report.header(data["device"], data["versions"])
         if mode == "default":

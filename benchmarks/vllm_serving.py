@@ -392,16 +392,26 @@ def say(msg: str) -> None:
 
 
 def run_child(
-    cfg: dict[str, Any], env: dict[str, str], log_path: Path, timeout_s: float
+    cfg: dict[str, Any],
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    *,
+    script: Path | None = None,
+    prefix: str = CHILD_PREFIX,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """Run one (shape, mode) child; return (its JSON or ``None``, an error with the log tail)."""
+    """Run one (shape, mode) child; return (its JSON or ``None``, an error with the log tail).
+
+    ``script`` (default: this file) is run as ``script --child CFG --child-out OUT``; its stderr
+    lines starting with ``prefix`` are shown as progress under ``cfg["mode"]``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(cfg))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(cfg_path),
+        cmd = [sys.executable, str(script or Path(__file__).resolve()), "--child", str(cfg_path),
                "--child-out", str(out_path)]  # fmt: skip
         code = run_streaming(
-            cmd, env, log_path, timeout_s, CHILD_PREFIX,
+            cmd, env, log_path, timeout_s, prefix,
             lambda msg: print(f"  [{cfg['mode']}] {msg}", flush=True),
         )  # fmt: skip
         data = json.loads(out_path.read_text()) if out_path.exists() else None
@@ -715,8 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     children: list[dict[str, Any]] = []
     doc = old
-    entry_points = write_entry_point(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
     tp_tag = f"-tp{args.tp}" if args.tp > 1 else ""
+    if args.tp > 1:  # spawned TP workers find the plugin only through package metadata
+        entry_points = write_entry_point(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
     for mode in args.modes:
         print(f"== {args.shape} / {mode}: {len(loads)} loads x {args.reps} reps", flush=True)
         cfg = child_config(args, model, mode, loads)
