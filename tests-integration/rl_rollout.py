@@ -9,7 +9,7 @@ Run in its own process (vLLM's mode and the plugin's hooks are per process)::
 ``rescore``. ``OUT.json`` gets one record per completion: the temperature, prompt index, sampled
 token ids and the logprob vLLM reported for each (as Python floats, which carry float32 values
 exactly), plus the engine's ``logprobs_mode`` and KV block size, which the scorer needs to mirror,
-and ``seconds`` (wall time of the sampling and of the re-scoring).
+``seconds`` (wall time of the sampling and of the re-scoring) and vLLM's version.
 
 With ``rescore: true`` the same engine then scores every prompt + completion again as one
 prefill (``SamplingParams(max_tokens=1, prompt_logprobs=0)``, all sequences in one batch) and
@@ -38,6 +38,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 
 
 def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
+    import vllm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -76,6 +77,7 @@ def rollout(cfg: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(vllm_config.model_config.dtype),
         "plugin": None if installed is None else installed.summary(),
         "seconds": seconds,
+        "vllm": vllm.__version__,
     }
 
 

@@ -62,8 +62,9 @@ def run_rollout(
         else:
             with log.open("w") as f:
                 proc = subprocess.run(
-                    cmd, env=dict(env), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s
-                )
+                    cmd, env=dict(env), stdout=f, stderr=subprocess.STDOUT, text=True,
+                    timeout=timeout_s,
+                )  # fmt: skip
             tail = log.read_text()[-4000:]
         if proc.returncode != 0 or not out_path.exists():
             raise RuntimeError(f"rl_rollout.py exited with {proc.returncode}:\n{tail}")

@@ -62,7 +62,7 @@ def prompts() -> list[list[int]]:
     return [[rng.randrange(3, SHAPE.vocab_size) for _ in range(n)] for n in PROMPT_LENS]
 
 
-_ROLLOUTS: dict[tuple[str, bool], dict[str, Any]] = {}
+_ROLLOUTS: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def _run_rollout(cfg: dict[str, Any], batch_invariant: bool) -> dict[str, Any]:
