@@ -455,6 +455,7 @@ def child_config(args: argparse.Namespace, model: Path, mode: str, loads: list[L
         "kv_cache_memory_bytes": args.kv_cache_memory_bytes,
         "max_num_seqs": args.max_num_seqs,
         "enforce_eager": args.enforce_eager or None,
+        **args.engine,
     }
     return {"model": str(model), "mode": mode, "loads": [asdict(x) for x in loads],
             "reps": args.reps, "seed": args.seed, "vocab_size": args.vocab_size,
@@ -669,6 +670,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=positive(float),
         default=900.0,
         help="seconds per child (one engine, every load)",
+    )
+    p.add_argument(
+        "--engine",
+        type=json.loads,
+        default={},
+        help="extra vllm.LLM keyword arguments as JSON, for every mode (recorded in the rows)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", type=Path, help="checkpoint cache (default $VLLM_BI_CACHE)")

@@ -14,12 +14,13 @@
 #   bash scripts/gpu/session.sh serve     # vLLM staged: vllm serve vs offline + attention smoke
 #   bash scripts/gpu/session.sh profile   # vLLM staged: kernel time per mode (torch.profiler)
 #   bash scripts/gpu/session.sh gemm      # vLLM staged, carry .upstream: #4 GEMM table, all columns
+#   bash scripts/gpu/session.sh tpall     # vLLM staged, 2 GPUs: TP = 2 serving, all modes, one JSON
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|serve|profile|gemm}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|serve|profile|gemm}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -138,6 +139,59 @@ tpbench|tpbench2)
      echo "== plugin+tp-invariant exit $?" >>"$WORK/tpbench2.log")
   fi
   TAIL=40 after_jobs
+  ;;
+tpall)
+  if [ "$NGPU" -lt 2 ]; then echo "phase tpall needs 2 GPUs, this machine has $NGPU"; exit 2; fi
+  # The TP = 2 serving benchmark (#11) in one call where it fits: one engine at a time on both
+  # GPUs, the modes of TP_MODES in order (default: all four), each given the time left before
+  # TP_BUDGET seconds. Results accumulate in one JSON (kept on the machine between calls), so a
+  # second call with TP_MODES set to what is missing completes it.
+  BENCH="python3 benchmarks/vllm_serving.py --shape 0.6b --tp 2 --model-dir /tmp/models"
+  RESULT=/tmp/work/vllm_serving_tp2.json
+  DEADLINE=$(($(date +%s) + ${TP_BUDGET:-540}))
+  for m in ${TP_MODES:-default tp-invariant plugin vllm-bi}; do
+    left=$((DEADLINE - $(date +%s)))
+    if [ "$left" -lt 90 ]; then echo "== $m skipped: ${left}s left" >>"$WORK/tpall.log"; continue; fi
+    if [ "$m" = tp-invariant ]; then
+      VLLM_BI_TP_INVARIANT=1 timeout "$left" $BENCH --modes plugin --variant tp-invariant \
+        --timeout $((left - 10)) --out "$RESULT" >>"$WORK/tpall.log" 2>&1
+    else
+      timeout "$left" $BENCH --modes "$m" --timeout $((left - 10)) --out "$RESULT" \
+        >>"$WORK/tpall.log" 2>&1
+    fi
+    echo "== $m exit $? at $(date -u +%H:%M:%S)" >>"$WORK/tpall.log"
+  done
+  cp "$RESULT" "$WORK/" 2>/dev/null
+  TAIL=45 after_jobs
+  ;;
+rldiag)
+  # GPU A: #13, where the trainer leaves vLLM's arithmetic (rl_op_diff.py, one prompt, every
+  # layer's tensors). GPU B: #10, the 0.6B prefill-heavy load with piecewise CUDA graphs up to
+  # 16384 tokens (the plugin's ops cost host time that graphs remove) beside default and plugin.
+  SIZES=$(python3 -c "print([1,2,4]+list(range(8,256,8))+list(range(256,513,16))+[640,768,1024,1536,2048,3072,4096,6144,8192,12288,16384])")
+  gpu_job 0 240 rldiag bash -c "python3 tests-integration/gpu/rl_check_gpu.py make-model \
+    && python3 tests-integration/gpu/rl_op_diff.py --out $OUT/rl_op_diff.json"
+  [ "$NGPU" -lt 2 ] && wait
+  BENCH="python3 benchmarks/vllm_serving.py --shape 0.6b --loads prefill-heavy --model-dir /tmp/models --out $OUT/vllm_serving_graphs.json"
+  gpu_job "$GPU_B" 470 graphs bash -c "$BENCH --modes default,plugin --timeout 200; \
+    $BENCH --modes plugin --variant graphs16k --timeout 240 \
+      --engine '{\"compilation_config\": {\"cudagraph_capture_sizes\": $SIZES}}'"
+  TAIL=60 after_jobs
+  ;;
+wipattn)
+  # #12: branch wip/attn-full-graphs (carried as .wip-attn/branch.tar) in a copy of the tree:
+  # its attention CUDA tests, the plugin's GPU attention tests, then the vLLM smoke, which
+  # fails unless decode replays FULL CUDA graphs.
+  rm -rf /tmp/wip-tree && mkdir -p /tmp/wip-tree && cp -r packages tests-integration /tmp/wip-tree/
+  tar xf .wip-attn/branch.tar -C /tmp/wip-tree
+  WIP_PATH=$(ls -d /tmp/wip-tree/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
+  gpu_job 0 560 wipattn bash -c "cd /tmp/wip-tree && export PYTHONPATH=$WIP_PATH \
+    && python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
+      packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
+      packages/vllm-bi-plugin/tests/test_gpu_attention.py -q -p no:cacheprovider -rs -x \
+      --junitxml=$OUT/wip_attn_cuda.junit.xml \
+    && python3 tests-integration/gpu/attn_backend_smoke.py --out $OUT/attn_backend_smoke_full.json"
+  TAIL=60 after_jobs
   ;;
 gemm)
   # #4's GEMM table with every column the issue names: ours, cuBLAS, cuBLAS without split-K,
