@@ -293,6 +293,24 @@ class VllmConfig:
 """
 
 
+# The GPU model runner's logprob kernel (vLLM 0.26's V2 runner): the plugin replaces the
+# module function; compute_topk_scores looks it up at call time, as vLLM's does.
+_LOGPROB_SRC = """
+import torch
+
+CALLS = []
+
+
+def compute_token_logprobs(logits, token_ids):
+    CALLS.append("vllm")
+    return torch.log_softmax(logits.float(), -1).gather(-1, token_ids.long())
+
+
+def compute_topk_scores(logits, sampled_token_ids):
+    return compute_token_logprobs(logits, sampled_token_ids.unsqueeze(-1))
+"""
+
+
 def write_tree(root: Path, layout: str) -> Path:
     """Write a fake ``vllm`` package of ``layout`` (``"0.26"`` or ``"0.32"``) under ``root``."""
     bi_path = BI_PATHS[layout]
@@ -317,6 +335,7 @@ def write_tree(root: Path, layout: str) -> Path:
         "vllm/v1/attention/backend.py": _ATTENTION_BASE_SRC,
         "vllm/v1/attention/backends/flash_attn.py": _FLASH_ATTN_SRC,
         "vllm/config/vllm.py": _CONFIG_SRC,
+        "vllm/v1/worker/gpu/sample/logprob.py": _LOGPROB_SRC,
     }
     for rel, src in files.items():
         path = root / rel

@@ -15,7 +15,9 @@ leaves vLLM's own (bitwise) path rather than a batch-variant one:
   plugin installs ir-dispatch's over them for the covered ops (vLLM's kernels stay reachable
   as the registered "previous" kernel) and undoes 0.26's ``torch.bmm`` assignment;
 - FP8: ``vllm._custom_ops.cutlass_scaled_mm`` goes to ir-dispatch's ``scaled_mm`` when a
-  batch-invariant provider (``bi-cutlass-fp8``) accepts the call, else to vLLM's CUTLASS.
+  batch-invariant provider (``bi-cutlass-fp8``) accepts the call, else to vLLM's CUTLASS;
+- reported logprobs: the GPU runner's own Triton logprob kernel goes to ir-dispatch's
+  ``log_softmax`` (:mod:`._logprobs`), the kernel the trainer scores with.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import _fp8, _hooks_common, _patch, _settings
+from . import _fp8, _hooks_common, _logprobs, _patch, _settings
 from ._providers import covered, covered_overloads
 from ._report import Report
 from ._vllm_compat import (
@@ -135,6 +137,8 @@ def install(layout: VllmLayout, platform: str, report: Report) -> None:
             report.replaced("cutlass_scaled_mm (FP8 linear)", "ir_dispatch::scaled_mm")
     else:
         report.keep(f"FP8 GEMM (no batch-invariant {platform} scaled_mm kernel)")
+
+    _logprobs.install(platform, report)
 
 
 ATTENTION_ENV = "VLLM_BI_ATTENTION"
