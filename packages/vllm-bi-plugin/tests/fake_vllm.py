@@ -271,14 +271,40 @@ OPTIMIZATION_LEVEL_TO_CONFIG = {
 
 
 class VllmConfig:
-    def __init__(self, tensor_parallel_size=1, optimization_level=2, pass_config=None):
+    def __init__(self, tensor_parallel_size=1, optimization_level=2, pass_config=None,
+                 cudagraph_capture_sizes=None, max_cudagraph_capture_size=None,
+                 max_num_batched_tokens=8192, max_num_seqs=256, performance_mode="balanced"):
         passes = {"fuse_norm_quant": None, "fuse_allreduce_rms": None, **(pass_config or {})}
         self.parallel_config = SimpleNamespace(tensor_parallel_size=tensor_parallel_size)
         self.compilation_config = SimpleNamespace(
-            pass_config=SimpleNamespace(**passes), cudagraph_mode=None
+            pass_config=SimpleNamespace(**passes), cudagraph_mode=None,
+            cudagraph_capture_sizes=cudagraph_capture_sizes,
+            max_cudagraph_capture_size=max_cudagraph_capture_size,
         )
+        self.scheduler_config = SimpleNamespace(
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
+        )
+        self.performance_mode = performance_mode
+        self.num_speculative_tokens = 0
         level = OptimizationLevel(optimization_level)
         self._apply_optimization_level_defaults(OPTIMIZATION_LEVEL_TO_CONFIG[level])
+        self._set_cudagraph_sizes()
+
+    def _set_cudagraph_sizes(self):
+        # vLLM 0.26's logic, reduced: given sizes are filtered by max_num_batched_tokens,
+        # else the default list up to min(max_num_seqs * 2, 512).
+        cc, tokens = self.compilation_config, self.scheduler_config.max_num_batched_tokens
+        top = cc.max_cudagraph_capture_size
+        if top is None:
+            top = min(self.scheduler_config.max_num_seqs * 2, 512)
+        top = min(top, tokens)
+        if cc.cudagraph_capture_sizes is not None:
+            sizes = sorted(s for s in set(cc.cudagraph_capture_sizes) if s <= tokens)
+        else:
+            sizes = [s for s in (1, 2, 4) if s <= top] + list(range(8, min(top + 1, 256), 8))
+            sizes = sorted(set(sizes + list(range(256, top + 1, 16))))
+        cc.cudagraph_capture_sizes = sizes
+        cc.max_cudagraph_capture_size = sizes[-1]
 
     def _apply_optimization_level_defaults(self, defaults):
         def apply(obj, values):

@@ -17,7 +17,10 @@ at once and changes nothing. With it set it:
    all-reduce + RMSNorm, whose all-reduce algorithm follows the token count) ``False`` at every
    optimization level (``_fusions``). An explicit ``pass_config.fuse_allreduce_rms=True`` is
    the user's choice, still honoured, and not batch-invariant (a warning is logged);
-6. logs one line naming what it installed in place of vLLM's own.
+6. on CUDA, adds capture sizes up to 16384 tokens to vLLM's CUDA graphs when the user chose
+   none (``_graphs``; ``VLLM_BI_PREFILL_GRAPHS=0`` keeps vLLM's), so prefill steps replay graphs
+   instead of paying each kit op's host cost;
+7. logs one line naming what it installed in place of vLLM's own.
 
 With ``VLLM_BI_TP_INVARIANT=1`` as well, row-parallel layers take the TP-invariant order
 (``_tp``; docs/tensor-parallel.md), so TP=1, 2, 4 and 8 give the same bits.
@@ -33,7 +36,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import _fusions, _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings, _tp
+from . import _fusions, _graphs, _hooks_common, _hooks_cpu, _hooks_gpu, _patch, _settings, _tp
 from ._providers import PACKAGES_BY_PLATFORM, import_providers
 from ._report import Report
 from ._vllm_compat import (
@@ -137,6 +140,7 @@ def _install() -> Report:
         _hooks_gpu.install_attention(layout, platform, report)
     _tp.install(layout, platform, report, tp_invariant=tp_invariant)
     _fusions.install(platform, report)
+    _graphs.install(platform, report)
     return report
 
 
