@@ -601,3 +601,25 @@ def test_gemm_bits_do_not_depend_on_the_strides_of_b(dtype: torch.dtype) -> None
         strided = ird.ops.mm.call_selected(a, k.t())
         packed = ird.ops.mm.call_selected(a, k.t().contiguous())
     assert torch.equal(strided, packed)
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("length", [7, 300, 2500])
+def test_row_softmax_under_autograd_same_bits_and_right_gradient(fn: str, length: int) -> None:
+    """Reached from an overridden composite op the kernel runs under autograd: no in-place step
+    may break the backward, and the values must not change."""
+    from ir_dispatch.providers import cpu_rows
+
+    kernel = getattr(cpu_rows, fn)
+    gen = torch.Generator().manual_seed(length)
+    x = torch.randn(5, length, generator=gen, dtype=torch.float64) * 3
+    plain = kernel(x, -1)
+    leaf = x.clone().requires_grad_(True)
+    tracked = kernel(leaf, -1)
+    assert torch.equal(tracked.detach(), plain)
+    weights = torch.randn(5, length, generator=gen, dtype=torch.float64)
+    (tracked * weights).sum().backward()
+    ref_leaf = x.clone().requires_grad_(True)
+    (getattr(torch, fn)(ref_leaf, -1) * weights).sum().backward()
+    assert leaf.grad is not None and ref_leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-9, atol=1e-12)

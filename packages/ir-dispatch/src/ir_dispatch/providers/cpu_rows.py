@@ -119,13 +119,20 @@ def _along_rows(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool)
     if rows.numel() == 0:
         result = rows.clone()  # never return a view of the input
     else:
+        # In-place steps save allocations, but autograd records these ops when the kernel is
+        # reached from a composite op (``softmax.int`` overridden at the CPU key, e.g. a
+        # trainer's attention backward in a process where vLLM's plugin is loaded): then the
+        # same arithmetic runs out of place, giving the same bits.
+        tracked = torch.is_grad_enabled() and rows.requires_grad
         shifted = rows - rows.amax(dim=-1, keepdim=True)
         if log:
-            total = tree_row_sum(torch.exp(shifted), overwrite=True)
-            result = shifted.sub_(torch.log(total).unsqueeze(-1))
+            total = tree_row_sum(torch.exp(shifted), overwrite=not tracked)
+            log_total = torch.log(total).unsqueeze(-1)
+            result = shifted - log_total if tracked else shifted.sub_(log_total)
         else:
-            exps = shifted.exp_()
-            result = exps.div_(tree_row_sum(exps).unsqueeze(-1))
+            exps = torch.exp(shifted) if tracked else shifted.exp_()
+            sums = tree_row_sum(exps).unsqueeze(-1)
+            result = exps / sums if tracked else exps.div_(sums)
     result = result.to(out_dtype).reshape(shape)
     if x.dim() == 0:
         return result.reshape(())
