@@ -260,11 +260,18 @@ def advantages(rollout: Rollout, vocab_size: int, max_tokens: int) -> list[float
 
 
 def pg_loss(
-    new: Sequence[torch.Tensor], rollout: Rollout, vocab_size: int, max_tokens: int
+    new: Sequence[torch.Tensor],
+    rollout: Rollout,
+    vocab_size: int,
+    max_tokens: int,
+    old: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``-mean(exp(logp - logp_old) * advantage)`` over every sampled token, on new's device."""
+    """``-mean(exp(logp - logp_old) * advantage)`` over every sampled token, on new's device.
+
+    ``old`` defaults to the rollout's logprobs.
+    """
     device = new[0].device
-    old = [o.to(device) for o in old_logprobs(rollout)]
+    old = [o.to(device) for o in (old_logprobs(rollout) if old is None else old)]
     adv = advantages(rollout, vocab_size, max_tokens)
     adv_t = [torch.full_like(o, a) for o, a in zip(old, adv, strict=True)]
     ratio = torch.exp(torch.cat(list(new)) - torch.cat(old))
@@ -323,8 +330,15 @@ def reference_grads(
     vocab_size: int,
     max_tokens: int,
 ) -> dict[str, torch.Tensor]:
-    """The same loss on the same checkpoint in fp32, plain ``transformers`` (SDPA, one
-    right-padded batch), default mode: what the bf16 step's gradients should point along."""
+    """The same policy gradient on the same checkpoint in fp32, plain ``transformers`` (SDPA,
+    one right-padded batch), default mode: what the bf16 step's gradients should point along.
+
+    The ratio is taken against the fp32 model's own (detached) logprobs, i.e. exactly 1, as the
+    bf16 step's is. Against the rollout's bf16 logprobs instead, the fp32 ratios are not 1 (the
+    two forwards differ by up to 0.19 nats a token on the peaked random test model) and re-weight
+    the tokens: that objective's gradient differs from the bf16 step's by about as much as two
+    fp32 runs of the two objectives differ from each other (cosine 0.9983, CPU probe).
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -337,7 +351,8 @@ def reference_grads(
         logits = model.lm_head(hidden[n - 1 : n - 1 + len(tokens)])
         lp = torch.log_softmax(logits.float(), -1)  # raw: no temperature
         new.append(lp.gather(-1, tokens[:, None])[:, 0])
-    pg_loss(new, rollout, vocab_size, max_tokens).backward()
+    own = [lp.detach() for lp in new]  # ratio exactly 1, like the bf16 step's
+    pg_loss(new, rollout, vocab_size, max_tokens, old=own).backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
