@@ -39,9 +39,7 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
-import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -138,9 +136,8 @@ def run_one(
     gpu: str | None = None,
 ) -> dict[str, Any]:
     """Run one (mode, case) needle experiment in its own process, on ``gpu`` if given."""
-    from vllm_bi_plugin.child import run_streaming
     from vllm_bi_plugin.modes import mode_env, needs_register_in_child
-    from vllm_bi_plugin.needle import NeedleConfig
+    from vllm_bi_plugin.needle import NeedleConfig, run_in_child
 
     spec = CASES[case]
     batch_sizes = [b for b in spec["batch_sizes"] if b <= args.max_batch]
@@ -155,31 +152,17 @@ def run_one(
         cached_reference=spec.get("cached_reference", False),
         register_plugin=needs_register_in_child(mode),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-        cfg_path.write_text(json.dumps(asdict(cfg)))
-        log = log_dir / f"{args.shape}-{case}-{mode}.log"
-        env = mode_env(mode)
-        # One compile cache per engine: engines that start side by side must not race on one.
-        env["VLLM_CACHE_ROOT"] = str(Path(tempfile.gettempdir(), "vllm-cache", log.stem))
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [
-            sys.executable,
-            "-m",
-            "vllm_bi_plugin.needle",
-            "--config",
-            str(cfg_path),
-            "--out",
-            str(out_path),
-        ]
-        t0 = time.perf_counter()
-        code = run_streaming(cmd, env, log, args.timeout, "[needle] ", lambda _: None)
-        wall = time.perf_counter() - t0
-        if code != 0 or not out_path.exists():
-            tail = log.read_text()[-4000:]
-            return {"error": f"exit {code}", "log_tail": tail, "wall_seconds": wall}
-        result: dict[str, Any] = json.loads(out_path.read_text())
+    log = log_dir / f"{args.shape}-{case}-{mode}.log"
+    env = mode_env(mode)
+    # One compile cache per engine: engines that start side by side must not race on one.
+    env["VLLM_CACHE_ROOT"] = str(Path(tempfile.gettempdir(), "vllm-cache", log.stem))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    done = run_in_child(cfg, env, log, args.timeout)
+    wall = done.wall_seconds
+    if done.result is None:
+        return {"error": f"exit {done.code}", "log_tail": done.log_tail, "wall_seconds": wall}
+    result = done.result
     result["wall_seconds"] = wall
     result["plugin_loaded_by"] = (
         None

@@ -40,7 +40,6 @@ import concurrent.futures
 import datetime as _dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -125,7 +124,7 @@ def run_engine(
     engine: Engine, model: Path, args: argparse.Namespace, ep_dir: Path, gpus: str
 ) -> dict[str, Any]:
     """Run one engine's needle experiment in its own process."""
-    from vllm_bi_plugin.needle import NeedleConfig
+    from vllm_bi_plugin.needle import NeedleConfig, run_in_child
 
     budget = args.deadline_at - time.monotonic()
     if budget < 90:  # not enough left for an engine start: record it rather than overrun
@@ -150,28 +149,12 @@ def run_engine(
         register_plugin=False,  # every process finds the entry point (write_entry_point)
     )
     log = args.log_dir / f"{engine.label}.log"
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-        cfg_path.write_text(json.dumps(asdict(cfg)))
-        cmd = [sys.executable, "-m", "vllm_bi_plugin.needle"]
-        cmd += ["--config", str(cfg_path), "--out", str(out_path)]
-        t0 = time.perf_counter()
-        with open(log, "w") as f:
-            try:
-                code = subprocess.run(
-                    cmd,
-                    env=child_env(engine, gpus, ep_dir, log),
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    timeout=min(args.timeout, budget),
-                    start_new_session=True,
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = -9
-        wall = time.perf_counter() - t0
-        if code != 0 or not out_path.exists():
-            return {"error": f"exit {code}", "log_tail": log.read_text()[-4000:], "wall": wall}
-        result: dict[str, Any] = json.loads(out_path.read_text())
+    env = child_env(engine, gpus, ep_dir, log)
+    done = run_in_child(cfg, env, log, min(args.timeout, budget))
+    wall = done.wall_seconds
+    if done.result is None:
+        return {"error": f"exit {done.code}", "log_tail": done.log_tail, "wall": wall}
+    result = done.result
     result["wall"] = wall
     return result
 

@@ -79,19 +79,12 @@ def offline_alone(
     cfg: NeedleConfig, mode: str, entry_points: Path, log: Path, timeout_s: float
 ) -> dict[str, Any]:
     """The needle alone through ``vllm.LLM`` in a child process (tokens, logprobs)."""
-    from vllm_bi_plugin.child import run_streaming
+    from vllm_bi_plugin.needle import run_in_child
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-        cfg_path.write_text(json.dumps(asdict(cfg)))
-        cmd = [sys.executable, "-m", "vllm_bi_plugin.needle", "--config", str(cfg_path),
-               "--out", str(out_path)]  # fmt: skip
-        env = child_env(mode, entry_points, multiprocess=False)
-        code = run_streaming(cmd, env, log, timeout_s, "[needle] ", lambda _: None)
-        if code != 0 or not out_path.exists():
-            raise RuntimeError(f"offline engine exit {code}:\n{log.read_text()[-3000:]}")
-        result: dict[str, Any] = json.loads(out_path.read_text())
-    return result
+    done = run_in_child(cfg, child_env(mode, entry_points, multiprocess=False), log, timeout_s)
+    if done.result is None:
+        raise RuntimeError(f"offline engine exit {done.code}:\n{done.log_tail[-3000:]}")
+    return done.result
 
 
 def burst_of(needle: list[int], others: list[list[int]], size: int) -> tuple[list, dict]:

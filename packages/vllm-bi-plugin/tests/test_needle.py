@@ -52,3 +52,44 @@ def test_compare_is_bitwise() -> None:
 def test_bad_config(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         needle.NeedleConfig(model="m", **kwargs)
+
+
+def test_run_in_child_passes_config_env_and_timeout_and_reads_the_result(
+    tmp_path, monkeypatch
+) -> None:
+    """The one way the GPU scripts start a needle engine: config file in, result file out."""
+    import json as _json
+    from pathlib import Path
+
+    from vllm_bi_plugin import child, needle
+
+    seen: dict = {}
+
+    def fake_run(cmd, env, log, timeout_s, prefix, say) -> int:
+        seen.update(cmd=cmd, env=dict(env), log=log, timeout=timeout_s, prefix=prefix)
+        cfg = _json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
+        seen["cfg"] = cfg
+        with open(cmd[cmd.index("--out") + 1], "w") as f:
+            _json.dump({"cases": [], "model": cfg["model"]}, f)
+        return 0
+
+    monkeypatch.setattr(child, "run_streaming", fake_run)
+    cfg = needle.NeedleConfig(model="/m", batch_sizes=[2, 3])
+    done = needle.run_in_child(cfg, {"X": "1"}, tmp_path / "a.log", 12.5)
+    assert done.code == 0 and done.result == {"cases": [], "model": "/m"} and done.log_tail == ""
+    assert seen["cmd"][1:3] == ["-m", "vllm_bi_plugin.needle"]
+    assert seen["env"] == {"X": "1"} and seen["timeout"] == 12.5 and seen["prefix"] == "[needle] "
+    assert seen["cfg"]["batch_sizes"] == [2, 3]
+
+
+def test_run_in_child_failure_keeps_the_log_tail(tmp_path, monkeypatch) -> None:
+    from vllm_bi_plugin import child, needle
+
+    def fake_run(cmd, env, log, timeout_s, prefix, say) -> int:
+        log.write_text("x" * 5000 + "engine died")
+        return child.KILLED
+
+    monkeypatch.setattr(child, "run_streaming", fake_run)
+    done = needle.run_in_child(needle.NeedleConfig(model="/m"), {}, tmp_path / "b.log", 1.0)
+    assert done.code == child.KILLED and done.result is None
+    assert done.log_tail.endswith("engine died") and len(done.log_tail) == needle.LOG_TAIL_CHARS

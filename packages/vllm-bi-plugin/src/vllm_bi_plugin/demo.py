@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .child import KILLED, log_tail, run_streaming
+from .child import KILLED, log_tail
 from .models import QWEN3_0_6B, Qwen3Shape, default_cache_dir, write_random_qwen3
-from .needle import NeedleConfig
+from .needle import NeedleConfig, run_in_child
 
 MODES = (
     ("default", "vLLM default", False),
@@ -74,26 +72,13 @@ def run_needle_process(
     Raises:
         RuntimeError: the child failed or ran past ``timeout_s`` (the log tail is in the message).
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
-        cfg_path.write_text(json.dumps(asdict(cfg)))
-        cmd = [
-            sys.executable,
-            "-m",
-            "vllm_bi_plugin.needle",
-            "--config",
-            str(cfg_path),
-            "--out",
-            str(out_path),
-        ]
-        code = run_streaming(cmd, env, log_path, timeout_s, "[needle] ", say)
-        if code != 0 or not out_path.exists():
-            why = f"killed after {timeout_s:.0f} s" if code == KILLED else f"exit {code}"
-            raise RuntimeError(
-                f"the engine run failed ({why}); log {log_path}:\n{log_tail(log_path, 25)}"
-            )
-        result: dict[str, Any] = json.loads(out_path.read_text())
-        return result
+    done = run_in_child(cfg, env, log_path, timeout_s, say)
+    if done.result is None:
+        why = f"killed after {timeout_s:.0f} s" if done.code == KILLED else f"exit {done.code}"
+        raise RuntimeError(
+            f"the engine run failed ({why}); log {log_path}:\n{log_tail(log_path, 25)}"
+        )
+    return done.result
 
 
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[str, Any]:

@@ -20,10 +20,14 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from . import child
 
 POSITIONS = ("front", "middle", "back")
 
@@ -227,6 +231,54 @@ def _run(cfg: NeedleConfig, progress: Callable[[str], None] | None) -> dict[str,
             {"batch_size": biggest, "seconds": seconds, "generated_tokens": produced}
         )
     return result
+
+
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass
+class ChildRun:
+    """One needle experiment run by :func:`run_in_child`.
+
+    Attributes:
+        code: the child's exit status (:data:`vllm_bi_plugin.child.KILLED` at the timeout).
+        result: what :func:`run` returned in the child, or ``None`` when it failed.
+        wall_seconds: the child's wall time, engine start included.
+        log_tail: the end of the child's log when it failed (else empty).
+    """
+
+    code: int
+    result: dict[str, Any] | None
+    wall_seconds: float
+    log_tail: str = ""
+
+
+def run_in_child(
+    cfg: NeedleConfig,
+    env: Mapping[str, str],
+    log: Path,
+    timeout_s: float,
+    say: Callable[[str], None] | None = None,
+) -> ChildRun:
+    """``python -m vllm_bi_plugin.needle`` for ``cfg`` in a child process with ``env``.
+
+    A child because vLLM's mode and the plugin's hooks are per process; everything that
+    compares modes (``vllm-bi demo``, the CPU integration tests, the GPU end-to-end, tensor
+    parallel and ``vllm serve`` scripts) starts its engines here. The child's output goes to
+    ``log``, its progress lines to ``say``; it is killed after ``timeout_s`` seconds.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, out_path = Path(tmp, "cfg.json"), Path(tmp, "out.json")
+        cfg_path.write_text(json.dumps(asdict(cfg)))
+        cmd = [sys.executable, "-m", "vllm_bi_plugin.needle", "--config", str(cfg_path),
+               "--out", str(out_path)]  # fmt: skip
+        t0 = time.perf_counter()
+        code = child.run_streaming(cmd, env, log, timeout_s, "[needle] ", say or (lambda _: None))
+        wall = time.perf_counter() - t0
+        if code == 0 and out_path.exists():
+            return ChildRun(code, json.loads(out_path.read_text()), wall)
+    tail = log.read_text()[-LOG_TAIL_CHARS:] if log.exists() else ""
+    return ChildRun(code, None, wall, tail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
