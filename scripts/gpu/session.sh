@@ -15,12 +15,17 @@
 #   bash scripts/gpu/session.sh profile   # vLLM staged: kernel time per mode (torch.profiler)
 #   bash scripts/gpu/session.sh gemm      # vLLM staged, carry .upstream: #4 GEMM table, all columns
 #   bash scripts/gpu/session.sh tpall     # vLLM staged, 2 GPUs: TP = 2 serving, all modes, one JSON
+#   bash scripts/gpu/session.sh rldiag    # vLLM staged: RL layer-by-layer diff + prefill with big graphs
+#   bash scripts/gpu/session.sh wipattn   # vLLM staged, carry .wip-attn: full-graph attention branch
+#   bash scripts/gpu/session.sh wiprms    # vLLM staged, carry .wip-rms: multi-row RMSNorm branch
+#   bash scripts/gpu/session.sh rl        # vLLM staged: RL check (eager, compiled), trainer bench
+#   bash scripts/gpu/session.sh graphs    # vLLM staged: the plugin's CUDA-graph sizes, all loads
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|serve|profile|gemm}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|wiprms|rl|graphs|serve|profile|gemm}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -192,6 +197,45 @@ wipattn)
       --junitxml=$OUT/wip_attn_cuda.junit.xml \
     && python3 tests-integration/gpu/attn_backend_smoke.py --out $OUT/attn_backend_smoke_full.json"
   TAIL=60 after_jobs
+  ;;
+rl)
+  # #13: the RL check (eager rollout, then scoring, the AdamW step against the corrected fp32
+  # reference) and the trainer benchmark; GPU B: the check with a compiled vLLM rollout.
+  gpu_job 0 560 rl bash -c "python3 tests-integration/gpu/rl_check_gpu.py all --timeout 240; \
+    cp /tmp/rl_check_out/*.json $OUT/ 2>/dev/null; \
+    python3 packages/bi-train/bench/bench_trainer.py --out $OUT/bench_trainer.json"
+  [ "$NGPU" -lt 2 ] && wait
+  gpu_job "$GPU_B" 560 rl_compiled env RL_CHECK_DIR=/tmp/rl_check_c OUT=$WORK/rlc \
+    python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
+  TAIL=40 after_jobs
+  cp "$WORK"/rlc/rl_check_gpu.json "$OUT/rl_check_gpu_compiled.json" 2>/dev/null
+  ;;
+graphs)
+  # #10: the plugin's default CUDA-graph sizes (up to 16384 tokens) on every load, against
+  # the plugin with VLLM_BI_PREFILL_GRAPHS=0 and default vLLM; 0.6B on GPU A, 8B on GPU B.
+  for shape in 0.6b 8b; do
+    gpu=$([ "$shape" = 8b ] && echo "$GPU_B" || echo 0)
+    gpu_job "$gpu" 560 "graphs_$shape" bash -c "B='python3 benchmarks/vllm_serving.py \
+      --shape $shape --model-dir /tmp/models-$shape --timeout 170 \
+      --out $OUT/vllm_serving_graphs_$shape.json'; \$B --modes default,plugin; \
+      VLLM_BI_PREFILL_GRAPHS=0 \$B --modes plugin --variant vllm-graph-sizes"
+    [ "$NGPU" -lt 2 ] && wait
+  done
+  TAIL=30 after_jobs
+  ;;
+wiprms)
+  # #10, #4: branch wip/rmsnorm-rows (carried as .wip-rms/branch.tar): its RMSNorm CUDA tests,
+  # the row-op benchmark, then the 0.6B prefill profile with it.
+  rm -rf /tmp/rms-tree && mkdir -p /tmp/rms-tree && cp -r packages tests-integration benchmarks /tmp/rms-tree/
+  tar xf .wip-rms/branch.tar -C /tmp/rms-tree
+  RMS_PATH=$(ls -d /tmp/rms-tree/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
+  gpu_job 0 560 wiprms bash -c "cd /tmp/rms-tree && export PYTHONPATH=$RMS_PATH \
+    && python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider \
+      -rs --junitxml=$OUT/wip_rms_cuda.junit.xml \
+    && OUT=$OUT python3 packages/bi-triton-ascend/bench/bench_rows.py \
+    && python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models \
+      --out $WORK/prof-rms && cp $WORK/prof-rms/profile_vllm.json $OUT/profile_vllm_rms.json"
+  TAIL=40 after_jobs
   ;;
 gemm)
   # #4's GEMM table with every column the issue names: ours, cuBLAS, cuBLAS without split-K,
