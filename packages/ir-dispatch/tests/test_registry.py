@@ -218,3 +218,17 @@ def test_call_impl_runs_the_given_impl_and_records_it(row_sum_op: IrOp) -> None:
     assert impl.provider == "invariant"
     assert rec.counts == {(row_sum_op.name, "invariant"): 1}
     assert torch.equal(out, torch.full((2,), 3.0))
+
+
+def test_ops_have_no_derivative_and_say_so() -> None:
+    """Forward works on inputs that need gradients; backward raises, naming the op and the way
+    to differentiate (bi-train's autograd functions)."""
+    import ir_dispatch
+
+    x = torch.randn(3, 8, requires_grad=True)
+    w = torch.ones(8)
+    out = ir_dispatch.ops.rms_norm(x, w, 1e-6)
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match=r"ir_dispatch::rms_norm has no derivative formula"):
+        out.sum().backward()
+    assert not ir_dispatch.ops.rms_norm(x.detach(), w, 1e-6).requires_grad

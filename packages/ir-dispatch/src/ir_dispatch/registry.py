@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from torch._library import autograd as _autograd
 
 from .mode import is_batch_invariant
 from .platform import PlatformKind, platform_of
@@ -369,17 +368,18 @@ class IrOp:
         def fake(*args: Any, **kwargs: Any) -> Any:
             return normalize(native(*args, **kwargs), ())  # fake tensors have no storage
 
+        def no_derivative(ctx: Any, *grads: Any) -> Any:
+            raise RuntimeError(
+                f"{qualname} has no derivative formula: differentiate through bi-train's "
+                "autograd functions (bi_train.linear, rms_norm, ...), which call these ops"
+            )
+
         # Dynamo must never trace the kernel (selection happens at run time, not trace time).
-        lib.impl(self.name, torch._disable_dynamo(run), "CompositeExplicitAutograd")
+        lib.impl(self.name, torch.compiler.disable(run), "CompositeExplicitAutograd")
         torch.library.register_fake(qualname, fake, lib=lib)
-        # What custom_op registers for autograd: below autograd when no input needs a gradient,
-        # else a function whose backward raises (no ir-dispatch op has a derivative formula).
-        lib.impl(
-            self.name,
-            _autograd.make_autograd_impl(overload, _autograd.Info(None, None)),
-            "Autograd",
-            with_keyset=True,
-        )
+        # Like custom_op without a formula: below autograd when no input needs a gradient,
+        # else an output whose backward raises.
+        torch.library.register_autograd(qualname, no_derivative, lib=lib)
         self._library = lib  # registrations live as long as the library object
         return overload
 
