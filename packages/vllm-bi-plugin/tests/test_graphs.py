@@ -87,4 +87,4 @@ def test_missing_method_is_a_gap(fake_vllm_tree, monkeypatch) -> None:
     monkeypatch.setattr(_graphs, "vllm_config_class", lambda: None)
     report = Report("cuda")
     _graphs.install("cuda", report)
-    assert any(_graphs.SET_SIZES in g for g in report.gaps)
+    assert any(_vllm_compat.SET_CUDAGRAPH_SIZES in g for g in report.gaps)

@@ -19,7 +19,7 @@ def _no_provider_imports(monkeypatch) -> None:
 
 
 def _module() -> Any:
-    return _vllm_compat.import_module(_logprobs.LOGPROB_MODULE)
+    return _vllm_compat.import_module(_vllm_compat.GPU_LOGPROB_MODULE)
 
 
 def _inputs(rows: int = 7, vocab: int = 1000, dtype: torch.dtype = torch.bfloat16) -> tuple:

@@ -25,11 +25,10 @@ from typing import Any
 
 from . import _patch
 from ._report import Report
-from ._vllm_compat import vllm_config_class
+from ._vllm_compat import SET_CUDAGRAPH_SIZES, vllm_config_class
 
 ENV = "VLLM_BI_PREFILL_GRAPHS"
 PLATFORMS = ("cuda",)
-SET_SIZES = "_set_cudagraph_sizes"
 PREFILL_SIZES = (640, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
 """Geometric steps of about 1.5x: a step is padded by at most a third of its tokens."""
 SMALL_MAX = 512
@@ -86,10 +85,14 @@ def install(platform: str, report: Report) -> None:
         report.keep(f"CUDA-graph capture sizes ({ENV}=0: vLLM's, up to {SMALL_MAX} tokens)")
         return
     cls = vllm_config_class()
-    if cls is None or not hasattr(cls, SET_SIZES):
-        report.gap(f"VllmConfig.{SET_SIZES} not found: CUDA graphs keep vLLM's capture sizes")
+    if cls is None or not hasattr(cls, SET_CUDAGRAPH_SIZES):
+        report.gap(
+            f"VllmConfig.{SET_CUDAGRAPH_SIZES} not found: CUDA graphs keep vLLM's capture sizes"
+        )
         return
-    _patch.patch_attr(cls, SET_SIZES, make_set_cudagraph_sizes(getattr(cls, SET_SIZES)))
+    _patch.patch_attr(
+        cls, SET_CUDAGRAPH_SIZES, make_set_cudagraph_sizes(getattr(cls, SET_CUDAGRAPH_SIZES))
+    )
     report.replaced(
         f"CUDA-graph capture sizes (vLLM: up to {SMALL_MAX} tokens)",
         f"up to {PREFILL_SIZES[-1]} tokens when unset ({ENV}=0 keeps vLLM's)",

@@ -24,10 +24,8 @@ import torch
 from . import _patch
 from ._providers import covered
 from ._report import Report
-from ._vllm_compat import import_module
+from ._vllm_compat import GPU_LOGPROB_FUNCTION, GPU_LOGPROB_MODULE, import_module
 
-LOGPROB_MODULE = "vllm.v1.worker.gpu.sample.logprob"
-FUNCTION = "compute_token_logprobs"
 ROWS_PER_CALL = 1024
 
 
@@ -56,15 +54,15 @@ def install(platform: str, report: Report) -> bool:
     """Route vLLM's token logprobs to ir-dispatch where the runner has the kernel to replace."""
     module: Any
     try:
-        module = import_module(LOGPROB_MODULE)
+        module = import_module(GPU_LOGPROB_MODULE)
     except ImportError:
         return False  # another vLLM layout: logprobs go through torch.log_softmax (overridden)
-    if not hasattr(module, FUNCTION):
+    if not hasattr(module, GPU_LOGPROB_FUNCTION):
         return False
     what = "token logprobs (vLLM's Triton _topk_log_softmax_kernel, sampled and prompt tokens)"
     if not covered(("log_softmax",), platform):
         report.keep(f"{what} (no batch-invariant {platform} log_softmax kernel)")
         return False
-    _patch.patch_attr(module, FUNCTION, compute_token_logprobs)
+    _patch.patch_attr(module, GPU_LOGPROB_FUNCTION, compute_token_logprobs)
     report.replaced(what, "ir_dispatch::log_softmax")
     return True

@@ -227,6 +227,14 @@ VLLM_CONFIG_CLASS = "VllmConfig"
 OPTIMIZATION_LEVELS = "OPTIMIZATION_LEVEL_TO_CONFIG"
 APPLY_LEVEL_DEFAULTS = "_apply_optimization_level_defaults"
 ALLREDUCE_RMS_PASS = "fuse_allreduce_rms"
+# ``VllmConfig`` method that picks the CUDA-graph capture sizes (0.26 and 0.32); it reads
+# ``compilation_config.cudagraph_capture_sizes`` when set and drops sizes above
+# ``max_num_batched_tokens``.
+SET_CUDAGRAPH_SIZES = "_set_cudagraph_sizes"
+# The GPU model runner (V2, vLLM 0.26) computes every reported logprob with this module's
+# ``compute_token_logprobs(logits, token_ids)``, looked up at call time by its callers.
+GPU_LOGPROB_MODULE = "vllm.v1.worker.gpu.sample.logprob"
+GPU_LOGPROB_FUNCTION = "compute_token_logprobs"
 
 
 def _vllm_config_module() -> ModuleType | None:
