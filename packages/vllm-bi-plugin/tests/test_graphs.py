@@ -29,11 +29,20 @@ def _register(fake_vllm_tree, monkeypatch, platform: str = "cuda", layout: str =
 
 
 def test_sizes_are_vllms_then_the_prefill_ladder() -> None:
-    sizes = _graphs.capture_sizes(max_num_seqs=256)
+    sizes = _graphs.capture_sizes(max_num_seqs=256, max_num_batched_tokens=16384)
     assert sizes[:4] == [1, 2, 4, 8] and 248 in sizes and 512 in sizes and 520 not in sizes
     assert sizes[sizes.index(512) + 1 :] == list(_graphs.PREFILL_SIZES)
-    few = _graphs.capture_sizes(max_num_seqs=8)  # vLLM's default stops at 16 here
-    assert few == [1, 2, 4, 8, 16, *_graphs.PREFILL_SIZES]
+    few = _graphs.capture_sizes(max_num_seqs=8, max_num_batched_tokens=16384)
+    assert few == [1, 2, 4, 8, 16, *_graphs.PREFILL_SIZES]  # vLLM's default stops at 16 here
+
+
+def test_sizes_stop_at_the_step_budget_and_include_it() -> None:
+    """vLLM would drop sizes above max_num_batched_tokens (and warn): never pass them."""
+    sizes = _graphs.capture_sizes(max_num_seqs=256, max_num_batched_tokens=10000)
+    assert sizes[-3:] == [6144, 8192, 10000]
+    assert _graphs.capture_sizes(256, 8192)[-1] == 8192
+    assert _graphs.capture_sizes(256, 300)[-2:] == [288, 300]
+    assert _graphs.capture_sizes(256, 99999)[-1] == _graphs.PREFILL_SIZES[-1]
     assert all(
         b / a <= 1.5
         for a, b in zip(_graphs.PREFILL_SIZES[:-1], _graphs.PREFILL_SIZES[1:], strict=True)

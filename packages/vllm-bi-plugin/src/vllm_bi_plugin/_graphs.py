@@ -42,10 +42,20 @@ def default_small_sizes(max_size: int) -> list[int]:
     return sorted(set(sizes))
 
 
-def capture_sizes(max_num_seqs: int, decode_query_len: int = 1) -> list[int]:
-    """The default sizes vLLM would capture for this engine, then ``PREFILL_SIZES`` above them."""
+def capture_sizes(
+    max_num_seqs: int, max_num_batched_tokens: int, decode_query_len: int = 1
+) -> list[int]:
+    """The default sizes of vLLM for this engine, then ``PREFILL_SIZES`` up to the step budget.
+
+    ``max_num_batched_tokens`` itself is included, so the largest step is captured too. Larger
+    sizes are left out here: vLLM would drop them and warn that the user's sizes were overridden.
+    """
     small = default_small_sizes(min(max_num_seqs * decode_query_len * 2, SMALL_MAX))
-    return sorted(set(small) | {s for s in PREFILL_SIZES if s > small[-1]})
+    small = [s for s in small if s <= max_num_batched_tokens] or [1]
+    large = {s for s in PREFILL_SIZES if small[-1] < s <= max_num_batched_tokens}
+    if max_num_batched_tokens > small[-1]:
+        large.add(min(max_num_batched_tokens, PREFILL_SIZES[-1]))
+    return sorted(set(small) | large)
 
 
 def enabled() -> bool:
@@ -70,7 +80,7 @@ def make_set_cudagraph_sizes(original: Callable[..., Any]) -> Callable[..., Any]
             scheduler = self.scheduler_config
             spec = int(getattr(self, "num_speculative_tokens", 0) or 0)
             self.compilation_config.cudagraph_capture_sizes = capture_sizes(
-                int(scheduler.max_num_seqs), 1 + spec
+                int(scheduler.max_num_seqs), int(scheduler.max_num_batched_tokens), 1 + spec
             )
         return original(self, *args, **kwargs)
 
