@@ -299,16 +299,25 @@ def train_step(
     vocab_size: int,
     max_tokens: int,
     pack_tokens: int | None = None,
+    compiled: bool = False,
 ) -> TrainStep:
     """One policy-gradient AdamW step: bf16 (the rollout's weights) under ``patch_qwen3`` +
-    ``batch_invariant()``, packed, so the forward is the rollout's and the ratio exactly 1."""
+    ``batch_invariant()``, packed, so the forward is the rollout's and the ratio exactly 1.
+
+    ``compiled``: the rollout engine compiled, so score with ``bi_train.vllm_compiled()``.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16)
     model = model.to(device).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    with bi_train.patch_qwen3(model), bi_train.batch_invariant(), bi_train.recording() as rec:
+    with (
+        bi_train.patch_qwen3(model),
+        bi_train.batch_invariant(),
+        bi_train.vllm_compiled(compiled),
+        bi_train.recording() as rec,
+    ):
         new = score(model, prompts, rollout, "packed", device, pack_tokens=pack_tokens,
                     to_cpu=False)  # fmt: skip
         old = old_logprobs(rollout)

@@ -298,6 +298,7 @@ def rollout(setup: Setup, mode: str, eager: bool, timeout_s: float) -> int:
         raise SystemExit(f"rollout gave {len(records)} completions (expected {expected} of "
                          f"{setup.max_tokens} tokens; see {log})")  # fmt: skip
     result["prompts"] = prompts
+    result["engine"] = engine  # the scorer mirrors a compiled engine's arithmetic
     path = setup.work / f"rollout_{mode}.json"
     path.write_text(json.dumps(result))
     switches = {k: env.get(k) for k in ("VLLM_BATCH_INVARIANT", ATTENTION_ENV)}
@@ -319,6 +320,12 @@ def rollout(setup: Setup, mode: str, eager: bool, timeout_s: float) -> int:
 # ---------------------------------------------------------------------------------- scoring
 SCORE_COLS = ["rollout", "trainer", "layout", "tokens", "mismatches", "max_abs_diff",
               "mean_abs_diff", "ratio_exactly_1", "seconds"]  # fmt: skip
+
+
+def compiled_rollout(result: dict[str, Any]) -> bool:
+    """Whether the rollout engine compiled (torch.compile): the trainer then scores with
+    ``bi_train.vllm_compiled()`` (Inductor's arithmetic for SiLU-and-mul)."""
+    return not bool(result.get("engine", {}).get("enforce_eager", True))
 
 
 def score(setup: Setup) -> int:
@@ -355,6 +362,7 @@ def score(setup: Setup) -> int:
                     if trainer == "bi":
                         stack.enter_context(bi_train.patch_qwen3(model))
                         stack.enter_context(bi_train.batch_invariant())
+                        stack.enter_context(bi_train.vllm_compiled(compiled_rollout(result)))
                     rec = stack.enter_context(bi_train.recording())
                     sync()
                     t0 = time.perf_counter()
@@ -409,10 +417,11 @@ def train_step(setup: Setup, completions: int) -> int:
     if not any(a != 0 for a in rl.advantages(subset, **kw)):
         raise SystemExit("every advantage is 0: the step has nothing to learn")
     t0 = time.perf_counter()
-    first = rl.train_step(model, prompts, subset, device, lr=LR, **kw)
+    compiled = compiled_rollout(result)
+    first = rl.train_step(model, prompts, subset, device, lr=LR, compiled=compiled, **kw)
     sync()
     seconds = time.perf_counter() - t0
-    second = rl.train_step(model, prompts, subset, device, lr=LR, **kw)
+    second = rl.train_step(model, prompts, subset, device, lr=LR, compiled=compiled, **kw)
     reference = rl.reference_grads(model, prompts, subset, device, **kw)
     grads = first.grads
     cosines = {n: rl.cosine(g, reference[n]) for n, g in grads.items() if n in reference}

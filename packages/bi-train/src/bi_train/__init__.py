@@ -11,6 +11,7 @@ packed batches). Verified on CPU only (see README).
 from ir_dispatch import batch_invariant, is_batch_invariant, recording
 
 from . import _vllm_cpu  # noqa: F401  (registers vLLM's CPU kernels where vLLM is installed)
+from ._ops import is_vllm_compiled, vllm_compiled
 from .attention import ATTN_IMPLEMENTATION, register_transformers_attention, varlen_attention
 from .autograd import fused_add_rms_norm, linear, log_softmax_fp32, rms_norm
 from .elementwise import cos_sin_cache, rotary_embedding, silu_and_mul
@@ -29,6 +30,7 @@ __all__ = [
     "cos_sin_cache",
     "fused_add_rms_norm",
     "is_batch_invariant",
+    "is_vllm_compiled",
     "linear",
     "log_softmax_fp32",
     "packed_layout",
@@ -40,4 +42,5 @@ __all__ = [
     "silu_and_mul",
     "token_logprobs",
     "varlen_attention",
+    "vllm_compiled",
 ]

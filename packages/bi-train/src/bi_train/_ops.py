@@ -20,7 +20,8 @@ An op that another package already declared under the same name is reused, not r
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -196,3 +197,58 @@ def _register_fp32_rope() -> None:
 
 
 _register_fp32_rope()
+
+# ------------------------------------------------------------------ compiled vLLM's arithmetic
+FP32_ACT = "fp32"
+_compiled_rollout: list[bool] = [False]
+
+
+@contextmanager
+def vllm_compiled(on: bool = True) -> Iterator[None]:
+    """Score as a *compiled* vLLM engine (torch.compile, vLLM's default) computes.
+
+    An eager engine runs vLLM's CUDA ``silu_and_mul`` kernel, which rounds ``silu(gate)`` to the
+    model dtype before the multiply (bi-train's native form). A compiled engine lowers vLLM's
+    native ``SiluAndMul`` through Inductor, which computes ``silu(gate) * up`` in fp32 and rounds
+    once (Inductor on CPU: 0 of 196608 outputs differ from that, 52840 from the eager form).
+    Inside this block ``silu_and_mul`` takes the ``fp32`` provider. RoPE needs nothing: the eager
+    CUDA kernel and Inductor both round once in fp32 (provider ``fp32`` on GPUs already).
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"vllm_compiled: on must be a bool, got {type(on).__name__}")
+    previous = _compiled_rollout[0]
+    _compiled_rollout[0] = on
+    try:
+        yield
+    finally:
+        _compiled_rollout[0] = previous
+
+
+def is_vllm_compiled() -> bool:
+    """Whether :func:`vllm_compiled` is on."""
+    return _compiled_rollout[0]
+
+
+def fp32_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` in fp32, rounded once to ``x``'s dtype (Inductor's lowering)."""
+    d = x.shape[-1] // 2
+    return (F.silu(x[..., :d].float()) * x[..., d:].float()).to(x.dtype)
+
+
+def _register_fp32_silu() -> None:
+    """``silu_and_mul`` provider ``fp32``, taken only inside :func:`vllm_compiled`."""
+
+    def accepts(*args: object, **kwargs: object) -> bool | str:
+        return _compiled_rollout[0] or "only inside bi_train.vllm_compiled() (a compiled rollout)"
+
+    if not any(impl.provider == FP32_ACT for impl in silu_and_mul.impls):
+        silu_and_mul.register_impl(
+            FP32_ACT,
+            batch_invariant=True,
+            supports_args=accepts,
+            priority=30,
+            note="fp32 arithmetic, one rounding (Inductor's lowering in a compiled vLLM)",
+        )(fp32_silu_and_mul)
+
+
+_register_fp32_silu()
