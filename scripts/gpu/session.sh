@@ -202,7 +202,6 @@ rl)
   # #13: the RL check (eager rollout, then scoring, the AdamW step against the corrected fp32
   # reference) and the trainer benchmark; GPU B: the check with a compiled vLLM rollout.
   gpu_job 0 560 rl bash -c "python3 tests-integration/gpu/rl_check_gpu.py all --timeout 240; \
-    cp /tmp/rl_check_out/*.json $OUT/ 2>/dev/null; \
     python3 packages/bi-train/bench/bench_trainer.py --out $OUT/bench_trainer.json"
   [ "$NGPU" -lt 2 ] && wait
   gpu_job "$GPU_B" 560 rl_compiled env RL_CHECK_DIR=/tmp/rl_check_c OUT=$WORK/rlc \
