@@ -20,12 +20,13 @@
 #   bash scripts/gpu/session.sh wiprms    # vLLM staged, carry .wip-rms: multi-row RMSNorm branch
 #   bash scripts/gpu/session.sh rl        # vLLM staged: RL check (eager, compiled), trainer bench
 #   bash scripts/gpu/session.sh graphs    # vLLM staged: the plugin's CUDA-graph sizes, all loads
+#   bash scripts/gpu/session.sh multi JOB...  # the jobs of scripts/gpu/jobs.sh, spread over the GPUs
 #
 # Jobs are spread over the GPUs the machine has (one or two). A device call brings back at most
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|wiprms|rl|graphs|serve|profile|gemm}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|wiprms|rl|graphs|serve|profile|gemm|multi JOB...}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -274,6 +275,33 @@ attn)
   gpu_job 0 300 attn python3 tests-integration/gpu/attn_backend_smoke.py \
     --out "$OUT/attn_backend_smoke.json"
   TAIL=60 after_jobs
+  ;;
+multi)
+  # Each named job of scripts/gpu/jobs.sh on its own GPU, round robin (jobs that share a GPU run
+  # one after another). Every job writes under $WORK/<job>; everything comes back in one tarball
+  # (files over 20 MB left out), so a 4-GPU call returns one file however many results it makes.
+  shift
+  declare -A QUEUE=()
+  i=0
+  for job in "$@"; do
+    g=$((i % NGPU)); QUEUE[$g]="${QUEUE[$g]:-} $job"; i=$((i + 1))
+  done
+  for g in "${!QUEUE[@]}"; do
+    (for job in ${QUEUE[$g]}; do
+       mkdir -p "$WORK/$job"
+       echo "== $job on GPU $g from $(date -u +%H:%M:%S)" >"$WORK/$job.log"
+       CUDA_VISIBLE_DEVICES=$g JOB_DIR="$WORK/$job" timeout "${JOB_SECS:-540}" \
+         bash -c "source scripts/gpu/jobs.sh && job_$job" >>"$WORK/$job.log" 2>&1
+       echo "== $job exit $? at $(date -u +%H:%M:%S)" >>"$WORK/$job.log"
+     done) &
+  done
+  wait
+  for f in "$WORK"/*.log; do
+    echo "---------------- $(basename "$f")"
+    tail -n "${TAIL:-25}" "$f"
+  done
+  (cd "$WORK" && find . -type f -size -20M -print0 | tar czf "$OUT/$PHASE-logs.tgz" --null -T -)
+  ls -la "$OUT"
   ;;
 *)
   echo "unknown phase $PHASE; expected kernels, e2e, bench, tp or attn"

@@ -1,0 +1,106 @@
+# GPU jobs for `session.sh multi JOB...`: each function is one job that fits one GPU for one
+# device call (< 9 minutes). Sourced by session.sh in a child shell with CUDA_VISIBLE_DEVICES
+# set to the job's GPU, $WORK/$JOB as its folder for results and logs (all of it comes back
+# in the phase's tarball) and the repository root as working directory.
+# Jobs marked "vLLM" need the staged vLLM (the p2 call or later).
+
+# wip_tree NAME TAR: a copy of the tree with a WIP branch's changed files laid over it, and
+# PYTHONPATH pointing at its packages (the branches are carried as tars of their changed files).
+wip_tree() {
+  local dir=/tmp/wip-$1
+  rm -rf "$dir" && mkdir -p "$dir" && cp -r packages tests-integration benchmarks "$dir"/
+  tar xf "$2" -C "$dir"
+  export PYTHONPATH=$(ls -d "$dir"/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
+  cd "$dir" || return 1
+}
+
+# The Triton CUDA suite, ir-dispatch's CUDA tests (graphs, compile) and the host cost per call.
+job_triton() {
+  python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_cuda.junit.xml"
+  python3 -m pytest packages/ir-dispatch/tests/test_cuda.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_cuda.junit.xml"
+  python3 benchmarks/host_cost.py --out "$JOB_DIR"
+}
+
+# #5: which built FP8 configs give the same bits (needs the nvidia-cutlass wheel), then the
+# FP8 benchmark with the current selection.
+job_fp8() {
+  python3 -m pytest packages/bi-cutlass-fp8/tests/test_scaled_mm.py -k same_bits -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/fp8_same_bits.junit.xml"
+  OUT=$JOB_DIR python3 packages/bi-cutlass-fp8/bench/bench_fp8.py
+}
+
+# #10, #4: branch wip/rmsnorm-rows: its RMSNorm CUDA tests and the row-op benchmark.
+job_rms() {
+  local root=$PWD
+  wip_tree rms "$root/.wip-rms/branch.tar"
+  python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider \
+    -rs --junitxml="$JOB_DIR/wip_rms_cuda.junit.xml"
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_rows.py
+}
+
+# #4: the model-level decoder benchmark, 0.6B shape.
+job_model() {
+  python3 benchmarks/model_decoder.py --shapes 0.6b --out "$JOB_DIR/model_decoder_0.6b.json"
+}
+
+# vLLM. #12: branch wip/attn-full-graphs: attention CUDA tests, then the smoke that fails unless
+# decode replays FULL CUDA graphs; then the long-context loads with the branch.
+job_wipattn() {
+  local root=$PWD
+  wip_tree attn "$root/.wip-attn/branch.tar"
+  python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
+    packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
+    packages/vllm-bi-plugin/tests/test_gpu_attention.py -q -p no:cacheprovider -rs -x \
+    --junitxml="$JOB_DIR/wip_attn_cuda.junit.xml" \
+  && python3 tests-integration/gpu/attn_backend_smoke.py \
+    --out "$JOB_DIR/attn_backend_smoke_full.json"
+}
+
+# vLLM. #12: the long-context loads with the full-graph attention branch (plugin modes only).
+job_longwip() {
+  local root=$PWD
+  wip_tree attn "$root/.wip-attn/branch.tar"
+  python3 benchmarks/vllm_serving.py --shape 8b --modes plugin --loads long-single,long-batch8 \
+    --timeout 500 --model-dir /tmp/models-long --out "$JOB_DIR/vllm_long_plugin.json"
+}
+
+# vLLM. #13: the RL check with an eager rollout (scoring, AdamW step against the corrected fp32
+# reference), then the trainer benchmark.
+job_rl() {
+  OUT=$JOB_DIR python3 tests-integration/gpu/rl_check_gpu.py all --timeout 240
+  python3 packages/bi-train/bench/bench_trainer.py --out "$JOB_DIR/bench_trainer.json"
+}
+
+# vLLM. #13: the RL check with a compiled vLLM rollout.
+job_rlc() {
+  RL_CHECK_DIR=/tmp/rl_check_c OUT=$JOB_DIR \
+    python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
+}
+
+# vLLM. #10: the plugin's default CUDA-graph sizes (up to 16384 tokens) on every load, against
+# the plugin with VLLM_BI_PREFILL_GRAPHS=0 and default vLLM. One shape per job.
+graphs_for() {
+  local bench=(python3 benchmarks/vllm_serving.py --shape "$1" --model-dir "/tmp/models-$1"
+    --timeout 170 --out "$JOB_DIR/vllm_serving_graphs_$1.json")
+  "${bench[@]}" --modes default,plugin
+  VLLM_BI_PREFILL_GRAPHS=0 "${bench[@]}" --modes plugin --variant vllm-graph-sizes
+}
+job_graphs06() { graphs_for 0.6b; }
+job_graphs8() { graphs_for 8b; }
+
+# vLLM. #4: the GEMM table with every column the issue names (carry .upstream/tml).
+job_gemm() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_gemm.py \
+    --tml .upstream/tml/batch_invariant_ops.py \
+    --vllm /tmp/vllm-site/vllm/model_executor/layers/batch_invariant.py
+}
+
+# vLLM. #10, #4: the 0.6B prefill profile with branch wip/rmsnorm-rows.
+job_rmsprof() {
+  local root=$PWD
+  wip_tree rms "$root/.wip-rms/branch.tar"
+  python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models-prof \
+    --out "$JOB_DIR/prof-rms"
+}
