@@ -104,3 +104,38 @@ job_rmsprof() {
   python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models-prof \
     --out "$JOB_DIR/prof-rms"
 }
+
+# vLLM. #12: the long-context loads with the attention backend of the full-graph branch
+# (VLLM_BI_ATTENTION=1), labelled plugin+attention.
+job_longattn() {
+  local root=$PWD
+  wip_tree attn "$root/.wip-attn/branch.tar"
+  VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 8b --modes plugin \
+    --variant attention --loads long-single,long-batch8 --timeout 500 \
+    --model-dir /tmp/models-longattn --out "$JOB_DIR/vllm_long_attention.json"
+}
+
+# vLLM. #12: the baseline of the long-context loads (default vLLM, vLLM's own mode).
+job_longbase() {
+  python3 benchmarks/vllm_serving.py --shape 8b --modes default,vllm-bi \
+    --loads long-single,long-batch8 --timeout 500 --model-dir /tmp/models-longbase \
+    --out "$JOB_DIR/vllm_long_base.json"
+}
+
+# vLLM. #10: the needle end to end (all cases, three modes) with the plugin's current defaults.
+e2e_for() {
+  python3 tests-integration/gpu/e2e_vllm_gpu.py --shape "$1" --parallel 3 --gpus 0 \
+    --out "$JOB_DIR/e2e_vllm_gpu_$1.json" --log-dir "$JOB_DIR/logs" "${@:2}"
+}
+job_e2e06() { e2e_for 0.6b; }
+job_e2e8() { e2e_for 8b --engine '{"kv_cache_memory_bytes": 2147483648}'; }
+
+# vLLM. #10: vLLM's own batch-invariant mode on every load, beside the graphs jobs' columns.
+job_vllmbi06() {
+  python3 benchmarks/vllm_serving.py --shape 0.6b --modes vllm-bi --model-dir /tmp/models-0.6b \
+    --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_0.6b.json"
+}
+job_vllmbi8() {
+  python3 benchmarks/vllm_serving.py --shape 8b --modes vllm-bi --model-dir /tmp/models-8b \
+    --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_8b.json"
+}

@@ -19,7 +19,8 @@ OPS = {"linear", "rms_norm", "fused_add_rms_norm", "log_softmax"}
 
 
 def test_tiny_run_writes_every_path_with_reps_and_ratio(tmp_path: Path) -> None:
-    env = os.environ | {"TRITON_INTERPRET": "1"}
+    # CPU tensors under the interpreter also on a GPU machine (CUDA tensors there broke it).
+    env = os.environ | {"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     args = ["--tiny", "--calls", "2", "--reps", "2", "--warmup", "1", "--out", str(tmp_path)]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600
