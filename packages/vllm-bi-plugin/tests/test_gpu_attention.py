@@ -113,7 +113,7 @@ def test_opt_in_installs_the_backend_as_flash_attn(fake_vllm_tree, monkeypatch) 
     assert backend.get_name() == "FLASH_ATTN"
     builder = backend.get_builder_cls()
     assert issubclass(builder, fa.FlashAttentionMetadataBuilder)
-    assert builder.get_cudagraph_support(None, None).name == "NEVER"
+    assert builder.get_cudagraph_support(None, None).name == "UNIFORM_SINGLE_TOKEN_DECODE"
     assert builder.use_cascade_attention(object()) is False
     assert issubclass(backend.get_impl_cls(), fa.FlashAttentionImpl)
     report = plugin.installed()
@@ -282,6 +282,101 @@ def test_forward_never_runs_a_batch_variant_kernel(fake_vllm_tree) -> None:
         impl.forward(None, batch.query, None, None, batch.kv_cache, batch.metadata, output)
 
 
+# --- CUDA graphs: FULL graphs for single-token decode ----------------------------------------
+
+
+def test_builder_attaches_the_static_bound(fake_vllm_tree, monkeypatch) -> None:
+    """Every metadata the builder builds carries the model's max length for capture."""
+    ga = _gpu_attention(fake_vllm_tree)
+    fa = _vllm_compat.import_module(_vllm_compat.FLASH_ATTN_MODULE)
+    seen: list[tuple[Any, ...]] = []
+
+    def parent_build(self: Any, prefix: int, common: Any, fast_build: bool = False) -> Any:
+        seen.append((prefix, common, fast_build))
+        return SimpleNamespace(max_seq_len=7)
+
+    monkeypatch.setattr(fa.FlashAttentionMetadataBuilder, "build", parent_build, raising=False)
+    builder = ga.BatchInvariantFlashAttentionMetadataBuilder()
+    builder.model_config = SimpleNamespace(max_model_len=40960)
+    common = object()
+    metadata = builder.build(0, common, fast_build=True)
+    assert seen == [(0, common, True)]
+    assert metadata.max_seq_len == 7 and metadata.kit_max_seq_len == 40960
+
+
+def test_split_bound_is_static_for_decode_and_capture_only(fake_vllm_tree) -> None:
+    """Single-token batches (FULL graphs and the warm-ups before their capture) and captures
+    size the split grid for the model's max length; prefill and mixed batches keep their own."""
+    ga = _gpu_attention(fake_vllm_tree)
+    mixed = SimpleNamespace(max_seq_len=300, max_query_len=9, kit_max_seq_len=40960)
+    decode = SimpleNamespace(max_seq_len=1, max_query_len=1, kit_max_seq_len=40960)
+    assert ga.split_bound(mixed, capturing=False) == 300
+    assert ga.split_bound(mixed, capturing=True) == 40960
+    assert ga.split_bound(decode, capturing=False) == 40960  # V1's warm-up: same as capture
+    assert ga.split_bound(decode, capturing=True) == 40960
+    assert ga.split_bound(SimpleNamespace(max_seq_len=300, max_query_len=1), capturing=True) == 300
+    assert ga.graph_capturing(torch.zeros(1)) is False  # CPU tensors: never a CUDA capture
+
+
+def _launch_bounds(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """Record the ``max_seq_len`` each kit launch gets (and run it)."""
+    from bi_triton_ascend.attention import api
+
+    bounds: list[int | None] = []
+    real = api.launch
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        bounds.append(kwargs["max_seq_len"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "launch", spy)
+    return bounds
+
+
+@needs_interpreter
+def test_forward_under_capture_uses_the_static_bound_same_bits(fake_vllm_tree, monkeypatch) -> None:
+    """Captured, the kernel's split grid is sized for the model's max length; same bits."""
+    ga = _gpu_attention(fake_vllm_tree)
+    impl = _impl(ga)
+    eager = _run(impl, MixedBatch()).clone()
+    bounds = _launch_bounds(monkeypatch)
+    batch = MixedBatch()
+    batch.metadata.kit_max_seq_len = 40 * 32  # 40 interpreter chunks
+    monkeypatch.setattr(ga, "graph_capturing", lambda t: True)
+    captured = _run(impl, batch)
+    assert bounds == [40 * 32]
+    assert torch.equal(captured, eager)
+
+
+@needs_interpreter
+def test_forward_on_a_full_graph_padded_decode_batch(fake_vllm_tree) -> None:
+    """vLLM's FULL-graph decode padding: requests with no query and no keys after the real
+    ones, their block-table rows stale, padded tokens past the last request. The real rows are
+    those of the unpadded batch, bitwise; the padding reads nothing (its table row points past
+    the cache)."""
+    ga = _gpu_attention(fake_vllm_tree)
+    impl = _impl(ga)
+    batch = MixedBatch()
+    alone = MixedBatch()
+    decode_rows = _run(impl, batch)[9:10]  # sequence 1 decodes inside the mixed batch
+    lens = torch.tensor([40, 0, 0, 0], dtype=torch.int32)
+    starts = torch.tensor([0, 1, 1, 1, 1], dtype=torch.int32)
+    table = torch.full((4, 3), 10**6, dtype=torch.int32)
+    table[0] = batch.block_table[1]
+    query = torch.full((18, HEADS, HEAD), float("nan"))
+    query[0] = batch.query[9]
+    alone.metadata.__dict__.update(
+        num_actual_tokens=4, query_start_loc=starts, seq_lens=lens, block_table=table,
+        max_seq_len=40, max_query_len=1, kit_max_seq_len=40 * 32,
+    )  # fmt: skip
+    output = torch.zeros(18, HEADS, HEAD)
+    with ird.recording() as rec:
+        impl.forward(None, query, None, None, batch.kv_cache, alone.metadata, output)
+    assert rec.counts[("paged_attention", "triton")] == 1
+    assert torch.equal(output[0:1], decode_rows)
+    assert torch.equal(output[4:], torch.zeros(14, HEADS, HEAD)), "wrote past the padded tokens"
+
+
 # --- refusals and vLLM's own paths -----------------------------------------------------------
 
 
@@ -363,7 +458,21 @@ _V26_CHECK = textwrap.dedent(
     assert issubclass(backend, fa.FlashAttentionBackend) and backend.get_name() == "FLASH_ATTN"
     builder, impl = backend.get_builder_cls(), backend.get_impl_cls()
     assert issubclass(builder, fa.FlashAttentionMetadataBuilder)
-    assert builder.get_cudagraph_support(None, None) is AttentionCGSupport.NEVER
+    support = builder.get_cudagraph_support(None, None)
+    assert support is AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE, support
+    ours = list(inspect.signature(builder.build).parameters)
+    theirs = list(inspect.signature(fa.FlashAttentionMetadataBuilder.build).parameters)
+    assert ours == theirs, ("build", ours, theirs)
+    # vLLM's own resolution keeps its default FULL_AND_PIECEWISE for this support level
+    # (NEVER, the backend's former declaration, drops it to PIECEWISE).
+    from vllm.config.compilation import CompilationConfig, CompilationMode, CUDAGraphMode
+    for level, want in ((support, "FULL_AND_PIECEWISE"), (AttentionCGSupport.NEVER, "PIECEWISE")):
+        cfg = CompilationConfig(
+            mode=CompilationMode.VLLM_COMPILE, cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE,
+            splitting_ops=list(CompilationConfig._attention_ops),
+        )
+        got = cfg.resolve_cudagraph_mode_and_sizes(level, "FLASH_ATTN")
+        assert got.name == want, (level, got)
     assert issubclass(impl, fa.FlashAttentionImpl)
     for name in ("__init__", "forward"):
         ours = list(inspect.signature(getattr(impl, name)).parameters)

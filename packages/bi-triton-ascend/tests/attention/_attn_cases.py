@@ -157,6 +157,43 @@ def paged(
     )
 
 
+GARBAGE_BLOCK = 1 << 30  # a block id no cache has: dereferencing it faults or reads garbage
+
+
+def pad_requests(batch: Paged, with_query: int, without_query: int, trailing: int) -> Paged:
+    """``batch`` padded as vLLM pads a FULL-CUDA-graph decode batch, plus harsher variants.
+
+    Appends ``with_query`` requests with one query and no keys, then ``without_query`` requests
+    with neither (vLLM's padding), then ``trailing`` query rows that belong to no request
+    (vLLM's padded tokens). Padding rows of the query are NaN and padding block-table rows hold
+    :data:`GARBAGE_BLOCK`: a kernel that reads them leaks NaN or faults.
+    """
+    pads = with_query + without_query
+    query = batch.query
+    extra = torch.full(
+        (with_query + trailing, *query.shape[1:]), float("nan"), dtype=query.dtype,
+        device=query.device,
+    )  # fmt: skip
+    starts = batch.query_start_loc.tolist()
+    real = starts[-1]
+    starts += [real + i + 1 for i in range(with_query)]
+    starts += [starts[-1]] * without_query
+    table = torch.full(
+        (pads, batch.block_table.shape[1]), GARBAGE_BLOCK, dtype=batch.block_table.dtype,
+        device=batch.block_table.device,
+    )  # fmt: skip
+    lens = torch.zeros(pads, dtype=batch.seq_lens.dtype, device=batch.seq_lens.device)
+    return Paged(
+        query=torch.cat([query, extra]),
+        key_cache=batch.key_cache,
+        value_cache=batch.value_cache,
+        block_table=torch.cat([batch.block_table, table]),
+        seq_lens=torch.cat([batch.seq_lens, lens]),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=query.device),
+        rows=[*batch.rows, *(slice(real + i, real + i + 1) for i in range(with_query))],
+    )
+
+
 @dataclass
 class Packed:
     """One varlen call's arguments (packed queries and keys)."""

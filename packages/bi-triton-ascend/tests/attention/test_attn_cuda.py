@@ -19,6 +19,7 @@ from _attn_cases import (
     cuda_only,
     make_seq,
     packed,
+    pad_requests,
     paged,
     tile_of,
 )
@@ -184,3 +185,33 @@ def test_cuda_graph_capture_of_split_decode(neighbours: list[Seq]) -> None:
     graph.replay()
     torch.cuda.synchronize()
     _equal(captured, eager, "graph replay vs eager")
+
+
+@pytest.mark.parametrize("padding", ["none", "vllm", "with-query"])
+def test_cuda_graph_captured_short_replays_long(padding: str, neighbours: list[Seq]) -> None:
+    """A FULL-graph decode as vLLM captures it: dummy sequences of one key, the split grid sized
+    from a static bound (the model's max length); replayed on the real batch (up to 32k keys,
+    padded as vLLM pads) it equals the eager launch bitwise."""
+    bound = 40960  # Qwen3's max_model_len: 160 chunks, more than the capped chunk programs
+    real = paged([(s, s.length, 1) for s in neighbours], BLOCK, _gen(0), "cuda")
+    if padding != "none":
+        real = pad_requests(real, 3 if padding == "with-query" else 0, 5, 0)
+    eager = paged_attention(*real.args(), SCALE, max_seq_len=bound, mode="auto", out_dtype=OUT)
+    static = [t.clone() for t in real.args()]
+    _, _, _, table, lens, _ = static
+    n = len(neighbours)
+    lens[:n] = 1  # vLLM's capture: every dummy request has one key
+    table.zero_()
+    paged_attention(*static, SCALE, max_seq_len=bound, mode="auto", out_dtype=OUT)  # compile
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = paged_attention(*static, SCALE, max_seq_len=bound, mode="auto", out_dtype=OUT)
+    for dst, src in zip(static, real.args(), strict=True):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    rows = slice(0, int(real.query_start_loc[-1]))
+    _equal(captured[rows], eager[rows], f"graph (captured short) vs eager, padding {padding}")
+    fused = paged_attention(*real.args(), SCALE, mode="fused", out_dtype=OUT)
+    _equal(captured[rows], fused[rows], f"graph vs fused, padding {padding}")
+    assert not captured[rows].isnan().any()

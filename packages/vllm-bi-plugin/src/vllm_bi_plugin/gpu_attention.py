@@ -19,10 +19,16 @@ non-causal sliding windows, cross-attention and cascade attention (which vLLM's 
 mode turns off anyway).
 Encoder attention (no KV cache) keeps FLASH_ATTN's own batch-invariant path (``num_splits=1``).
 
-CUDA graphs: the builder declares ``AttentionCGSupport.NEVER``, so vLLM captures piecewise graphs
-and runs attention eagerly between them. The forward itself has no host sync (every size comes
-from the Python ints vLLM's builder computed), but full-graph capture pads decode batches with
-requests that have a query and no keys, which the kernel has not been checked on yet.
+CUDA graphs: the builder declares ``AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE``, so with
+vLLM's default ``FULL_AND_PIECEWISE`` a pure decode batch replays one FULL graph (attention
+included) and mixed or prefill batches run piecewise graphs with attention eager between them.
+What makes the forward capturable: it never syncs with the host (sizes come from the builder's
+Python ints); for single-token batches, captured or warming up for a capture, the kit's split
+grid and partial buffers are sized from the model's max length (:func:`split_bound`), so a graph
+captured on one-key dummy requests is right when replayed on long sequences and its kernels
+were loaded before the capture; and FULL-graph padding (requests with no keys, with or without
+a query, stale block-table rows) reads no key and writes zeros for such a request's rows. Rows
+of padded tokens that belong to no request are left unwritten, as FLASH_ATTN leaves them.
 
 Importing this module imports vLLM; vLLM loads it by class path once the plugin registered it.
 """
@@ -130,6 +136,28 @@ def kit_attention_op() -> Any:
     return ir_dispatch.get_op(KIT_OP)
 
 
+def graph_capturing(t: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured on ``t``'s device (host-only query, no sync)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def split_bound(metadata: Any, capturing: bool) -> int:
+    """The ``max_seq_len`` the kit sizes its split grid and partial buffers from.
+
+    Single-token batches (what FULL graphs capture) and anything captured: at least the
+    builder's static ``kit_max_seq_len`` (the model's max length). The grid frozen into a graph
+    must cover every sequence it will replay, not only the one-key dummies it was captured on;
+    and the eager warm-up vLLM runs before each capture (V1 model runner: with the dummies' own
+    max of 1) must launch the very kernel variants the capture will, since a Triton kernel
+    cannot be loaded while a graph is being captured. Prefill and mixed batches keep the step's
+    own maximum (the builder's Python int; no sync either way). Same bits with either bound.
+    """
+    bound = int(metadata.max_seq_len)
+    if capturing or metadata.max_query_len <= 1:
+        bound = max(bound, int(getattr(metadata, "kit_max_seq_len", 0)))
+    return bound
+
+
 def paged_forward(
     op: Any,
     query: torch.Tensor,
@@ -144,8 +172,8 @@ def paged_forward(
     """One decoder attention call through the kit's kernel, written into ``output``.
 
     ``query_start_loc``, ``seq_lens`` and ``block_table`` come straight from FLASH_ATTN's
-    metadata (prefill, decode and mixed batches alike); ``max_seq_len`` is the builder's Python
-    int, an upper bound that sizes the kernel's split grid without a device sync.
+    metadata (prefill, decode and mixed batches alike); ``max_seq_len`` is :func:`split_bound`,
+    an upper bound that sizes the kernel's split grid without a device sync.
     """
     check_batch(metadata)
     key_cache, value_cache = split_kv_cache(kv_cache, head_size)
@@ -162,7 +190,7 @@ def paged_forward(
             scale,
             kit_window(window),
             bool(metadata.causal),
-            int(metadata.max_seq_len),
+            split_bound(metadata, graph_capturing(query)),
         )
     output[:n].copy_(out.reshape(output[:n].shape))
     return output
@@ -239,13 +267,28 @@ class BatchInvariantFlashAttentionImpl(_flash_attn.FlashAttentionImpl):  # type:
 
 
 class BatchInvariantFlashAttentionMetadataBuilder(_flash_attn.FlashAttentionMetadataBuilder):  # type: ignore[misc]
-    """FLASH_ATTN's builder, declaring no full-CUDA-graph support (see the module docstring)."""
+    """FLASH_ATTN's builder, declaring FULL CUDA graphs for single-token decode batches.
 
-    _cudagraph_support = AttentionCGSupport.NEVER
+    It also hands the forward the static bound that captured split grids are sized from (see
+    the module docstring).
+    """
+
+    _cudagraph_support = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config: Any, kv_cache_spec: Any) -> Any:
         return cls._cudagraph_support
+
+    def build(
+        self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False
+    ) -> Any:
+        """FLASH_ATTN's metadata plus ``kit_max_seq_len``, the model's max length.
+
+        No sequence is longer, so a graph captured with this bound is right at every replay.
+        """
+        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        metadata.kit_max_seq_len = int(self.model_config.max_model_len)
+        return metadata
 
     def use_cascade_attention(self, *args: Any, **kwargs: Any) -> bool:
         return False

@@ -16,6 +16,13 @@ Why the bits do not depend on the caller (see :mod:`.config` for the chain):
 * Fully masked chunks give the empty partial (max ``-inf``), which :func:`_merge` skips with a
   ``where``; so folding in registers (fused) and folding stored partials (combine) apply the
   same fp32 operations to the same values, in chunk order.
+* A split program walks the chunks ``c, c + P, c + 2P, ...`` of its tile (``P`` programs per
+  tile on the grid's last axis) and stores each chunk's partial on its own, so ``P`` and the
+  partial buffer's chunk count (``num_chunks``, any upper bound) change no bit. That makes a
+  split launch safe in a CUDA graph: grid and buffer are sized from a static bound at capture,
+  programs past a sequence's last chunk store nothing, and the combine folds only each row's
+  own chunks. A row whose chunks do not fit in ``num_chunks`` (a broken bound) is written as
+  NaN rather than silently short, and nothing is read or written past the buffer.
 * Scores of one row come from that row of Q only (``tl.dot`` never mixes rows), and decode and
   prefill launch the same kernel with the same tile shapes.
 * The launcher disables FMA contraction (``enable_fp_fusion=False``) so that the merge reads the
@@ -143,11 +150,17 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     return m, den, acc
 
 
-@triton.jit
+# Arguments that follow the split's chunk bound are not specialized on (Triton would compile a
+# variant for a stride of 1 or a multiple of 16): a CUDA graph captured with another bound than
+# its warm-up launch must not need a new variant, which cannot be loaded during a capture.
+CHUNK_BOUND_ARGS = ["num_chunks", "stride_pt", "stride_ph", "stride_at", "stride_ah"]
+
+
+@triton.jit(do_not_specialize=CHUNK_BOUND_ARGS)
 def _attn_kernel(  # type: ignore[no-untyped-def]
     q_ptr, k_ptr, v_ptr, out_ptr, bt_ptr, seq_lens_ptr, q_start_ptr, kv_start_ptr,
     part_m_ptr, part_l_ptr, part_acc_ptr,
-    num_seqs, group, head_size, block_size, window, qk_scale,
+    num_seqs, num_chunks, group, head_size, block_size, window, qk_scale,
     stride_qt, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -158,7 +171,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(tile slots, kv heads[, chunks])``; see the module docstring."""
+    """Grid ``(tile slots, kv heads[, chunk programs])``; see the module docstring."""
     slot = tl.program_id(0)
     kvh = tl.program_id(1)
     seq = _find_seq(q_start_ptr, slot, num_seqs, BLOCK_Q, True)
@@ -172,8 +185,12 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     hi = kv_len - q_len + tl.minimum(q0 + BLOCK_Q, q_len) - 1 if CAUSAL else kv_len - 1
     lo = tl.maximum(kv_len - q_len + q0 - window + 1, 0) if HAS_WINDOW else 0
     if SPLIT:
-        c = tl.program_id(2)
-        if (c < lo // KV_CHUNK) | (c > hi // KV_CHUNK):
+        # This program's chunks: c_first, c_first + step, ... up to c_end (buffer bound included).
+        step = tl.num_programs(2)
+        c_end = tl.minimum(hi // KV_CHUNK + 1, num_chunks)
+        c_first = tl.program_id(2)
+        c_first += tl.maximum(lo // KV_CHUNK - c_first + step - 1, 0) // step * step
+        if c_first >= c_end:
             return
     kv_base = 0 if PAGED else tl.load(kv_start_ptr + seq)
 
@@ -202,18 +219,20 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     v_head = v_ptr + kvh.to(tl.int64) * stride_vh
 
     if SPLIT:
-        m, den, acc = _chunk_partial(
-            q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
-            k_head, v_head, bt_ptr, stride_bt, block_size,
-            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            offs_d, d_ok, qk_scale,
-            PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST, PRECISION,
-        )  # fmt: skip
-        pm = q_row * stride_pt + head * stride_ph + c * stride_pc
-        tl.store(part_m_ptr + pm, m, mask=row_ok)
-        tl.store(part_l_ptr + pm, den, mask=row_ok)
-        pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + c * stride_ac
-        tl.store(part_acc_ptr + pa + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+        pm = q_row * stride_pt + head * stride_ph
+        pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + offs_d[None, :]
+        for c in range(c_first, c_end, step):
+            m, den, acc = _chunk_partial(
+                q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+                k_head, v_head, bt_ptr, stride_bt, block_size,
+                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                offs_d, d_ok, qk_scale,
+                PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
+                PRECISION,
+            )  # fmt: skip
+            tl.store(part_m_ptr + pm + c * stride_pc, m, mask=row_ok)
+            tl.store(part_l_ptr + pm + c * stride_pc, den, mask=row_ok)
+            tl.store(part_acc_ptr + pa + c * stride_ac, acc, mask=row_ok[:, None] & d_ok[None, :])
     else:
         M = tl.full([BLOCK_M], float("-inf"), tl.float32)
         L = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -240,20 +259,23 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
 @triton.jit
 def _load_partial(
     part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c, own_lo, own_hi, row_ok, d_ok,
-    stride_pc, stride_ac,
+    num_chunks, stride_pc, stride_ac,
 ):  # fmt: skip
-    """Chunk ``c``'s stored partial of each row; the empty partial where ``c`` is not the row's."""
-    own = row_ok & (c >= own_lo) & (c <= own_hi)
+    """Chunk ``c``'s stored partial of each row, or the empty partial.
+
+    Empty where ``c`` is not one of the row's chunks or lies past the buffer's ``num_chunks``.
+    """
+    own = row_ok & (c >= own_lo) & (c <= own_hi) & (c < num_chunks)
     m = tl.load(part_m_ptr + pm + c * stride_pc, mask=own, other=float("-inf"))
     den = tl.load(part_l_ptr + pm + c * stride_pc, mask=own, other=0.0)
     a = tl.load(part_acc_ptr + pa + c * stride_ac, mask=own[:, None] & d_ok[None, :], other=0.0)
     return m, den, a
 
 
-@triton.jit
+@triton.jit(do_not_specialize=CHUNK_BOUND_ARGS)
 def _combine_kernel(  # type: ignore[no-untyped-def]
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, q_start_ptr, seq_lens_ptr,
-    num_seqs, group, head_size, window,
+    num_seqs, num_chunks, group, head_size, window,
     stride_ot, stride_oh, stride_od,
     stride_pt, stride_ph, stride_pc, stride_at, stride_ah, stride_ac,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, KV_CHUNK: tl.constexpr,
@@ -267,7 +289,8 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     the head, each program recomputes the row scalars identically). The loop runs over every
     chunk any row of the tile needs, four loads ahead of the folds; a chunk outside a row's own
     range loads as the empty partial, which :func:`_merge` skips, so each row folds exactly its
-    own chunks in order, whatever ``BLOCK_Q`` and ``BLOCK_D``.
+    own chunks in order, whatever ``BLOCK_Q`` and ``BLOCK_D``. A row whose chunks reach past
+    ``num_chunks`` is written as NaN (the caller's bound was wrong; see the module docstring).
     """
     slot = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -304,28 +327,29 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     M = tl.full([BLOCK_M], float("-inf"), tl.float32)
     L = tl.zeros([BLOCK_M], dtype=tl.float32)
     A = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for c in range(lo // KV_CHUNK, hi // KV_CHUNK + 1, 4):
+    for c in range(lo // KV_CHUNK, tl.minimum(hi // KV_CHUNK + 1, num_chunks), 4):
         m0, l0, a0 = _load_partial(
             part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c, own_lo, own_hi, row_ok, d_ok,
-            stride_pc, stride_ac,
+            num_chunks, stride_pc, stride_ac,
         )  # fmt: skip
         m1, l1, a1 = _load_partial(
             part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 1, own_lo, own_hi, row_ok, d_ok,
-            stride_pc, stride_ac,
+            num_chunks, stride_pc, stride_ac,
         )  # fmt: skip
         m2, l2, a2 = _load_partial(
             part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 2, own_lo, own_hi, row_ok, d_ok,
-            stride_pc, stride_ac,
+            num_chunks, stride_pc, stride_ac,
         )  # fmt: skip
         m3, l3, a3 = _load_partial(
             part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c + 3, own_lo, own_hi, row_ok, d_ok,
-            stride_pc, stride_ac,
+            num_chunks, stride_pc, stride_ac,
         )  # fmt: skip
         M, L, A = _merge(M, L, A, m0, l0, a0)
         M, L, A = _merge(M, L, A, m1, l1, a1)
         M, L, A = _merge(M, L, A, m2, l2, a2)
         M, L, A = _merge(M, L, A, m3, l3, a3)
     out = _normalize(A, L)
+    out = tl.where((own_hi >= num_chunks)[:, None], float("nan"), out)
     tl.store(
         out_ptr + q_row[:, None] * stride_ot + head[:, None] * stride_oh
         + offs_d[None, :] * stride_od,

@@ -1,13 +1,24 @@
 """One launcher for every attention entry point: pick split or fused, allocate, launch.
 
-Split (one program per query tile, KV head and chunk, then :func:`_combine_kernel`) and fused
+Split (programs per query tile, KV head and chunk, then :func:`_combine_kernel`) and fused
 (one program per query tile and KV head, folding its chunks in registers) give the same bits,
 so the choice may follow the batch: split when the fused grid alone would leave the device
 idle (decode at small batch and long context), fused otherwise (prefill, large batches).
+
+CUDA graphs: everything this module computes on the host (split or fused, the split grid, the
+partial buffers) is frozen into a captured graph, and only the tensors' contents change at
+replay. So under capture a split launch needs ``max_seq_len`` to bound every sequence the graph
+will ever replay (vLLM: the model's max length), not only the captured ones; the split grid
+caps its chunk programs (:func:`_chunk_programs`) so that such a bound does not become a grid
+of mostly idle programs. Without a bound, capture runs fused, which needs no grid size.
+A kernel variant cannot be loaded while a graph is captured, so the warm-up launch before a
+capture should get the same bound (it then picks the same variant; the kernels do not
+specialize on what follows the bound: the chunk count and the partial buffers' strides).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -24,6 +35,11 @@ LOG2E = 1.0 / math.log(2.0)
 SPLIT_FILL = 2
 # Largest fp32 partial buffer (max, sum, accumulator per row and chunk) a split launch allocates.
 PARTIAL_BUDGET_BYTES = 256 << 20
+# Chunk programs per (query tile, KV head) of a split launch: every chunk up to this many...
+SPLIT_MIN_CHUNK_PROGRAMS = 32
+# ... or up to this many programs per compute unit in all, whichever allows more; a program
+# walks chunks c, c + P, c + 2P, ... when a sequence has more chunks (same bits).
+SPLIT_PROGRAMS_PER_UNIT = 8
 # Head columns and warps per combine program on devices.
 COMBINE_BLOCK_D = 32
 COMBINE_WARPS = 1
@@ -55,6 +71,18 @@ def _want_split(
     if mode == "auto" and (chunks <= 1 or chunks * partial_bytes_per_chunk > PARTIAL_BUDGET_BYTES):
         return False, 0
     return True, max(chunks, 1)
+
+
+def _chunk_programs(chunks: int, tiles: int, device: torch.device) -> int:
+    """Programs per (query tile, KV head) of a split launch over ``chunks`` chunks.
+
+    One per chunk up to :data:`SPLIT_MIN_CHUNK_PROGRAMS`, or up to a whole grid of
+    :data:`SPLIT_PROGRAMS_PER_UNIT` programs per compute unit; beyond that programs take several
+    chunks. Bounds the grid when ``chunks`` comes from a static bound (a CUDA graph sized for the
+    model's max length replays mostly short sequences: idle programs still cost a launch slot).
+    """
+    fill = cdiv(SPLIT_PROGRAMS_PER_UNIT * _platform.num_programs(device), max(tiles, 1))
+    return max(1, min(chunks, max(SPLIT_MIN_CHUNK_PROGRAMS, fill)))
 
 
 def launch(
@@ -89,7 +117,8 @@ def launch(
         scale: softmax scale applied to ``q . k``.
         sliding_window: keys visible to a query, itself included (``None``: all).
         causal: queries see keys up to their own position only.
-        max_seq_len: an upper bound of ``seq_lens`` (sizes the split grid without a sync).
+        max_seq_len: an upper bound of ``seq_lens`` (sizes the split grid without a sync);
+            under CUDA graph capture, of every ``seq_lens`` the graph will replay.
         mode: ``"auto"``, ``"split"`` or ``"fused"`` (same bits; speed only).
         out_dtype: the output dtype (default ``query.dtype``).
         kv_chunk: override of the chunk length, for benchmarks only (changes the bits).
@@ -119,10 +148,11 @@ def launch(
         mode, seq_lens, max_seq_len, slots * num_kv_heads,
         total_q * num_heads * (head_size + 2) * 4, chunk, device,
     )  # fmt: skip
-    logger.debug(
-        "attention: %s, %d seqs, %d queries, chunk %d", "split" if split else "fused",
-        num_seqs, total_q, chunk,
-    )  # fmt: skip
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "attention: %s, %d seqs, %d queries, chunk %d", "split" if split else "fused",
+            num_seqs, total_q, chunk,
+        )  # fmt: skip
 
     seq_lens = seq_lens.contiguous()
     q_start = q_start.contiguous()
@@ -143,16 +173,18 @@ def launch(
             (total_q, num_heads, chunks, head_size), dtype=torch.float32, device=device
         )
     else:
-        part_m = part_l = part_acc = torch.empty(0, dtype=torch.float32, device=device)
+        part_m = part_l = part_acc = out  # never read nor written by a fused launch
     pm_strides = part_m.stride() if split else (0, 0, 0)
     pa_strides = part_acc.stride()[:3] if split else (0, 0, 0)
 
     window = sliding_window if sliding_window is not None else 0
-    grid = (slots, num_kv_heads, chunks) if split else (slots, num_kv_heads)
+    grid: tuple[int, ...] = (slots, num_kv_heads)
+    if split:
+        grid = (*grid, _chunk_programs(chunks, slots * num_kv_heads, device))
     _attn_kernel[grid](
         query, key, value, out, table, seq_lens, q_start, kv_base,
         part_m, part_l, part_acc,
-        num_seqs, group, head_size, block_size, window, scale * LOG2E,
+        num_seqs, chunks, group, head_size, block_size, window, scale * LOG2E,
         *query.stride(), *k_strides, *v_strides, *out.stride(),
         stride_bt, *pm_strides, *pa_strides,
         PAGED=paged, CAUSAL=causal, HAS_WINDOW=sliding_window is not None, SPLIT=split,
@@ -166,7 +198,7 @@ def launch(
         grid_c = (total_q // combine_q + num_seqs, num_kv_heads, cdiv(cfg.head_pad, block_d))
         _combine_kernel[grid_c](
             out, part_m, part_l, part_acc, q_start, seq_lens,
-            num_seqs, group, head_size, window,
+            num_seqs, chunks, group, head_size, window,
             *out.stride(), *pm_strides, *pa_strides,
             CAUSAL=causal, HAS_WINDOW=sliding_window is not None, KV_CHUNK=chunk,
             BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
@@ -176,7 +208,9 @@ def launch(
     return out
 
 
+@functools.cache
 def _tile_flags(cfg: AttnConfig, chunk: int, dtype: torch.dtype) -> dict[str, object]:
+    """The launch's constexprs and compile options (cached per tiles; callers unpack a copy)."""
     return {
         "KV_CHUNK": chunk,
         "BLOCK_N": cfg.block_n,

@@ -50,13 +50,18 @@ def paged_attention(
         key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``, query's dtype.
         value_cache: like ``key_cache``.
         block_table: ``[num_seqs, max_blocks]`` int32 block ids of each sequence.
-        seq_lens: ``[num_seqs]`` int32 KV lengths (each ``>= q_len`` of the sequence).
+        seq_lens: ``[num_seqs]`` int32 KV lengths (each ``>= q_len`` of the sequence, or 0
+            for a padding request).
         query_start_loc: ``[num_seqs + 1]`` int32 offsets of each sequence's queries.
         scale: softmax scale applied to ``q . k``.
         sliding_window: keys a query sees, itself included (``None``: all); needs ``causal``.
         causal: queries see keys up to their own position only (else all ``seq_lens[i]``).
         max_seq_len: an upper bound of ``seq_lens``; lets a split launch skip a device sync
-            (required for ``mode="split"`` under CUDA graph capture).
+            (required for ``mode="split"`` under CUDA graph capture, where it must bound every
+            ``seq_lens`` the graph will replay, e.g. the model's max length; a split launch
+            writes NaN rows for a sequence past it). Any larger bound gives the same bits. A
+            graph's warm-up launch should pass the same bound, so that the capture needs no
+            new kernel variant.
         mode: ``"auto"`` (split KV when the device would otherwise idle), ``"split"`` or
             ``"fused"``. Speed only: all three give the same bits.
         out_dtype: the output dtype (default ``query.dtype``); fp32 keeps the accumulator's
@@ -64,7 +69,8 @@ def paged_attention(
 
     Returns:
         ``[total_q, num_heads, head_size]`` in ``out_dtype`` (rows past
-        ``query_start_loc[-1]`` are left unwritten).
+        ``query_start_loc[-1]`` are left unwritten; a sequence with queries and no keys, as in
+        CUDA-graph padding, gets zero rows and its block-table row is never read).
     """
     _checks.tensor(_PAGED, "query", query, 3)
     _checks.tensor(_PAGED, "key_cache", key_cache, 4)

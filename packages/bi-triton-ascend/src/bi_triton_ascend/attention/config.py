@@ -22,6 +22,7 @@ family)`` too: decode and prefill run the same kernel with the same tile shapes,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -87,10 +88,13 @@ def kv_chunk_size(head_size: int, dtype: torch.dtype, interpreter: bool) -> int:
     return INTERP_KV_CHUNK if interpreter else GPU_KV_CHUNK
 
 
+@functools.cache
 def attention_config(
     head_size: int, dtype: torch.dtype, group: int, interpreter: bool
 ) -> AttnConfig:
     """The tiles for ``(head_size, dtype, group)`` on a device family; never batch-dependent.
+
+    Cached: every attention call of every layer asks (host cost per call).
 
     Args:
         head_size: the head dimension (at most :data:`MAX_HEAD_SIZE`).
