@@ -120,3 +120,47 @@ def test_empty_and_bad_inputs(device: torch.device) -> None:
         )
     with pytest.raises(TypeError, match="epsilon must be a float"):
         bta.rms_norm(torch.randn(2, 8, device=device), None, "1e-6")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("h", [64, 128, 200])
+def test_short_rows_tile_invariance_across_tile_edges(h: int, device: torch.device) -> None:
+    """Short rows go ``ROWS`` per tile: a row alone equals it at any place in a batch whose size
+    straddles the tile (ROWS - 1, ROWS, ROWS + 1, ...)."""
+    block, _, _, rows = rms_module._block_and_warps(h)
+    assert rows > 1 and rows * block == rms_module.TILE_ELEMENTS
+    w = rand(h, dtype=torch.bfloat16, device=device)
+    probe = rand(1, h, dtype=torch.bfloat16, device=device, scale=2.0)
+    probe_r = rand(1, h, dtype=torch.bfloat16, device=device)
+    alone = bta.rms_norm(probe, w, 1e-6)
+    alone_f = bta.fused_add_rms_norm(probe, probe_r, w, 1e-6)
+    for m in sorted({1, 2, rows - 1, rows, rows + 1, 2 * rows + 1, 3 * rows}):
+        x, r = with_probe(probe, m), with_probe(probe_r, m)
+        out = bta.rms_norm(x, w, 1e-6)
+        fused, resid = bta.fused_add_rms_norm(x, r, w, 1e-6)
+        assert_accurate(out, _ref(x, w, 1e-6), torch.bfloat16)
+        for p in probe_positions(m):
+            assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+            assert torch.equal(fused[p], alone_f[0][0]) and torch.equal(resid[p], alone_f[1][0])
+
+
+def test_head_views_of_a_qkv_output_are_read_in_place(device: torch.device) -> None:
+    """``q.view(T, heads, d)`` of a QKV output: rows are not evenly strided, yet no copy is made,
+    and the result equals the contiguous input's, for every token count."""
+    heads, kv_heads, d = 4, 2, 64
+    width = (heads + 2 * kv_heads) * d
+    w = rand(d, dtype=torch.bfloat16, device=device)
+    qkv = rand(9, width, dtype=torch.bfloat16, device=device, scale=2.0)
+    q = qkv[:, : heads * d].view(9, heads, d)
+    k = qkv[:, heads * d : (heads + kv_heads) * d].view(9, kv_heads, d)
+    layout = rms_module._row_layout(q)
+    assert layout.tensor.data_ptr() == qkv.data_ptr() and layout.b == heads  # no copy
+    for view in (q, k):
+        got = bta.rms_norm(view, w, 1e-6)
+        assert got.shape == view.shape and got.is_contiguous()
+        assert torch.equal(got, bta.rms_norm(view.contiguous(), w, 1e-6))
+    alone = bta.rms_norm(q[4:5], w, 1e-6)  # one token's heads alone vs inside 9 tokens
+    assert torch.equal(bta.rms_norm(q, w, 1e-6)[4], alone[0])
+    r = rand(9, heads, d, dtype=torch.bfloat16, device=device)
+    out, resid = bta.fused_add_rms_norm(q, r, w, 1e-6)
+    ref_out, ref_resid = bta.fused_add_rms_norm(q.contiguous(), r, w, 1e-6)
+    assert torch.equal(out, ref_out) and torch.equal(resid, ref_resid)
