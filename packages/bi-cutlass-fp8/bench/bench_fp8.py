@@ -126,8 +126,8 @@ def run(
     rows: list[dict[str, Any]] = []
     for shape, (n, k) in shapes.items():
         w = _fp8(n, k)
-        config = bi_cutlass_fp8.select_config(n, k).name
         for m in m_values:
+            config = bi_cutlass_fp8.select_config(n, k, m=m).name
             a = _fp8(m, k)
             flops = 2.0 * m * n * k
             point: dict[str, dict[str, Any]] = {}

@@ -1,4 +1,4 @@
-"""The tile-config table and the selection rule: M never enters, SM90 configs are valid."""
+"""The tile-config table and the selection rule: M picks among same-chain tiles only."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from bi_cutlass_fp8 import _configs
 from bi_cutlass_fp8._configs import (
     DESCRIBED_CONFIGS,
     SM90_CONFIGS,
+    SM90_COOP,
     SM90_DEFAULT,
     SM90_N1280,
+    SM90_PINGPONG,
     config_by_name,
     select_config,
 )
@@ -26,9 +28,48 @@ ALL_SHAPES = {**GENERIC_SHAPES, **QWEN3_8B}
 M_VALUES = (1, 2, 3, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 4096, 8192)
 
 
-def test_select_config_has_no_m_parameter() -> None:
-    params = list(inspect.signature(select_config).parameters)
-    assert params == ["n", "k", "arch"]
+def test_m_is_an_optional_keyword_of_the_selection() -> None:
+    params = inspect.signature(select_config).parameters
+    assert list(params) == ["n", "k", "arch", "m"] and params["m"].default is None
+
+
+@pytest.mark.parametrize(("m", "n", "expected"), [
+    pytest.param(None, 4096, SM90_DEFAULT, id="no-m"),
+    pytest.param(0, 4096, SM90_DEFAULT, id="m0"),
+    pytest.param(1, 4096, SM90_DEFAULT, id="m1"),
+    pytest.param(64, 4096, SM90_DEFAULT, id="m64"),
+    pytest.param(64, 1024, SM90_N1280, id="m64-narrow"),
+    pytest.param(65, 4096, SM90_PINGPONG, id="m65"),
+    pytest.param(65, 1024, SM90_PINGPONG, id="m65-narrow"),
+    pytest.param(256, 4096, SM90_PINGPONG, id="m256"),
+    pytest.param(257, 4096, SM90_COOP, id="m257"),
+    pytest.param(8192, 1024, SM90_COOP, id="m8192-narrow"),
+])  # fmt: skip
+def test_sm90_tile_follows_the_m_bands(m: int | None, n: int, expected: object) -> None:
+    assert select_config(n, 4096, 90, m=m) is expected
+
+
+def test_every_selectable_sm90_config_shares_the_chain() -> None:
+    """What the per-M choice rests on, as far as a CPU can see it: one accumulation recipe.
+
+    Every tile the rule can return is a built swap-AB SM90 config with fast accumulation and a
+    k-tile of whole FP8 wgmma steps, so only the CTA's extent and the warp schedule vary. The
+    bits themselves are compared on the GPU (test_scaled_mm.py).
+    """
+    chosen = {select_config(n, k, 90, m=m) for n, k in ALL_SHAPES.values() for m in M_VALUES}
+    assert chosen <= set(SM90_CONFIGS) and len(chosen) >= 3
+    assert {(c.swap_ab, c.fast_accum, c.built) for c in chosen} == {(True, True, True)}
+    assert all(c.tile_k % 32 == 0 for c in chosen)
+
+
+def test_negative_m_raises() -> None:
+    with pytest.raises(ValueError, match="m must be >= 0"):
+        select_config(4096, 4096, 90, m=-1)
+
+
+@pytest.mark.parametrize("m", [None, 1, 4096])
+def test_described_archs_ignore_m(m: int | None) -> None:
+    assert select_config(4096, 4096, 100, m=m) is select_config(4096, 4096, 100)
 
 
 @pytest.mark.parametrize(("n", "k", "expected"), [
@@ -112,15 +153,13 @@ def _meta_args(
 
 @pytest.mark.parametrize(("n", "k"), list(ALL_SHAPES.values()), ids=list(ALL_SHAPES))
 @pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
-def test_plan_is_the_same_for_every_m(n: int, k: int, per_row: bool) -> None:
+def test_plan_takes_the_tile_of_its_m(n: int, k: int, per_row: bool) -> None:
     plans = {m: plan_scaled_mm(*_meta_args(m, n, k, per_row), torch.bfloat16) for m in M_VALUES}
-    configs = {p.config.name for p in plans.values()}
-    indices = {p.kernel_index for p in plans.values()}
-    assert configs == {select_config(n, k).name} and len(indices) == 1
-    assert all(p.shape.m == m for m, p in plans.items())
+    for m, plan in plans.items():
+        assert plan.shape.m == m and plan.config is select_config(n, k, 90, m=m)
 
 
-def test_plan_calls_selection_with_n_k_arch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_calls_selection_with_n_k_arch_m(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[object, ...]] = []
 
     def spy(*args: object, **kwargs: object) -> _configs.TileConfig:
@@ -130,7 +169,7 @@ def test_plan_calls_selection_with_n_k_arch_only(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(scaled_mm_module, "select_config", spy)
     for m in (1, 17, 4096):
         plan_scaled_mm(*_meta_args(m, 4096, 12288, True), torch.float16)
-    assert calls == [(4096, 12288, 90)] * 3
+    assert calls == [(4096, 12288, 90, m) for m in (1, 17, 4096)]
 
 
 def test_public_api_exports_selection() -> None:

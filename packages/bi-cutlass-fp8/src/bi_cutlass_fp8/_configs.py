@@ -1,11 +1,16 @@
-"""Tile configurations of the FP8 GEMM and the rule that picks one from ``(N, K, arch)``.
+"""Tile configurations of the FP8 GEMM and the rule that picks one from ``(M, N, K, arch)``.
 
-Why this is the batch-invariance argument: with the tile, cluster, schedule and accumulation
-mode fixed, every output element is reduced by the same chain (k-tiles in order into one
-accumulator, one wgmma shape, no split-K), so a token's row gets the same bits whatever else is
-in the batch. :func:`select_config` therefore takes ``n``, ``k`` and ``arch`` - there is no ``m``
-to look at - and the C++ side is generated from :data:`SM90_CONFIGS`, so it cannot pick a tile
-on its own.
+Why this is the batch-invariance argument: every built SM90 config reduces an output element
+by the same chain - k-tiles in order into one fast accumulator through the same FP8 wgmma
+(K = 32 per instruction), no split-K - and differs only in how many weight rows and tokens a
+CTA covers and how its warps are scheduled. So every config gives a token's row the same bits,
+and the tile may follow the batch size: small tiles for decode, 128 x 128 tiles for prefill.
+That premise is measured, not assumed: ``tests/test_scaled_mm.py::
+test_built_configs_give_the_same_bits`` runs every built config on the Qwen3-8B shapes and
+fails unless all agree bitwise (they did on an H200, 2026-11-26:
+``bench/results/fp8_same_bits_h200.junit.xml``). Without ``m``, :func:`select_config` returns
+vLLM's M-independent choice. The C++ side is generated from :data:`SM90_CONFIGS`, so it cannot
+pick a tile on its own.
 
 All SM90 configs are "swap-AB": the kernel computes ``out^T = W @ a^T``, so the tile's first
 dimension (``tile_w``) covers weight rows (output channels, N) and its second (``tile_t``)
@@ -135,8 +140,8 @@ SM90_DEFAULT = TileConfig(
     note="N > 1280 (vLLM's batch-invariant SM90 tile): 64 weight rows per CTA keeps N/64 CTAs "
     "streaming weights in decode",
 )
-# Candidates measured by bench/bench_fp8.py --all-configs; not selected until measured better
-# at every M band of the shapes they would serve (the selection must stay M-independent).
+# Tiles for larger batches, picked per M band (:data:`SM90_M_BANDS`) from the H200 sweep of
+# bench/bench_fp8.py --all-configs (bench/results/bench_fp8_all_configs_h200.json).
 SM90_PINGPONG = TileConfig(
     name="sm90_w64_t64_k256_c1x1_pp",
     arch=90,
@@ -145,7 +150,7 @@ SM90_PINGPONG = TileConfig(
     tile_k=256,
     schedule="pingpong",
     built=True,
-    note="candidate: the default tile, persistent with two consumer warpgroups so one tile's "
+    note="65 <= M <= 256: the default tile, persistent with two consumer warpgroups so one tile's "
     "epilogue overlaps the next tile's mainloop",
 )
 SM90_WIDE = TileConfig(
@@ -157,9 +162,9 @@ SM90_WIDE = TileConfig(
     cluster_w=2,
     schedule="pingpong",
     built=True,
-    note="candidate for large N*K: 128 tokens per tile and the token tile multicast over two "
-    "weight tiles raise arithmetic intensity at large M, at the price of more wasted MMA "
-    "work in decode",
+    note="not selected (below the cooperative tile at M = 512 on 3 of 4 shapes): 128 tokens "
+    "per tile and the token tile multicast over two weight tiles raise arithmetic intensity "
+    "at large M, at the price of more wasted MMA work in decode",
 )
 
 SM90_COOP = TileConfig(
@@ -171,8 +176,8 @@ SM90_COOP = TileConfig(
     cluster_w=2,
     schedule="cooperative",
     built=True,
-    note="candidate for large N (gate_up): the classic 128x128 tile, two warpgroups splitting "
-    "the weight rows; few weight tiles in decode unless N is large",
+    note="M > 256: the classic 128x128 tile, two warpgroups splitting the weight rows; "
+    "0.76-0.95x torch._scaled_mm there, where the 64x64 tiles reach about 0.5x",
 )
 
 SM90_CONFIGS: tuple[TileConfig, ...] = (
@@ -255,6 +260,12 @@ BUILT_ARCHS = (90,)
 # The N threshold of the narrow-output tile (vLLM's).
 NARROW_N = 1280
 
+# SM90 tiles per batch size, for M above the decode band: (largest M, config). Up to 64 tokens
+# the decode configs above serve (vLLM's choice); ratios to torch._scaled_mm (rowwise) on the
+# Qwen3-8B shapes, H200: 65-256 tokens pingpong 0.95-1.43x, above 256 cooperative 0.76-0.95x.
+DECODE_MAX_M = 64
+SM90_M_BANDS: tuple[tuple[int, TileConfig], ...] = ((256, SM90_PINGPONG),)
+
 
 def config_by_name(name: str) -> TileConfig:
     """The config called ``name`` (built or described)."""
@@ -265,27 +276,34 @@ def config_by_name(name: str) -> TileConfig:
     raise ValueError(f"unknown tile config {name!r}; valid names: {valid}")
 
 
-def select_config(n: int, k: int, arch: int = 90) -> TileConfig:
+def select_config(n: int, k: int, arch: int = 90, m: int | None = None) -> TileConfig:
     """The tile configuration for an ``[M, K] @ [K, N]`` FP8 GEMM on ``sm<arch>``.
 
-    There is deliberately no ``m`` parameter: the configuration - and with it every output
-    element's reduction order - must not depend on how many tokens are in the batch.
+    The reduction order of an output element never depends on M (see the module docstring):
+    on SM90 ``m`` only picks among configs that give the same bits. The described archs have
+    one tile per ``(N, K)`` and ignore ``m``.
 
     Args:
         n: output features (weight rows).
         k: reduction length.
         arch: SM version, ``major * 10 + minor`` (90 for H100/H200).
+        m: tokens in the batch; ``None`` (or ``m <= 64``) gives the decode tile, vLLM's
+            M-independent choice.
 
     Returns:
         The config; check ``.built`` before asking for a kernel (only SM90 is built).
 
     Raises:
-        ValueError: ``n``/``k`` are not positive, or ``arch`` has no configs.
+        ValueError: ``n``/``k`` are not positive, ``m`` is negative, or ``arch`` has no configs.
     """
     if n <= 0 or k <= 0:
         raise ValueError(f"select_config: n and k must be positive, got n={n}, k={k}")
+    if m is not None and m < 0:
+        raise ValueError(f"select_config: m must be >= 0 or None, got m={m}")
     if arch == 90:
-        return SM90_N1280 if n <= NARROW_N else SM90_DEFAULT
+        if m is None or m <= DECODE_MAX_M:
+            return SM90_N1280 if n <= NARROW_N else SM90_DEFAULT
+        return next((cfg for top, cfg in SM90_M_BANDS if m <= top), SM90_COOP)
     if arch == 89:
         return SM89_WIDE_N if 8192 < n <= 16384 else SM89_DEFAULT
     if arch == 100:

@@ -4,10 +4,11 @@
 float8_e4m3fn, fp32 scales (per tensor, or ``[M, 1]`` per token and ``[1, N]`` per channel),
 output and bias in bf16 or fp16.
 
-Why it is batch-invariant: :func:`plan_scaled_mm` picks the kernel from ``(N, K, arch)`` with
-:func:`~bi_cutlass_fp8._configs.select_config` - M never enters - and the kernel walks the
-k-tiles of every output element in the same order into one accumulator at every M (no
-split-K, no stream-K; see ``csrc/bi_fp8_sm90.cuh``). The epilogue applies the scales and bias
+Why it is batch-invariant: every built config walks the k-tiles of an output element in the
+same order into one accumulator through the same wgmma (no split-K, no stream-K; see
+``csrc/bi_fp8_sm90.cuh``), so they all give the same bits (measured on every Qwen3-8B shape);
+:func:`plan_scaled_mm` may therefore pick the tile from M as well as ``(N, K, arch)`` with
+:func:`~bi_cutlass_fp8._configs.select_config`. The epilogue applies the scales and bias
 per element in fp32 with one rounding to the output dtype.
 """
 
@@ -48,7 +49,7 @@ def plan_scaled_mm(
         a, b, scale_a, scale_b, out_dtype, bias: as for :func:`scaled_mm`.
         arch: SM version to plan for (only 90 has kernels).
         config_name: force a built config (benchmarks sweep candidates with it); the default
-            is :func:`select_config` on ``(N, K, arch)``.
+            is :func:`select_config` on ``(N, K, arch, M)``.
 
     Raises:
         TypeError, ValueError: bad arguments (see :mod:`bi_cutlass_fp8._checks`).
@@ -59,7 +60,7 @@ def plan_scaled_mm(
     check_kernel_layout(a, b, shape)
     check_vector_layout(scale_a, scale_b, bias)
     config = (
-        select_config(shape.n, shape.k, arch)
+        select_config(shape.n, shape.k, arch, m=shape.m)
         if config_name is None
         else config_by_name(config_name)
     )
