@@ -139,3 +139,19 @@ job_vllmbi8() {
   python3 benchmarks/vllm_serving.py --shape 8b --modes vllm-bi --model-dir /tmp/models-8b \
     --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_8b.json"
 }
+
+# #5: the whole FP8 suite (invariance with the tile following M, accuracy, same bits), then the
+# benchmark with the per-M selection.
+job_fp8full() {
+  python3 -m pytest packages/bi-cutlass-fp8/tests -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/fp8_cuda.junit.xml"
+  OUT=$JOB_DIR python3 packages/bi-cutlass-fp8/bench/bench_fp8.py
+}
+
+# #13: the attention backward kernel's CUDA tests, bi-train's tests on the GPU, the trainer
+# benchmark.
+job_bwd() {
+  python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_backward.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/attn_backward_cuda.junit.xml"
+  python3 packages/bi-train/bench/bench_trainer.py --out "$JOB_DIR/bench_trainer.json"
+}

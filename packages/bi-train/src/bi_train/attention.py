@@ -4,11 +4,12 @@ Forward: the ir-dispatch op ``varlen_attention``; in batch-invariant mode that i
 fixed-chunk kernel (``bi_triton_ascend.attention.varlen_attention``), which walks keys in the same
 chunks as the paged decode kernel, so a scored row equals the rollout's decoded row bitwise.
 
-Backward: **recomputed** with a differentiable torch reference in fp32 (one sequence at a time,
-materialised ``[H, L, L]`` scores), then differentiated. It is deterministic run to run (fixed
-shapes, no atomics) and close to the true gradient, but it is not the gradient of the Triton
-kernel's exact bits, and it costs ``O(L^2)`` memory per sequence. A fused flash-style backward
-is future work.
+Backward: ``bi_triton_ascend.attention.varlen_attention_backward``, a flash-style recomputation
+with fixed loop orders and no atomics (deterministic run to run, fp32 accumulation, the gradient
+of exact attention rather than of the forward kernel's exact bits), wherever Triton kernels run
+(CUDA, NPU, the CPU interpreter). Elsewhere, or for head sizes it does not take, the backward
+differentiates a torch reference in fp32 (one sequence at a time, materialised ``[H, L, L]``
+scores): deterministic too, but ``O(L^2)`` memory per sequence and about 4x slower on a GPU.
 """
 
 from __future__ import annotations
@@ -33,18 +34,35 @@ class _VarlenAttention(torch.autograd.Function):
         cu_seqlens: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v, cu_seqlens)
+        out = _ops.varlen_attention.call_selected(q, k, v, cu_seqlens, scale, True)
+        ctx.save_for_backward(q, k, v, cu_seqlens, out)
         ctx.scale = scale
-        return _ops.varlen_attention.call_selected(q, k, v, cu_seqlens, scale, True)  # type: ignore[no-any-return]
+        return out  # type: ignore[no-any-return]
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, cu = ctx.saved_tensors
+        q, k, v, cu, out = ctx.saved_tensors
+        kernel = _backward_kernel(q)
+        if kernel is not None:
+            gq, gk, gv = kernel(q, k, v, out, grad_out.to(q.dtype), cu, scale=ctx.scale)
+            return gq, gk, gv, None, None
         with torch.enable_grad():
             qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
             out = _ops.reference_varlen_attention(qf, kf, vf, cu, ctx.scale, True)
             gq, gk, gv = torch.autograd.grad(out, (qf, kf, vf), grad_out.float())
         return gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype), None, None
+
+
+def _backward_kernel(q: torch.Tensor) -> Any | None:
+    """bi-triton-ascend's varlen backward if it runs on ``q`` here, else ``None`` (reference)."""
+    try:
+        from bi_triton_ascend import _platform
+        from bi_triton_ascend.attention import config, varlen_attention_backward
+    except ImportError:
+        return None
+    if q.dtype not in config.SUPPORTED_DTYPES or q.shape[-1] > config.MAX_HEAD_SIZE:
+        return None
+    return varlen_attention_backward if _platform.device_supported(q) is True else None
 
 
 def varlen_attention(

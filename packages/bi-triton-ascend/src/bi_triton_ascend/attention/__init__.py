@@ -14,7 +14,7 @@ Example:
 """
 
 from . import providers
-from .api import paged_attention, paged_decode, varlen_attention
+from .api import paged_attention, paged_decode, varlen_attention, varlen_attention_backward
 from .config import AttnConfig, attention_config, kv_chunk_size
 from .op import paged_attention as paged_attention_op
 from .op import reference_attention
@@ -29,4 +29,5 @@ __all__ = [
     "providers",
     "reference_attention",
     "varlen_attention",
+    "varlen_attention_backward",
 ]

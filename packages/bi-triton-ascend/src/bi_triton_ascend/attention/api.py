@@ -203,3 +203,70 @@ def varlen_attention(
         scale=float(scale), sliding_window=sliding_window, causal=causal,
         max_seq_len=max_seqlen_k, mode=mode, out_dtype=out_dtype,
     )  # fmt: skip
+
+
+_VARLEN_BWD = "varlen_attention_backward"
+
+
+def varlen_attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    scale: float | None = None,
+    max_seqlen: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of causal :func:`varlen_attention` (self-attention), deterministic run to run.
+
+    Flash-style recomputation without atomics (:mod:`._backward`): every gradient element is
+    summed by one program in a fixed order, so two runs give the same bits. The gradients are
+    those of exact attention (not of the forward's exact bits), accumulated in fp32.
+
+    Args:
+        q: ``[T, num_heads, head_size]`` queries of the packed sequences (bf16/fp16/fp32).
+        k: ``[T, num_kv_heads, head_size]`` keys (GQA: ``num_heads`` a multiple).
+        v: like ``k``.
+        out: ``[T, num_heads, head_size]``, the forward's output.
+        grad_out: like ``out``, the gradient of the loss w.r.t. it.
+        cu_seqlens: ``[num_seqs + 1]`` int32 offsets of the sequences, ``cu_seqlens[-1] == T``.
+        scale: softmax scale (default ``head_size ** -0.5``).
+        max_seqlen: the longest sequence (default: read from ``cu_seqlens``, one device sync).
+
+    Returns:
+        ``(dq, dk, dv)`` in the dtypes and shapes of ``q``, ``k``, ``v``.
+    """
+    from ._backward import launch_backward
+
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("grad_out", grad_out)):
+        _checks.tensor(_VARLEN_BWD, name, t, 3)
+        _checks.float_like(_VARLEN_BWD, name, t, "q", q)
+    _checks.tensor(_VARLEN_BWD, "cu_seqlens", cu_seqlens, 1)
+    if v.shape != k.shape:
+        raise ValueError(
+            f"{_VARLEN_BWD}: v must have k's shape {tuple(k.shape)}; got {tuple(v.shape)}"
+        )
+    for name, t in (("out", out), ("grad_out", grad_out)):
+        if t.shape != q.shape:
+            raise ValueError(
+                f"{_VARLEN_BWD}: {name} must have q's shape {tuple(q.shape)}; got {tuple(t.shape)}"
+            )
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(
+            f"{_VARLEN_BWD}: self-attention needs as many key rows as query rows; got "
+            f"{k.shape[0]} and {q.shape[0]}"
+        )
+    _checks.index(_VARLEN_BWD, "cu_seqlens", cu_seqlens, None, q.device)
+    if cu_seqlens.shape[0] < 1:
+        raise ValueError(f"{_VARLEN_BWD}: cu_seqlens needs num_seqs + 1 >= 1 entries; got 0")
+    _checks.heads(_VARLEN_BWD, q.shape[1], k.shape[1], q.shape[2], k.shape[2])
+    scale = q.shape[2] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"{_VARLEN_BWD}: scale must be positive, got {scale}")
+    if max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+    elif max_seqlen < 0:
+        raise ValueError(f"{_VARLEN_BWD}: max_seqlen must be >= 0, got {max_seqlen}")
+    return launch_backward(q, k, v, out, grad_out, cu_seqlens, scale, max_seqlen)

@@ -156,8 +156,11 @@ class _RowLayout(NamedTuple):
 
 
 def _row_layout(t: torch.Tensor) -> _RowLayout:
-    """A plain ``[M, H]`` view, else ``[A, B, H]`` (e.g. ``q.view(T, heads, d)`` of a QKV
-    output, whose rows are not evenly strided), else a copy."""
+    """How to read ``t``'s rows in place: a plain ``[M, H]`` view, else ``[A, B, H]``.
+
+    The second covers e.g. ``q.view(T, heads, d)`` of a QKV output, whose rows are not evenly
+    strided; anything else is copied.
+    """
     h = t.shape[-1]
     rows = t.numel() // h if h else 0
     try:
