@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from _attn_cases import DEVICE, TINY_GQA, Heads, needs_kernels
+from _attn_cases import DEVICE, TINY_GQA, Heads, cuda_only, needs_kernels
 
 from bi_triton_ascend.attention import varlen_attention_backward
 
@@ -65,6 +65,21 @@ def test_gradients_match_float64(dtype: torch.dtype) -> None:
         assert g.dtype == dtype and g.shape == w.shape, name
         err = float((g.double() - w).abs().max() / w.abs().max())
         assert err <= TOLERANCE[dtype], f"{name}: error {err:.3g} of the largest gradient"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("heads", [
+    pytest.param(Heads(16, 8, 128), id="0.6b", marks=cuda_only),
+    pytest.param(Heads(32, 8, 128), id="8b", marks=cuda_only),
+])  # fmt: skip
+def test_qwen3_heads_on_the_gpu(heads: Heads, dtype: torch.dtype) -> None:
+    """The GPU tiles (64 x 64, head size 128) around their edges, against float64."""
+    q, k, v, grad, cu = _packed([1, 63, 64, 65, 200], heads, dtype, seed=6)
+    out, want = _reference(q, k, v, grad, cu)
+    got = varlen_attention_backward(q, k, v, out.to(dtype), grad, cu)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        err = float((g.double() - w).abs().max() / w.abs().max())
+        assert err <= TOLERANCE[torch.bfloat16], f"{name}: error {err:.3g} of the largest gradient"
 
 
 def test_two_runs_give_the_same_bits() -> None:
