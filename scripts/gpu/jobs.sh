@@ -155,3 +155,9 @@ job_bwd() {
     -p no:cacheprovider -rs --junitxml="$JOB_DIR/attn_backward_cuda.junit.xml"
   python3 packages/bi-train/bench/bench_trainer.py --out "$JOB_DIR/bench_trainer.json"
 }
+
+# #4, #10: the GEMM tile sweep on this card (each candidate's bits checked against the default
+# tiles), for the M <= 512 bands where the H200 runs at 0.64-0.91x cuBLAS.
+job_tunegemm() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_gemm.py --ms 1,8,32,128,256,512
+}
