@@ -27,6 +27,8 @@ from .platform import PlatformKind, platform_of
 logger = logging.getLogger("ir_dispatch")
 
 NAMESPACE = "ir_dispatch"
+#: How the ops reach PyTorch (benchmarks label their results with it).
+REGISTRATION = "torch.library.Library"
 NATIVE = "native"
 RESERVED_PROVIDERS = frozenset({NATIVE})
 DEFAULT_PRIORITY = 10
