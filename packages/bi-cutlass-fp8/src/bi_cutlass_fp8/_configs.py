@@ -140,7 +140,7 @@ SM90_DEFAULT = TileConfig(
     note="N > 1280 (vLLM's batch-invariant SM90 tile): 64 weight rows per CTA keeps N/64 CTAs "
     "streaming weights in decode",
 )
-# Tiles for larger batches, picked per M band (:data:`SM90_M_BANDS`) from the H200 sweep of
+# Tiles for larger batches, picked per M band (:func:`select_config`) from the H200 sweep of
 # bench/bench_fp8.py --all-configs (bench/results/bench_fp8_all_configs_h200.json).
 SM90_PINGPONG = TileConfig(
     name="sm90_w64_t64_k256_c1x1_pp",
@@ -260,11 +260,12 @@ BUILT_ARCHS = (90,)
 # The N threshold of the narrow-output tile (vLLM's).
 NARROW_N = 1280
 
-# SM90 tiles per batch size, for M above the decode band: (largest M, config). Up to 64 tokens
-# the decode configs above serve (vLLM's choice); ratios to torch._scaled_mm (rowwise) on the
-# Qwen3-8B shapes, H200: 65-256 tokens pingpong 0.95-1.43x, above 256 cooperative 0.76-0.95x.
+# SM90 tiles per batch size: up to DECODE_MAX_M tokens the decode configs above (vLLM's choice),
+# up to PINGPONG_MAX_M the pingpong tile, above it the cooperative tile. Ratios to
+# torch._scaled_mm (rowwise) on the Qwen3-8B shapes, H200: 65-256 tokens pingpong 0.95-1.43x,
+# above 256 cooperative 0.76-0.95x.
 DECODE_MAX_M = 64
-SM90_M_BANDS: tuple[tuple[int, TileConfig], ...] = ((256, SM90_PINGPONG),)
+PINGPONG_MAX_M = 256
 
 
 def config_by_name(name: str) -> TileConfig:
@@ -303,7 +304,7 @@ def select_config(n: int, k: int, arch: int = 90, m: int | None = None) -> TileC
     if arch == 90:
         if m is None or m <= DECODE_MAX_M:
             return SM90_N1280 if n <= NARROW_N else SM90_DEFAULT
-        return next((cfg for top, cfg in SM90_M_BANDS if m <= top), SM90_COOP)
+        return SM90_PINGPONG if m <= PINGPONG_MAX_M else SM90_COOP
     if arch == 89:
         return SM89_WIDE_N if 8192 < n <= 16384 else SM89_DEFAULT
     if arch == 100:
