@@ -4,16 +4,6 @@
 # in the phase's tarball) and the repository root as working directory.
 # Jobs marked "vLLM" need the staged vLLM (the p2 call or later).
 
-# wip_tree NAME TAR: a copy of the tree with a WIP branch's changed files laid over it, and
-# PYTHONPATH pointing at its packages (the branches are carried as tars of their changed files).
-wip_tree() {
-  local dir=/tmp/wip-$1
-  rm -rf "$dir" && mkdir -p "$dir" && cp -r packages tests-integration benchmarks "$dir"/
-  tar xf "$2" -C "$dir"
-  export PYTHONPATH=$(ls -d "$dir"/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
-  cd "$dir" || return 1
-}
-
 # The Triton CUDA suite, ir-dispatch's CUDA tests (graphs, compile) and the host cost per call.
 job_triton() {
   python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -rs \
@@ -31,39 +21,9 @@ job_fp8() {
   OUT=$JOB_DIR python3 packages/bi-cutlass-fp8/bench/bench_fp8.py
 }
 
-# #10, #4: branch wip/rmsnorm-rows: its RMSNorm CUDA tests and the row-op benchmark.
-job_rms() {
-  local root=$PWD
-  wip_tree rms "$root/.wip-rms/branch.tar"
-  python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider \
-    -rs --junitxml="$JOB_DIR/wip_rms_cuda.junit.xml"
-  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_rows.py
-}
-
 # #4: the model-level decoder benchmark, 0.6B shape.
 job_model() {
   python3 benchmarks/model_decoder.py --shapes 0.6b --out "$JOB_DIR/model_decoder_0.6b.json"
-}
-
-# vLLM. #12: branch wip/attn-full-graphs: attention CUDA tests, then the smoke that fails unless
-# decode replays FULL CUDA graphs; then the long-context loads with the branch.
-job_wipattn() {
-  local root=$PWD
-  wip_tree attn "$root/.wip-attn/branch.tar"
-  python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
-    packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
-    packages/vllm-bi-plugin/tests/test_gpu_attention.py -q -p no:cacheprovider -rs -x \
-    --junitxml="$JOB_DIR/wip_attn_cuda.junit.xml" \
-  && python3 tests-integration/gpu/attn_backend_smoke.py \
-    --out "$JOB_DIR/attn_backend_smoke_full.json"
-}
-
-# vLLM. #12: the long-context loads with the full-graph attention branch (plugin modes only).
-job_longwip() {
-  local root=$PWD
-  wip_tree attn "$root/.wip-attn/branch.tar"
-  python3 benchmarks/vllm_serving.py --shape 8b --modes plugin --loads long-single,long-batch8 \
-    --timeout 500 --model-dir /tmp/models-long --out "$JOB_DIR/vllm_long_plugin.json"
 }
 
 # vLLM. #13: the RL check with an eager rollout (scoring, AdamW step against the corrected fp32
@@ -97,19 +57,15 @@ job_gemm() {
     --vllm /tmp/vllm-site/vllm/model_executor/layers/batch_invariant.py
 }
 
-# vLLM. #10, #4: the 0.6B prefill profile with branch wip/rmsnorm-rows.
+# vLLM. #10, #4: the 0.6B prefill profile (kernels ranked by device time, default vs plugin).
 job_rmsprof() {
-  local root=$PWD
-  wip_tree rms "$root/.wip-rms/branch.tar"
   python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models-prof \
     --out "$JOB_DIR/prof-rms"
 }
 
-# vLLM. #12: the long-context loads with the attention backend of the full-graph branch
-# (VLLM_BI_ATTENTION=1), labelled plugin+attention.
+# vLLM. #12: the long-context loads with the kit attention backend (VLLM_BI_ATTENTION=1),
+# labelled plugin+attention.
 job_longattn() {
-  local root=$PWD
-  wip_tree attn "$root/.wip-attn/branch.tar"
   VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 8b --modes plugin \
     --variant attention --loads long-single,long-batch8 --timeout 500 \
     --model-dir /tmp/models-longattn --out "$JOB_DIR/vllm_long_attention.json"
@@ -131,14 +87,12 @@ job_e2e06() { e2e_for 0.6b; }
 job_e2e8() { e2e_for 8b --engine '{"kv_cache_memory_bytes": 2147483648}'; }
 
 # vLLM. #10: vLLM's own batch-invariant mode on every load, beside the graphs jobs' columns.
-job_vllmbi06() {
-  python3 benchmarks/vllm_serving.py --shape 0.6b --modes vllm-bi --model-dir /tmp/models-0.6b \
-    --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_0.6b.json"
+vllmbi_for() {
+  python3 benchmarks/vllm_serving.py --shape "$1" --modes vllm-bi --model-dir "/tmp/models-$1" \
+    --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_$1.json"
 }
-job_vllmbi8() {
-  python3 benchmarks/vllm_serving.py --shape 8b --modes vllm-bi --model-dir /tmp/models-8b \
-    --timeout 250 --out "$JOB_DIR/vllm_serving_vllmbi_8b.json"
-}
+job_vllmbi06() { vllmbi_for 0.6b; }
+job_vllmbi8() { vllmbi_for 8b; }
 
 # #5: the whole FP8 suite (invariance with the tile following M, accuracy, same bits), then the
 # benchmark with the per-M selection.

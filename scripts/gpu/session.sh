@@ -6,7 +6,7 @@
 #   bash scripts/gpu/session.sh e2e       # vLLM staged: needle e2e, 0.6B and 8B shapes, all cases
 #   bash scripts/gpu/session.sh bench     # vLLM staged: serving benchmark, 0.6B and 8B shapes
 #   bash scripts/gpu/session.sh tp        # vLLM staged, 2 GPUs: tensor-parallel runs
-#   bash scripts/gpu/session.sh check     # no vLLM: Triton CUDA tests again, host cost per call
+#   bash scripts/gpu/session.sh check     # no vLLM: Triton and ir-dispatch CUDA tests, host cost
 #   bash scripts/gpu/session.sh tune      # no vLLM: every FP8 config timed
 #   bash scripts/gpu/session.sh long      # vLLM staged: attention backend smoke + #12 baseline
 #   bash scripts/gpu/session.sh tpbench   # vLLM staged, 2 GPUs: TP = 2 serving, default + vllm-bi
@@ -16,8 +16,6 @@
 #   bash scripts/gpu/session.sh gemm      # vLLM staged, carry .upstream: #4 GEMM table, all columns
 #   bash scripts/gpu/session.sh tpall     # vLLM staged, 2 GPUs: TP = 2 serving, all modes, one JSON
 #   bash scripts/gpu/session.sh rldiag    # vLLM staged: RL layer-by-layer diff + prefill with big graphs
-#   bash scripts/gpu/session.sh wipattn   # vLLM staged, carry .wip-attn: full-graph attention branch
-#   bash scripts/gpu/session.sh wiprms    # vLLM staged, carry .wip-rms: multi-row RMSNorm branch
 #   bash scripts/gpu/session.sh rl        # vLLM staged: RL check (eager, compiled), trainer bench
 #   bash scripts/gpu/session.sh graphs    # vLLM staged: the plugin's CUDA-graph sizes, all loads
 #   bash scripts/gpu/session.sh multi JOB...  # the jobs of scripts/gpu/jobs.sh, spread over the GPUs
@@ -26,7 +24,7 @@
 # 8 files from $OUT, so each phase leaves its JSON results there and packs every log into one
 # tarball, <phase>-logs.tgz.
 set -u
-PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|wipattn|wiprms|rl|graphs|serve|profile|gemm|multi JOB...}
+PHASE=${1:?usage: session.sh kernels|e2e|bench|tp|attn|check|tune|long|tpbench|tpbench2|tpall|rldiag|rl|graphs|serve|profile|gemm|multi JOB...}
 WORK=/tmp/work/$PHASE
 mkdir -p "$WORK" "$OUT"
 NGPU=$(nvidia-smi -L | wc -l)
@@ -98,19 +96,8 @@ tp)
   TAIL=60 after_jobs
   ;;
 check)
-  # GPU A: every bi-triton-ascend CUDA test after the GEMM's shared tile helper (#3).
-  gpu_job 0 420 triton_tests python3 -m pytest packages/bi-triton-ascend/tests -q \
-    -p no:cacheprovider -rs --junitxml="$OUT/bi_triton_cuda.junit.xml"
-  [ "$NGPU" -lt 2 ] && wait  # one card: keep the timed runs alone on it
-  # GPU B: host cost per call (#4, #10), as on main and with the registration of
-  # gpu-scratch/libreg (when carried: the wip/library-registration branch), whose CUDA-graph
-  # tests run too.
-  gpu_job "$GPU_B" 420 host_cost bash -c "python3 benchmarks/host_cost.py --out $OUT; \
-    if [ -d gpu-scratch/libreg ]; then PYTHONPATH=gpu-scratch/libreg:\$PYTHONPATH \
-      python3 benchmarks/host_cost.py --label libreg --out $WORK; \
-      PYTHONPATH=gpu-scratch/libreg:\$PYTHONPATH python3 -m pytest \
-      packages/ir-dispatch/tests/test_cuda.py -q -p no:cacheprovider -rs; fi"
-  after_jobs
+  # The Triton CUDA suite, ir-dispatch's CUDA tests and the host cost per call: job `triton`.
+  exec bash "$0" multi triton
   ;;
 tune)
   gpu_job 0 240 fp8_configs python3 packages/bi-cutlass-fp8/bench/bench_fp8.py --all-configs
@@ -184,21 +171,6 @@ rldiag)
       --engine '{\"compilation_config\": {\"cudagraph_capture_sizes\": $SIZES}}'"
   TAIL=60 after_jobs
   ;;
-wipattn)
-  # #12: branch wip/attn-full-graphs (carried as .wip-attn/branch.tar) in a copy of the tree:
-  # its attention CUDA tests, the plugin's GPU attention tests, then the vLLM smoke, which
-  # fails unless decode replays FULL CUDA graphs.
-  rm -rf /tmp/wip-tree && mkdir -p /tmp/wip-tree && cp -r packages tests-integration /tmp/wip-tree/
-  tar xf .wip-attn/branch.tar -C /tmp/wip-tree
-  WIP_PATH=$(ls -d /tmp/wip-tree/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
-  gpu_job 0 560 wipattn bash -c "cd /tmp/wip-tree && export PYTHONPATH=$WIP_PATH \
-    && python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
-      packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
-      packages/vllm-bi-plugin/tests/test_gpu_attention.py -q -p no:cacheprovider -rs -x \
-      --junitxml=$OUT/wip_attn_cuda.junit.xml \
-    && python3 tests-integration/gpu/attn_backend_smoke.py --out $OUT/attn_backend_smoke_full.json"
-  TAIL=60 after_jobs
-  ;;
 rl)
   # #13: the RL check (eager rollout, then scoring, the AdamW step against the corrected fp32
   # reference) and the trainer benchmark; GPU B: the check with a compiled vLLM rollout.
@@ -222,20 +194,6 @@ graphs)
     [ "$NGPU" -lt 2 ] && wait
   done
   TAIL=30 after_jobs
-  ;;
-wiprms)
-  # #10, #4: branch wip/rmsnorm-rows (carried as .wip-rms/branch.tar): its RMSNorm CUDA tests,
-  # the row-op benchmark, then the 0.6B prefill profile with it.
-  rm -rf /tmp/rms-tree && mkdir -p /tmp/rms-tree && cp -r packages tests-integration benchmarks /tmp/rms-tree/
-  tar xf .wip-rms/branch.tar -C /tmp/rms-tree
-  RMS_PATH=$(ls -d /tmp/rms-tree/packages/*/src | tr '\n' ':')/tmp/gpu-py:/tmp/vllm-site
-  gpu_job 0 560 wiprms bash -c "cd /tmp/rms-tree && export PYTHONPATH=$RMS_PATH \
-    && python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider \
-      -rs --junitxml=$OUT/wip_rms_cuda.junit.xml \
-    && OUT=$OUT python3 packages/bi-triton-ascend/bench/bench_rows.py \
-    && python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models \
-      --out $WORK/prof-rms && cp $WORK/prof-rms/profile_vllm.json $OUT/profile_vllm_rms.json"
-  TAIL=40 after_jobs
   ;;
 gemm)
   # #4's GEMM table with every column the issue names: ours, cuBLAS, cuBLAS without split-K,
