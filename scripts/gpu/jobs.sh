@@ -115,3 +115,29 @@ job_bwd() {
 job_tunegemm() {
   OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_gemm.py --ms 1,8,32,128,256,512
 }
+
+# #12, #13, #10: the attention's tiles (rows, warps, stages) timed on prefill, chunked prefill
+# and decode, each candidate's bits compared with the default tiles'.
+job_tuneattn() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py
+}
+
+# #12: the decode attention benchmark (split vs no split, sdpa) and the trainer-side prefill.
+job_attnbench() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_attention.py --rep 25
+}
+
+# #12: the attention tests on CUDA alone (the tile family's same-bits check among them).
+job_attncuda() {
+  python3 -m pytest packages/bi-triton-ascend/tests/attention -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/attn_cuda.junit.xml"
+}
+
+# vLLM. #12, #13: the long-context loads with the kit attention (labelled plugin+attention), then
+# default vLLM on the same GPU, into one JSON (a cut-off call keeps the modes it finished).
+job_longcmp() {
+  local bench=(python3 benchmarks/vllm_serving.py --shape 8b --loads long-single,long-batch8
+    --model-dir /tmp/models-longcmp --out "$JOB_DIR/vllm_long_context.json")
+  VLLM_BI_ATTENTION=1 "${bench[@]}" --modes plugin --variant attention --timeout 300
+  "${bench[@]}" --modes default --timeout 220
+}

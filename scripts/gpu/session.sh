@@ -248,7 +248,8 @@ multi)
     (for job in ${QUEUE[$g]}; do
        mkdir -p "$WORK/$job"
        echo "== $job on GPU $g from $(date -u +%H:%M:%S)" >"$WORK/$job.log"
-       CUDA_VISIBLE_DEVICES=$g JOB_DIR="$WORK/$job" timeout "${JOB_SECS:-540}" \
+       secs_var=JOB_SECS_$job  # a per-job limit (JOB_SECS_tunegemm=...) overrides JOB_SECS
+       CUDA_VISIBLE_DEVICES=$g JOB_DIR="$WORK/$job" timeout "${!secs_var:-${JOB_SECS:-540}}" \
          bash -c "source scripts/gpu/jobs.sh && job_$job" >>"$WORK/$job.log" 2>&1
        echo "== $job exit $? at $(date -u +%H:%M:%S)" >>"$WORK/$job.log"
      done) &

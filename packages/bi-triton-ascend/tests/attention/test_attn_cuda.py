@@ -6,6 +6,7 @@ this directory also run on the GPU (with the GPU's chunk of 256 keys).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -25,11 +26,13 @@ from _attn_cases import (
 )
 
 from bi_triton_ascend.attention import (
+    attention_config,
     paged_attention,
     paged_decode,
     reference_attention,
     varlen_attention,
 )
+from bi_triton_ascend.attention._launch import launch
 
 pytestmark = cuda_only
 DT = torch.bfloat16
@@ -215,3 +218,62 @@ def test_cuda_graph_captured_short_replays_long(padding: str, neighbours: list[S
     fused = paged_attention(*real.args(), SCALE, mode="fused", out_dtype=OUT)
     _equal(captured[rows], fused[rows], f"graph vs fused, padding {padding}")
     assert not captured[rows].isnan().any()
+
+
+def _launch_with(
+    batch: Any, cfg: Any, *, scale: float, window: int | None, mode: str
+) -> torch.Tensor:
+    return launch(
+        *batch.args(), None, scale=scale, sliding_window=window, causal=True, max_seq_len=4097,
+        mode=mode, out_dtype=OUT, config=cfg,
+    )  # fmt: skip
+
+
+# (rows, warps, stages) of the tile family: the launcher's decode and prefill tiles and others.
+TILE_FAMILY = [(64, 4, 2), (64, 8, 2), (128, 8, 2), (128, 8, 3), (128, 4, 2)]
+
+
+@pytest.mark.parametrize(
+    ("heads", "dtype", "window"),
+    [
+        (QWEN3_8B, torch.bfloat16, None),
+        (QWEN3_8B, torch.float16, None),
+        (QWEN3_8B, torch.bfloat16, 700),
+        (Heads(16, 16, 128), torch.bfloat16, None),
+        (Heads(16, 2, 64), torch.bfloat16, None),
+        (Heads(40, 8, 128), torch.float16, None),
+        (Heads(32, 4, 80), torch.bfloat16, 700),
+    ],
+    ids=["qwen3-8b", "fp16", "window700", "mha", "head64", "group5", "head80-window"],
+)
+def test_tile_family_gives_the_same_bits(
+    heads: Heads, dtype: torch.dtype, window: int | None
+) -> None:
+    """Every tile shape of the family gives the launcher's bits on decode, chunk and prefill.
+
+    The launcher picks 64-row tiles for decode-like launches and 128-row tiles for prefill-like
+    ones (``config.launch_config``); that is batch-invariant only because the whole family
+    builds every row identically. Fails if any member differs on any row.
+    """
+    chunk = chunk_of(heads, dtype)
+    seqs = _seqs([1, chunk + 1, 3 * chunk + 77, 4097], seed=21, heads=heads, dtype=dtype)
+    group = heads.num_heads // heads.num_kv_heads
+    base = attention_config(heads.head_size, dtype, group, False)
+    scale = heads.head_size**-0.5
+    cases = {
+        "prefill": [(s, s.length, s.length) for s in seqs],
+        "decode": [(s, s.length, 1) for s in seqs],
+        "chunk": [(s, s.length, min(s.length, 300)) for s in seqs],
+    }
+    for name, requests in cases.items():
+        batch = paged(requests, BLOCK, _gen(3), "cuda")
+        for mode in ("split", "fused"):
+            kw: dict[str, Any] = {"scale": scale, "window": window, "mode": mode}
+            want = _launch_with(batch, None, **kw)
+            for rows, warps, stages in TILE_FAMILY:
+                cfg = dataclasses.replace(
+                    base, block_m=max(rows, base.group_pad), num_warps=warps, num_stages=stages
+                )
+                got = _launch_with(batch, cfg, **kw)
+                for i, r in enumerate(batch.rows):
+                    _equal(got[r], want[r], f"{name} {mode} m{rows}w{warps}s{stages} seq {i}")

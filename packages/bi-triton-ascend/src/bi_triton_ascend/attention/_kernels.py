@@ -84,38 +84,36 @@ def _normalize(A, L):
 
 
 @triton.jit
-def _chunk_partial(  # type: ignore[no-untyped-def]
-    q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+def _tile_step(  # type: ignore[no-untyped-def]
+    m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
     k_head, v_head, bt_ptr, stride_bt, block_size,
     stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     offs_d, d_ok, qk_scale,
-    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Online softmax over chunk ``c`` from scratch: ``(max, sum, acc)`` per row, fp32.
+    """One online-softmax step over keys ``[n0, n0 + BLOCK_N)``.
 
-    Tiles ``[n0, n0 + BLOCK_N)`` with ``n0`` on the absolute ``BLOCK_N`` grid, from the chunk's
-    start (or the tile's window start) to ``hi``, in increasing order.
+    Without ``MASKED`` the caller guarantees that every key of the tile exists and is visible
+    to every valid row: the visibility ``where`` would select every score as it is, so leaving
+    it (and the load masks) out changes no bit, only the work.
     """
-    start = tl.maximum(c * KV_CHUNK, tile_lo)
-    end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    den = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_len
-        if PAGED:
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < kv_len
+    if PAGED:
+        if MASKED:
             blk = tl.load(bt_ptr + seq * stride_bt + offs_n // block_size, mask=n_ok, other=0)
-            blk = blk.to(tl.int64)
-            slot = (offs_n % block_size).to(tl.int64)
-            k_off = blk * stride_kb + slot * stride_ks
-            v_off = blk * stride_vb + slot * stride_vs
         else:
-            row = (kv_base + offs_n).to(tl.int64)
-            k_off = row * stride_ks
-            v_off = row * stride_vs
+            blk = tl.load(bt_ptr + seq * stride_bt + offs_n // block_size)
+        blk = blk.to(tl.int64)
+        slot = (offs_n % block_size).to(tl.int64)
+        k_off = blk * stride_kb + slot * stride_ks
+        v_off = blk * stride_vb + slot * stride_vs
+    else:
+        row = (kv_base + offs_n).to(tl.int64)
+        k_off = row * stride_ks
+        v_off = row * stride_vs
+    if MASKED:
         kt = tl.load(
             k_head + k_off[None, :] + offs_d[:, None] * stride_kd,
             mask=n_ok[None, :] & d_ok[:, None],
@@ -126,27 +124,76 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
             mask=n_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    else:
+        kt = tl.load(
+            k_head + k_off[None, :] + offs_d[:, None] * stride_kd, mask=d_ok[:, None], other=0.0
+        )
+        v = tl.load(
+            v_head + v_off[:, None] + offs_d[None, :] * stride_vd, mask=d_ok[None, :], other=0.0
+        )
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    if MASKED:
         vis = n_ok[None, :] & (pos[:, None] >= 0)
         if CAUSAL:
             vis = vis & (offs_n[None, :] <= pos[:, None])
         if HAS_WINDOW:
             vis = vis & (offs_n[None, :] >= lo_row[:, None])
         s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.where(m_new == m, 1.0, tl.exp2(m - m_use))
-        p = tl.exp2(s - m_use[:, None])
-        den = den * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        pv = p.to(v_head.dtype.element_ty)
-        if UPCAST:
-            pv = pv.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = tl.dot(pv, v, acc, input_precision=PRECISION)
-        m = m_new
+    m_new = tl.maximum(m, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.where(m_new == m, 1.0, tl.exp2(m - m_use))
+    p = tl.exp2(s - m_use[:, None])
+    den = den * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    pv = p.to(v_head.dtype.element_ty)
+    if UPCAST:
+        pv = pv.to(tl.float32)
+        v = v.to(tl.float32)
+    acc = tl.dot(pv, v, acc, input_precision=PRECISION)
+    return m_new, den, acc
+
+
+@triton.jit
+def _chunk_partial(  # type: ignore[no-untyped-def]
+    q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
+    k_head, v_head, bt_ptr, stride_bt, block_size,
+    stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    offs_d, d_ok, qk_scale,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over chunk ``c`` from scratch: ``(max, sum, acc)`` per row, fp32.
+
+    Tiles ``[n0, n0 + BLOCK_N)`` with ``n0`` on the absolute ``BLOCK_N`` grid, from the chunk's
+    start (or the tile's window start) to ``hi``, in increasing order. Tiles that end at or
+    before ``open_end`` (keys every valid row of the program sees) skip the masking; the rest
+    are masked. Same steps, same bits, either way.
+    """
+    start = tl.maximum(c * KV_CHUNK, tile_lo)
+    end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
+    open_stop = tl.minimum(tl.maximum(start + (open_end - start) // BLOCK_N * BLOCK_N, start), end)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    for n0 in range(start, open_stop, BLOCK_N):
+        m, den, acc = _tile_step(
+            m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
+        )  # fmt: skip
+    for n0 in range(open_stop, end, BLOCK_N):
+        m, den, acc = _tile_step(
+            m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
+        )  # fmt: skip
     return m, den, acc
 
 
@@ -172,7 +219,9 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(tile slots, kv heads[, chunk programs])``; see the module docstring."""
-    slot = tl.program_id(0)
+    # Last tile slot first: a causal sequence's later tiles see the most keys, and starting them
+    # first keeps the short ones for the end of the grid (order only; no bit depends on it).
+    slot = tl.num_programs(0) - 1 - tl.program_id(0)
     kvh = tl.program_id(1)
     seq = _find_seq(q_start_ptr, slot, num_seqs, BLOCK_Q, True)
     q_beg = tl.load(q_start_ptr + seq)
@@ -184,6 +233,13 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     # The keys any row of this tile sees: [lo, hi].
     hi = kv_len - q_len + tl.minimum(q0 + BLOCK_Q, q_len) - 1 if CAUSAL else kv_len - 1
     lo = tl.maximum(kv_len - q_len + q0 - window + 1, 0) if HAS_WINDOW else 0
+    # Keys below open_end are visible to every valid row of the tile (window: none promised).
+    if HAS_WINDOW:
+        open_end = 0
+    elif CAUSAL:
+        open_end = tl.minimum(kv_len, kv_len - q_len + q0 + 1)
+    else:
+        open_end = kv_len
     if SPLIT:
         # This program's chunks: c_first, c_first + step, ... up to c_end (buffer bound included).
         step = tl.num_programs(2)
@@ -223,7 +279,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
         pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + offs_d[None, :]
         for c in range(c_first, c_end, step):
             m, den, acc = _chunk_partial(
-                q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+                q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
                 k_head, v_head, bt_ptr, stride_bt, block_size,
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 offs_d, d_ok, qk_scale,
@@ -239,7 +295,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
         A = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
         for c in range(lo // KV_CHUNK, hi // KV_CHUNK + 1):
             m, den, acc = _chunk_partial(
-                q, pos, lo_row, c, tile_lo, hi, seq, kv_len, kv_base,
+                q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
                 k_head, v_head, bt_ptr, stride_bt, block_size,
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 offs_d, d_ok, qk_scale,

@@ -26,7 +26,7 @@ import torch
 
 from .. import _platform
 from ._kernels import _attn_kernel, _combine_kernel
-from .config import AttnConfig, attention_config, cdiv
+from .config import PREFILL_QUERIES_PER_SEQ, AttnConfig, cdiv, launch_config
 
 logger = logging.getLogger("bi_triton_ascend.attention")
 
@@ -135,7 +135,10 @@ def launch(
     num_seqs = seq_lens.shape[0]
     device = query.device
     interp = _platform.interpreting()
-    cfg = config or attention_config(head_size, query.dtype, group, interp)
+    prefill = total_q >= PREFILL_QUERIES_PER_SEQ * num_seqs
+    cfg = config or launch_config(
+        head_size, query.dtype, group, interp, prefill=prefill, paged=paged
+    )
     chunk = cfg.kv_chunk if kv_chunk is None else kv_chunk
     if chunk < cfg.block_n or chunk % cfg.block_n:
         raise ValueError(f"kv_chunk must be a multiple of {cfg.block_n}; got {chunk}")

@@ -15,13 +15,20 @@ sequence this call computes. So a query at position ``p`` walks ``[0, p]`` (or i
 same tiles and chunks whether it is decoded alone, decoded in a batch of 64, prefilled in one
 call or in chunks, or scored by the trainer's packed varlen call.
 
-``block_m`` (query rows per program) is fixed per ``(head size, dtype, GQA group, device
-family)`` too: decode and prefill run the same kernel with the same tile shapes, so the same
-``tl.dot`` instructions build every score.
+``block_m`` (query rows per program) and the warps are *not* part of the chain on GPUs, within
+one family of tiles: with 16-bit operands and heads up to 128, tiles of 64 or 128 rows on 4 or
+8 warps build every row from the same Hopper matrix instructions (64-row warpgroup slices, the
+same ``BLOCK_N`` and ``k``-steps over the head) and the same per-row reductions, so they give the
+same bits (measured on every case of ``bench/tune_attention.py`` and checked by
+``test_attn_cuda.py::test_tile_family_gives_the_same_bits``; 16- and 32-row tiles use other
+instructions and do not). So a launch may take the tiles that suit it: :func:`launch_config`
+gives decode-like launches 64 rows on 4 warps and prefill-like ones 128 rows on 8. In Triton's
+CPU interpreter and for other operand sizes there is one tile shape for every caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -38,6 +45,12 @@ GPU_KV_CHUNK = 256
 INTERP_KV_CHUNK = 32
 INTERP_BLOCK_N = 16
 MIN_DOT = 16  # smallest tl.dot extent
+# Launches with at least this many queries per sequence on average take the prefill tiles.
+PREFILL_QUERIES_PER_SEQ = 16
+# Query rows of the prefill tiles (two 64-row warpgroups).
+PREFILL_BLOCK_M = 128
+# Largest padded head size of the tile family (a [128, head] fp32 accumulator on 8 warps).
+FAMILY_MAX_HEAD = 128
 
 
 def next_pow2(n: int) -> int:
@@ -110,10 +123,11 @@ def attention_config(
         # fp32 operands take the exact FMA dot (no tensor cores): small tiles keep it in registers.
         block_n, base_m, num_warps = 16, 16, 4
     else:
-        # Sized on sm90 (ptxas: no spills): 64 x 64 tiles, 8 warps from head 128, and half the key
-        # tile for head 256 so that the [64, head] accumulators stay in registers.
-        block_n = 64 if head_pad <= 128 else 32
-        base_m, num_warps = 64, (4 if head_pad <= 64 else 8)
+        # Sized on sm90 (ptxas: no spills): 64 x 64 tiles on 4 warps up to head 128 (decode
+        # 1.3-1.6x faster than on 8 warps on an H200, same bits); head 256 takes half the key tile
+        # and 8 warps so that the [64, head] accumulators stay in registers.
+        block_n = 64 if head_pad <= FAMILY_MAX_HEAD else 32
+        base_m, num_warps = 64, (4 if head_pad <= FAMILY_MAX_HEAD else 8)
     block_m = max(base_m, group_pad)
     return AttnConfig(
         kv_chunk=kv_chunk_size(head_size, dtype, interpreter),
@@ -124,3 +138,41 @@ def attention_config(
         num_warps=num_warps,
         num_stages=2,
     )
+
+
+def has_tile_family(head_size: int, dtype: torch.dtype, interpreter: bool) -> bool:
+    """Whether launches may pick among same-bits tiles (see the module docstring)."""
+    head_pad = max(MIN_DOT, next_pow2(head_size))
+    return (
+        not interpreter
+        and dtype in (torch.bfloat16, torch.float16)
+        and (head_pad <= FAMILY_MAX_HEAD)
+    )
+
+
+@functools.cache
+def launch_config(
+    head_size: int, dtype: torch.dtype, group: int, interpreter: bool, *, prefill: bool,
+    paged: bool,
+) -> AttnConfig:  # fmt: skip
+    """The tiles of one launch: :func:`attention_config`'s, or the prefill tiles of its family.
+
+    Prefill tiles (128 rows, 8 warps) ran 1.2-1.3x faster than the 64-row tiles on 4 warps on
+    long causal prefills (H200, ``bench/tune_attention.py``), which in turn run decode fastest.
+    Packed keys pipeline three stages deep; paged keys (a gather through the block table) two.
+
+    Args:
+        head_size: the head dimension.
+        dtype: the query/cache dtype.
+        group: query heads per KV head.
+        interpreter: whether Triton's CPU interpreter runs the kernels.
+        prefill: whether the launch has many queries per sequence.
+        paged: whether the keys come from a paged cache.
+    """
+    cfg = attention_config(head_size, dtype, group, interpreter)
+    if not prefill or not has_tile_family(head_size, dtype, interpreter):
+        return cfg
+    return dataclasses.replace(
+        cfg, block_m=max(PREFILL_BLOCK_M, cfg.group_pad), num_warps=8,
+        num_stages=2 if paged else 3,
+    )  # fmt: skip

@@ -1,0 +1,170 @@
+"""Sweep the attention's tiles (query rows, warps, stages) and check which ones keep the bits.
+
+The chain of a query row (``kv_chunk``, ``block_n``) is fixed, but ``block_m``, ``num_warps``
+and ``num_stages`` may still change the bits on a GPU: the row sums run over a layout that
+follows the warps, and the matrix instruction follows the tile. So every candidate is timed
+*and* compared bitwise (fp32 output) with the tiles the launcher picks on every case
+(``config.launch_config``: 64 rows on 4 warps for decode, 128 rows on 8 for prefill); a
+candidate is usable for a launch only where it gives those bits on all of them.
+``ratio_vs_default`` is the launcher's time over the candidate's.
+
+Cases (Qwen3-8B heads: 32 query, 8 KV, head 128, bf16):
+
+* packed causal prefill (the trainer, vLLM's first chunk): 4 x 4096 and 1 x 16384 tokens;
+* a paged prefill chunk of 4096 queries over 16384 keys (chunked prefill at long context);
+* paged decode: batch 1 at 32768, batch 8 at 8192, batch 64 at 1024.
+
+``sdpa`` (PyTorch's flash attention on contiguous K/V, batch-variant) is timed beside the
+packed prefill cases for scale.
+
+    python bench/tune_attention.py [--rep 40] [--cases prefill4x4k,decode1x32k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import _common
+import torch
+
+_common.add_src_paths()
+
+from bi_triton_ascend.attention import attention_config  # noqa: E402
+from bi_triton_ascend.attention._launch import launch  # noqa: E402
+from bi_triton_ascend.attention.config import AttnConfig  # noqa: E402
+
+HEADS, KV_HEADS, HEAD = 32, 8, 128
+GROUP = HEADS // KV_HEADS
+BLOCK = 16
+DT = torch.bfloat16
+SCALE = HEAD**-0.5
+# Candidates (block_m, num_warps, num_stages), each timed and compared with the launcher's bits.
+CANDIDATES = [(64, 8, 2), (64, 8, 3), (64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3),
+              (128, 4, 2), (32, 4, 2), (16, 4, 2)]  # fmt: skip
+
+
+@dataclasses.dataclass
+class Case:
+    """One attention call: its arguments, its FLOPs, and (packed prefill) an SDPA twin."""
+
+    name: str
+    kind: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    flop: float
+    sdpa: Callable[[], torch.Tensor] | None = None
+
+
+def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, device="cuda").to(DT)
+
+
+def _packed_prefill(batch: int, length: int, gen: torch.Generator) -> Case:
+    total = batch * length
+    q, k, v = (
+        _rand(gen, total, HEADS, HEAD),
+        _rand(gen, total, KV_HEADS, HEAD),
+        _rand(gen, total, KV_HEADS, HEAD),
+    )
+    cu = torch.arange(0, total + 1, length, dtype=torch.int32, device="cuda")
+    qb = q.view(batch, length, HEADS, HEAD).transpose(1, 2)
+    kb = k.view(batch, length, KV_HEADS, HEAD).transpose(1, 2)
+    vb = v.view(batch, length, KV_HEADS, HEAD).transpose(1, 2)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return Case(
+        f"prefill{batch}x{length}", "prefill",
+        (q, k, v, None, cu[1:] - cu[:-1], cu, cu),
+        {"causal": True, "max_seq_len": length},
+        4.0 * batch * length * length / 2 * HEADS * HEAD,
+        lambda: sdpa(qb, kb, vb, is_causal=True, enable_gqa=True),
+    )  # fmt: skip
+
+
+def _paged(batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str) -> Case:
+    blocks = batch * ctx // BLOCK
+    kc, vc = _rand(gen, blocks, BLOCK, KV_HEADS, HEAD), _rand(gen, blocks, BLOCK, KV_HEADS, HEAD)
+    table = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
+    q = _rand(gen, batch * q_len, HEADS, HEAD)
+    starts = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32, device="cuda")
+    lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    # Each query sees the prefix plus the chunk up to itself.
+    pairs = batch * (q_len * (ctx - q_len) + q_len * q_len / 2)
+    return Case(
+        name, "decode" if q_len == 1 else "chunk",
+        (q, kc, vc, table.view(batch, ctx // BLOCK), lens, starts, None),
+        {"causal": True, "max_seq_len": ctx}, 4.0 * pairs * HEADS * HEAD,
+    )  # fmt: skip
+
+
+def _cases(names: set[str] | None) -> list[Case]:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    makers: dict[str, Callable[[], Case]] = {
+        "prefill4x4k": lambda: _packed_prefill(4, 4096, gen),
+        "prefill1x16k": lambda: _packed_prefill(1, 16384, gen),
+        "chunk4k@16k": lambda: _paged(1, 4096, 16384, gen, "chunk4k@16k"),
+        "decode1x32k": lambda: _paged(1, 1, 32768, gen, "decode1x32k"),
+        "decode8x8k": lambda: _paged(8, 1, 8192, gen, "decode8x8k"),
+        "decode64x1k": lambda: _paged(64, 1, 1024, gen, "decode64x1k"),
+    }
+    return [make() for name, make in makers.items() if names is None or name in names]
+
+
+def _run(case: Case, cfg: AttnConfig | None, out_dtype: torch.dtype | None = None) -> Any:
+    return lambda: launch(
+        *case.args, scale=SCALE, sliding_window=None, mode="auto", config=cfg,
+        out_dtype=out_dtype, **case.kwargs,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rep", type=int, default=40, help="do_bench rep time per point, ms")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_attention needs a CUDA device")
+    default = attention_config(HEAD, DT, GROUP, False)
+    print("default tiles:", default)
+    rows: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for case in _cases(set(args.cases.split(",")) if args.cases else None):
+        ref = _run(case, None, torch.float32)()
+        base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
+        lines: list[tuple[str, Callable[[], Any], bool | None]] = []
+        for bm, warps, stages in CANDIDATES:
+            cfg = dataclasses.replace(default, block_m=bm, num_warps=warps, num_stages=stages)
+            try:
+                same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
+            except Exception as exc:  # a tile that does not compile: report it, go on
+                print(f"{case.name} m{bm}w{warps}s{stages}: {type(exc).__name__}: {exc!s:.160}")
+                continue
+            if not same:
+                bad.append(f"{case.name} m{bm}w{warps}s{stages}")
+            lines.append((f"m{bm}w{warps}s{stages}", _run(case, cfg), same))
+        if case.sdpa is not None:
+            lines.append(("sdpa", case.sdpa, None))
+        for name, fn, same in lines:
+            reps = _common.time_ms(fn, rep_ms=args.rep)
+            ms = _common.median(reps)
+            rows.append({
+                "case": case.name, "kind": case.kind, "tiles": name, "ms": ms, "reps_ms": reps,
+                "tflops": case.flop / ms / 1e9, "ratio_vs_default": base / ms,
+                "same_bits_as_default": same,
+            })  # fmt: skip
+        torch.cuda.empty_cache()
+    _common.print_table(
+        rows, ["case", "tiles", "ms", "tflops", "ratio_vs_default", "same_bits_as_default"],
+        "attention tiles against the launcher's choice",
+    )  # fmt: skip
+    _common.write_json(
+        _common.out_dir() / "tune_attention.json", rows, bitwise_differences=bad,
+        default_tiles=dataclasses.asdict(default),
+    )  # fmt: skip
+    print("DIFFERENT BITS:", bad if bad else "none")
+
+
+if __name__ == "__main__":
+    main()
