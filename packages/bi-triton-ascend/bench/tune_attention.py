@@ -17,7 +17,13 @@ Cases (Qwen3-8B heads: 32 query, 8 KV, head 128, bf16):
 ``sdpa`` (PyTorch's flash attention on contiguous K/V, batch-variant) is timed beside the
 packed prefill cases for scale.
 
-    python bench/tune_attention.py [--rep 40] [--cases prefill4x4k,decode1x32k]
+``--split-sweep`` times the split launch's grid instead of the tiles on the decode cases (how
+many chunk programs per query tile and KV head: ``SPLIT_PROGRAMS_PER_UNIT`` per compute unit
+in all, at least ``SPLIT_MIN_CHUNK_PROGRAMS``; a program walks chunks ``c, c + P, ...``). The
+grid changes no bit by construction; the sweep checks that too. ``decode1x32k@40k`` sizes the
+grid from a 40960-token bound, as vLLM's CUDA graphs do (the model's max length).
+
+    python bench/tune_attention.py [--rep 40] [--cases prefill4x4k,decode1x32k] [--split-sweep]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 _common.add_src_paths()
 
-from bi_triton_ascend.attention import attention_config  # noqa: E402
+from bi_triton_ascend.attention import _launch, attention_config  # noqa: E402
 from bi_triton_ascend.attention._launch import launch  # noqa: E402
 from bi_triton_ascend.attention.config import AttnConfig  # noqa: E402
 
@@ -44,6 +50,8 @@ SCALE = HEAD**-0.5
 # Candidates (block_m, num_warps, num_stages), each timed and compared with the launcher's bits.
 CANDIDATES = [(64, 8, 2), (64, 8, 3), (64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3),
               (128, 4, 2), (32, 4, 2), (16, 4, 2)]  # fmt: skip
+# Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
+SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
 
 
 @dataclasses.dataclass
@@ -83,7 +91,9 @@ def _packed_prefill(batch: int, length: int, gen: torch.Generator) -> Case:
     )  # fmt: skip
 
 
-def _paged(batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str) -> Case:
+def _paged(
+    batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str, bound: int = 0
+) -> Case:
     blocks = batch * ctx // BLOCK
     kc, vc = _rand(gen, blocks, BLOCK, KV_HEADS, HEAD), _rand(gen, blocks, BLOCK, KV_HEADS, HEAD)
     table = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
@@ -95,7 +105,7 @@ def _paged(batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str) ->
     return Case(
         name, "decode" if q_len == 1 else "chunk",
         (q, kc, vc, table.view(batch, ctx // BLOCK), lens, starts, None),
-        {"causal": True, "max_seq_len": ctx}, 4.0 * pairs * HEADS * HEAD,
+        {"causal": True, "max_seq_len": bound or ctx}, 4.0 * pairs * HEADS * HEAD,
     )  # fmt: skip
 
 
@@ -106,6 +116,7 @@ def _cases(names: set[str] | None) -> list[Case]:
         "prefill1x16k": lambda: _packed_prefill(1, 16384, gen),
         "chunk4k@16k": lambda: _paged(1, 4096, 16384, gen, "chunk4k@16k"),
         "decode1x32k": lambda: _paged(1, 1, 32768, gen, "decode1x32k"),
+        "decode1x32k@40k": lambda: _paged(1, 1, 32768, gen, "decode1x32k@40k", bound=40960),
         "decode8x8k": lambda: _paged(8, 1, 8192, gen, "decode8x8k"),
         "decode64x1k": lambda: _paged(64, 1, 1024, gen, "decode64x1k"),
     }
@@ -119,10 +130,56 @@ def _run(case: Case, cfg: AttnConfig | None, out_dtype: torch.dtype | None = Non
     )  # fmt: skip
 
 
+def _with_grid(fn: Callable[[], Any], per_unit: int, least: int) -> Callable[[], Any]:
+    """``fn`` with the split launch's grid knobs set for the call (module constants)."""
+
+    def run() -> Any:
+        saved = _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS
+        _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS = per_unit, least
+        try:
+            return fn()
+        finally:
+            _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS = saved
+
+    return run
+
+
+def _candidates(
+    case: Case, ref: torch.Tensor, split_sweep: bool, bad: list[str]
+) -> list[tuple[str, Callable[[], Any], bool | None]]:
+    """Named callables to time, each with whether its fp32 output equals ``ref``."""
+    lines: list[tuple[str, Callable[[], Any], bool | None]] = []
+    if split_sweep:
+        for per_unit, least in SPLIT_GRIDS:
+            name = f"grid u{per_unit} least{least}"
+            same = bool(
+                torch.equal(_with_grid(_run(case, None, torch.float32), per_unit, least)(), ref)
+            )
+            if not same:
+                bad.append(f"{case.name} {name}")
+            lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
+        return lines
+    default = attention_config(HEAD, DT, GROUP, False)
+    for bm, warps, stages in CANDIDATES:
+        cfg = dataclasses.replace(default, block_m=bm, num_warps=warps, num_stages=stages)
+        try:
+            same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
+        except Exception as exc:  # a tile that does not compile: report it, go on
+            print(f"{case.name} m{bm}w{warps}s{stages}: {type(exc).__name__}: {exc!s:.160}")
+            continue
+        if not same:
+            bad.append(f"{case.name} m{bm}w{warps}s{stages}")
+        lines.append((f"m{bm}w{warps}s{stages}", _run(case, cfg), same))
+    if case.sdpa is not None:
+        lines.append(("sdpa", case.sdpa, None))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rep", type=int, default=40, help="do_bench rep time per point, ms")
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
+    parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
@@ -131,22 +188,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     bad: list[str] = []
     for case in _cases(set(args.cases.split(",")) if args.cases else None):
+        if args.split_sweep and case.kind != "decode":
+            continue
         ref = _run(case, None, torch.float32)()
         base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
-        lines: list[tuple[str, Callable[[], Any], bool | None]] = []
-        for bm, warps, stages in CANDIDATES:
-            cfg = dataclasses.replace(default, block_m=bm, num_warps=warps, num_stages=stages)
-            try:
-                same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
-            except Exception as exc:  # a tile that does not compile: report it, go on
-                print(f"{case.name} m{bm}w{warps}s{stages}: {type(exc).__name__}: {exc!s:.160}")
-                continue
-            if not same:
-                bad.append(f"{case.name} m{bm}w{warps}s{stages}")
-            lines.append((f"m{bm}w{warps}s{stages}", _run(case, cfg), same))
-        if case.sdpa is not None:
-            lines.append(("sdpa", case.sdpa, None))
-        for name, fn, same in lines:
+        for name, fn, same in _candidates(case, ref, args.split_sweep, bad):
             reps = _common.time_ms(fn, rep_ms=args.rep)
             ms = _common.median(reps)
             rows.append({
@@ -159,8 +205,9 @@ def main() -> None:
         rows, ["case", "tiles", "ms", "tflops", "ratio_vs_default", "same_bits_as_default"],
         "attention tiles against the launcher's choice",
     )  # fmt: skip
+    name = "tune_attention_split.json" if args.split_sweep else "tune_attention.json"
     _common.write_json(
-        _common.out_dir() / "tune_attention.json", rows, bitwise_differences=bad,
+        _common.out_dir() / name, rows, bitwise_differences=bad,
         default_tiles=dataclasses.asdict(default),
     )  # fmt: skip
     print("DIFFERENT BITS:", bad if bad else "none")
