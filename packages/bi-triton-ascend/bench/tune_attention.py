@@ -180,7 +180,12 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=40, help="do_bench rep time per point, ms")
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
+    parser.add_argument(
+        "--tiles", default="", help="candidates as ROWSxWARPSxSTAGES,... (default all)"
+    )
     args = parser.parse_args()
+    if args.tiles:
+        CANDIDATES[:] = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
     default = attention_config(HEAD, DT, GROUP, False)
