@@ -126,8 +126,8 @@ def attention_config(
         # Sized on sm90 (ptxas: no spills): 64 x 64 tiles on 4 warps up to head 128 (decode
         # 1.3-1.6x faster than on 8 warps on an H200, same bits); head 256 takes half the key tile
         # and 8 warps so that the [64, head] accumulators stay in registers.
-        block_n = 64 if head_pad <= FAMILY_MAX_HEAD else 32
-        base_m, num_warps = 64, (4 if head_pad <= FAMILY_MAX_HEAD else 8)
+        block_n = 64 if head_pad <= 128 else 32  # part of the chain: never tie it to the family
+        base_m, num_warps = 64, (4 if head_pad <= 128 else 8)
     block_m = max(base_m, group_pad)
     return AttnConfig(
         kv_chunk=kv_chunk_size(head_size, dtype, interpreter),
