@@ -145,9 +145,19 @@ def _with_grid(fn: Callable[[], Any], per_unit: int, least: int) -> Callable[[],
 
 
 def _candidates(
-    case: Case, ref: torch.Tensor, split_sweep: bool, bad: list[str]
+    case: Case,
+    ref: torch.Tensor,
+    bad: list[str],
+    *,
+    base: AttnConfig,
+    tiles: list[tuple[int, ...]],
+    split_sweep: bool,
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
-    """Named callables to time, each with whether its fp32 output equals ``ref``."""
+    """Named callables to time, each with whether its fp32 output equals ``ref``.
+
+    ``tiles`` are ``(rows, warps, stages)`` applied to ``base``; with ``split_sweep`` the split
+    grids of :data:`SPLIT_GRIDS` instead.
+    """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
     if split_sweep:
         for per_unit, least in SPLIT_GRIDS:
@@ -159,9 +169,8 @@ def _candidates(
                 bad.append(f"{case.name} {name}")
             lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
         return lines
-    default = attention_config(HEAD, DT, GROUP, False)
-    for bm, warps, stages in CANDIDATES:
-        cfg = dataclasses.replace(default, block_m=bm, num_warps=warps, num_stages=stages)
+    for bm, warps, stages in tiles:
+        cfg = dataclasses.replace(base, block_m=bm, num_warps=warps, num_stages=stages)
         try:
             same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
         except Exception as exc:  # a tile that does not compile: report it, go on
@@ -184,8 +193,9 @@ def main() -> None:
         "--tiles", default="", help="candidates as ROWSxWARPSxSTAGES,... (default all)"
     )
     args = parser.parse_args()
+    tiles: list[tuple[int, ...]] = list(CANDIDATES)
     if args.tiles:
-        CANDIDATES[:] = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
+        tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
     default = attention_config(HEAD, DT, GROUP, False)
@@ -197,7 +207,8 @@ def main() -> None:
             continue
         ref = _run(case, None, torch.float32)()
         base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
-        for name, fn, same in _candidates(case, ref, args.split_sweep, bad):
+        lines = _candidates(case, ref, bad, base=default, tiles=tiles, split_sweep=args.split_sweep)
+        for name, fn, same in lines:
             reps = _common.time_ms(fn, rep_ms=args.rep)
             ms = _common.median(reps)
             rows.append({
