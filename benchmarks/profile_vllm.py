@@ -7,9 +7,11 @@ one warm-up, one ``generate`` of the chosen load runs under the profiler. Per mo
 keeps the ``--top`` kernels and ops by self device time (CPU time on a machine without a GPU,
 where the script runs as a check), their total and the wall time.
 
-Loads: ``prefill`` (``--prompts`` x ``--prompt-len`` tokens in, 1 out) or ``decode``
-(``--prompts`` x 16 in, ``--max-tokens`` out). Decode steps replayed from CUDA graphs show up
-as graph launches unless ``--enforce-eager`` is given.
+Loads: ``prefill`` (``--prompts`` x ``--prompt-len`` tokens in, 1 out, default 2048) or
+``decode`` (``--prompts`` x ``--prompt-len`` in, default 16, ``--max-tokens`` out). Greedy by
+default; ``--temperature 1 --logprobs 0`` samples and returns the sampled tokens' logprobs, as an
+RL rollout does. Decode steps replayed from CUDA graphs are profiled kernel by kernel; their
+host-side ops are not (use ``--enforce-eager`` to see those).
 
 Writes ``profile_vllm.json`` under ``--out`` (default ``$OUT`` or ``benchmarks/results``):
 ``device``, ``versions``, ``date``, ``results``. Each row is one (mode, kernel) with
@@ -74,7 +76,10 @@ def child_main(config_path: Path, out_path: Path) -> int:
     load = serving.Load(**cfg["load"])
     prompts = [TokensPrompt(prompt_token_ids=p)
                for p in serving.random_prompts(load, cfg["vocab_size"], 0)]  # fmt: skip
-    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=load.max_tokens)
+    params = SamplingParams(
+        temperature=cfg.get("temperature", 0.0), seed=0, logprobs=cfg.get("logprobs"),
+        ignore_eos=True, max_tokens=load.max_tokens,
+    )  # fmt: skip
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
@@ -123,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny width for CPU checks")
     p.add_argument("--load", choices=("prefill", "decode"), default="prefill")
     p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--prompt-len", type=int, default=2048)
+    p.add_argument("--prompt-len", type=int, help="tokens per prompt (prefill 2048, decode 16)")
     p.add_argument("--max-tokens", type=int, default=64, help="decode load's output tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--logprobs", type=int, help="logprobs per step (0: the sampled token's)")
     p.add_argument("--modes", default="default,plugin")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--enforce-eager", action="store_true")
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
         p.error(f"--modes: expected some of {', '.join(MODES)}; got {args.modes!r}")
+    if args.prompt_len is None:
+        args.prompt_len = 2048 if args.load == "prefill" else 16
     if min(args.prompts, args.prompt_len, args.max_tokens, args.top) < 1:
         p.error("--prompts, --prompt-len, --max-tokens and --top must be >= 1")
     layers = args.layers or (
@@ -151,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.load == "prefill":
         load = serving.Load("prefill", args.prompts, args.prompt_len, 1, serving.UNIT_TOTAL_TPS)
     else:
-        load = serving.Load("decode", args.prompts, 16, args.max_tokens, serving.UNIT_GEN_TPS)
+        load = serving.Load(
+            "decode", args.prompts, args.prompt_len, args.max_tokens, serving.UNIT_GEN_TPS
+        )
     engine = {"max_model_len": max(load.tokens_needed, 256), "gpu_memory_utilization": 0.85,
               "enforce_eager": args.enforce_eager or None}  # fmt: skip
     out_dir = args.out or _report.out_dir(HERE / "results")
@@ -162,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     default_total = None
     for mode in modes:
         cfg = {"model": str(model), "mode": mode, "load": serving.asdict(load),
-               "vocab_size": vocab, "engine": engine, "top": args.top}  # fmt: skip
+               "vocab_size": vocab, "engine": engine, "top": args.top,
+               "temperature": args.temperature, "logprobs": args.logprobs}  # fmt: skip
         env = {**mode_env(mode), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         log = out_dir / "profile_vllm_logs" / f"{args.shape}-{args.load}-{mode}.log"
         data, error = serving.run_child(
@@ -185,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         _report.print_table(top, ["kernel", "calls", "value", "share"], f"{mode}: top kernels")
     _report.write_results(out_dir / "profile_vllm.json", head, rows,
                           load=serving.asdict(load), shape=args.shape, layers=layers,
-                          engine=engine, failures=failures)  # fmt: skip
+                          engine=engine, failures=failures,
+                          sampling={"temperature": args.temperature, "logprobs": args.logprobs,
+                                    "seed": 0})  # fmt: skip
     return 1 if failures else 0
 
 

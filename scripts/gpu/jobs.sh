@@ -141,3 +141,31 @@ job_longcmp() {
   VLLM_BI_ATTENTION=1 "${bench[@]}" --modes plugin --variant attention --timeout 300
   "${bench[@]}" --modes default --timeout 220
 }
+
+# vLLM. #13: where the RL rollout's time goes: the RL check's model (0.6B width, 4 layers), 256
+# prompts x 512 tokens, sampled at temperature 1 with the sampled tokens' logprobs; default vLLM
+# against the plugin with the kit attention (VLLM_BI_ATTENTION=1; default mode ignores it).
+job_rollprof() {
+  VLLM_BI_ATTENTION=1 python3 benchmarks/profile_vllm.py --shape 0.6b --layers 4 --load decode \
+    --prompts 256 --prompt-len 512 --max-tokens 64 --temperature 1 --logprobs 0 --top 40 \
+    --model-dir /tmp/models-rollprof --timeout 240 --out "$JOB_DIR"
+}
+
+# #4: the GEMM tile sweep at M = 256 (the H100 point a per-device table still needs).
+job_tunegemm256() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_gemm.py --ms 256
+}
+
+# #12: whether 256-row prefill tiles are faster than the 128-row ones and keep the bits.
+job_tuneattn256() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py \
+    --cases prefill4x4k,prefill1x16k,chunk4k@16k --tiles 128x8x3,256x16x3,256x8x2
+}
+
+# #4, #13: the host cost per call of each op path (torch, kernel, select, ir_op, graph).
+job_hostcost() {
+  python3 benchmarks/host_cost.py --out "$JOB_DIR"
+}
+
+# vLLM. #10, #5: the 8B needle with an FP8 model alone (the per-M CUTLASS tiles inside vLLM).
+job_e2e8fp8() { e2e_for 8b --cases fp8 --engine '{"kv_cache_memory_bytes": 2147483648}'; }

@@ -137,8 +137,9 @@ def tiles_for(
 ) -> Tiles:
     """Tiles for one call; free to depend on M, N and the device (the chain does not).
 
-    The CUDA table was measured on an H100 (``bench/tune_gemm.py``, bf16, Qwen3 shapes);
-    every candidate gave the same bits per shape. Other devices get the same table untuned.
+    The CUDA table was measured on an H100 (``bench/tune_gemm.py``, bf16, Qwen3 shapes), the
+    M = 256 band on an H100 and an H200; every candidate gave the same bits per shape on both.
+    Other devices get the same table untuned.
 
     Args:
         arch: ``interp``, ``sm90``, ``cuda`` or ``npu`` (from ``_platform.arch``).
@@ -180,6 +181,13 @@ def tiles_for(
         if wide:
             return Tiles(False, 128, 256, 8, 3, flatten=flat)
         return Tiles(True, 64, 16, 4, 6) if narrow else Tiles(True, 64, 32, 4, 5)
+    if m <= 320:
+        # Around a 256-sequence decode batch: these three won at M = 256 on 7 of the 8 Qwen3
+        # shapes on both an H100 and an H200 (tune_gemm_256_h100.json, tune_gemm_h200.json).
+        return _fewest_waste(m, n, programs, [
+            Tiles(False, 128, 128, 4, 4, flatten=flat), Tiles(False, 64, 128, 4, 4, flatten=flat),
+            Tiles(True, 64, 32, 4, 5),
+        ])  # fmt: skip
     if m <= 768:
         return _fewest_waste(m, n, programs, [
             Tiles(False, 128, 256, 8, 3, flatten=flat), Tiles(False, 128, 128, 4, 4, flatten=flat),
