@@ -169,3 +169,24 @@ job_hostcost() {
 
 # vLLM. #10, #5: the 8B needle with an FP8 model alone (the per-M CUTLASS tiles inside vLLM).
 job_e2e8fp8() { e2e_for 8b --cases fp8 --engine '{"kv_cache_memory_bytes": 2147483648}'; }
+
+# #4, #10: the GEMM's CUDA tests (rows invariant across M = 1..8192, tile freedom) after a change
+# of the tile table.
+job_gemmcuda() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_gemm.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/gemm_cuda.junit.xml"
+}
+
+# vLLM. #10: the serving loads at the 8B width, default and plugin (one call).
+job_serve8() {
+  python3 benchmarks/vllm_serving.py --shape 8b --modes default,plugin --timeout 250 \
+    --model-dir /tmp/models-8b --out "$JOB_DIR/vllm_serving_8b.json"
+}
+
+# vLLM. #10: the 0.6B decode-heavy and single-stream loads, default and plugin (the M = 256 tiles).
+job_serve06dec() {
+  python3 benchmarks/vllm_serving.py --shape 0.6b --modes default,plugin --timeout 150 \
+    --loads decode-heavy,single-stream --model-dir /tmp/models-06 \
+    --out "$JOB_DIR/vllm_serving_0.6b.json"
+}
