@@ -18,8 +18,10 @@ from e2e_config import ENGINE_TIMEOUT_S
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_vllm.py"
 
 
-def test_tiny_prefill_profile_of_both_modes(tmp_path: Path) -> None:
-    args = ["--tiny", "--prompts", "2", "--prompt-len", "64", "--top", "8",
+def test_tiny_rollout_profile_of_both_modes(tmp_path: Path) -> None:
+    """The RL-rollout form of the decode load: sampled, with the sampled tokens' logprobs."""
+    args = ["--tiny", "--load", "decode", "--prompts", "2", "--prompt-len", "24",
+            "--max-tokens", "4", "--temperature", "1", "--logprobs", "0", "--top", "8",
             "--model-dir", str(tmp_path / "models"), "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args],
@@ -30,6 +32,8 @@ def test_tiny_prefill_profile_of_both_modes(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "profile_vllm.json").read_text())
     assert list(payload)[:3] == ["device", "versions", "date"]
     assert payload["failures"] == {}
+    assert payload["load"]["prompt_len"] == 24 and payload["load"]["max_tokens"] == 4
+    assert payload["sampling"] == {"temperature": 1.0, "logprobs": 0, "seed": 0}
     rows = payload["results"]
     totals = {r["mode"]: r for r in rows if r["kernel"] == "TOTAL"}
     assert set(totals) == {"default", "plugin"}
