@@ -39,6 +39,7 @@ import vllm_serving as serving  # noqa: E402  (shapes, model writing, engine set
 from vllm_bi_plugin.modes import MODES, mode_env, needs_register_in_child  # noqa: E402
 
 CHILD_PREFIX = "[profile] "
+SAMPLING_SEED = 0  # sampled loads (--temperature > 0) draw the same tokens in every mode
 
 
 def device_times(prof: Any, on_device: bool) -> tuple[list[dict[str, Any]], float]:
@@ -77,7 +78,7 @@ def child_main(config_path: Path, out_path: Path) -> int:
     prompts = [TokensPrompt(prompt_token_ids=p)
                for p in serving.random_prompts(load, cfg["vocab_size"], 0)]  # fmt: skip
     params = SamplingParams(
-        temperature=cfg.get("temperature", 0.0), seed=0, logprobs=cfg.get("logprobs"),
+        temperature=cfg.get("temperature", 0.0), seed=SAMPLING_SEED, logprobs=cfg.get("logprobs"),
         ignore_eos=True, max_tokens=load.max_tokens,
     )  # fmt: skip
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                           load=serving.asdict(load), shape=args.shape, layers=layers,
                           engine=engine, failures=failures,
                           sampling={"temperature": args.temperature, "logprobs": args.logprobs,
-                                    "seed": 0})  # fmt: skip
+                                    "seed": SAMPLING_SEED})  # fmt: skip
     return 1 if failures else 0
 
 
