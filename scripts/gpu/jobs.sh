@@ -201,3 +201,14 @@ job_attnprefetch() {
   python3 -m pytest packages/bi-triton-ascend/tests/attention -q -p no:cacheprovider -rs \
     --junitxml="$JOB_DIR/attn_prefetch_cuda.junit.xml"
 }
+
+# #13 (branch wip/softmax-dtype-free): the softmax kernels' bits do not depend on the input
+# dtype (CUDA tests), then the RL check with vLLM's token logprobs read from bf16 logits (no fp32
+# copy) against a trainer that upcasts, then the rollout profile to measure the saved copy.
+job_softmaxdtype() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_softmax.py \
+    packages/bi-triton-ascend/tests/test_cuda.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/softmax_dtype_cuda.junit.xml"
+  RL_CHECK_DIR=/tmp/rl_check_c OUT=$JOB_DIR \
+    python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
+}
