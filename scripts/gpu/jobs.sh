@@ -83,8 +83,10 @@ e2e_for() {
   python3 tests-integration/gpu/e2e_vllm_gpu.py --shape "$1" --parallel 3 --gpus 0 \
     --out "$JOB_DIR/e2e_vllm_gpu_$1.json" --log-dir "$JOB_DIR/logs" "${@:2}"
 }
+# The 8B needle's engines run three to a GPU: each gets a fixed 2 GiB KV cache.
+E2E8_ENGINE='{"kv_cache_memory_bytes": 2147483648}'
 job_e2e06() { e2e_for 0.6b; }
-job_e2e8() { e2e_for 8b --engine '{"kv_cache_memory_bytes": 2147483648}'; }
+job_e2e8() { e2e_for 8b --engine "$E2E8_ENGINE"; }
 
 # vLLM. #10: vLLM's own batch-invariant mode on every load, beside the graphs jobs' columns.
 vllmbi_for() {
@@ -168,7 +170,7 @@ job_hostcost() {
 }
 
 # vLLM. #10, #5: the 8B needle with an FP8 model alone (the per-M CUTLASS tiles inside vLLM).
-job_e2e8fp8() { e2e_for 8b --cases fp8 --engine '{"kv_cache_memory_bytes": 2147483648}'; }
+job_e2e8fp8() { e2e_for 8b --cases fp8 --engine "$E2E8_ENGINE"; }
 
 # #4, #10: the GEMM's CUDA tests (rows invariant across M = 1..8192, tile freedom) after a change
 # of the tile table.
