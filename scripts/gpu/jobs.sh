@@ -192,3 +192,25 @@ job_serve06dec() {
     --loads decode-heavy,single-stream --model-dir /tmp/models-06 \
     --out "$JOB_DIR/vllm_serving_0.6b.json"
 }
+
+# #12, #13 (branch wip/attn-table-prefetch): the block-table prefetch of paged keys, timed beside
+# the launcher's tiles on the paged cases (same bits by construction; the sweep and the test
+# check it), then the attention suite on CUDA with the branch's kernels.
+job_attnprefetch() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --cases chunk4k@16k,decode1x32k,decode8x8k,decode64x1k \
+    --tiles 64x4x2,64x4x2p,64x4x3,64x4x3p,128x8x2,128x8x2p
+  python3 -m pytest packages/bi-triton-ascend/tests/attention -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/attn_prefetch_cuda.junit.xml"
+}
+
+# #13 (branch wip/softmax-dtype-free): the softmax kernels' bits do not depend on the input
+# dtype (CUDA tests), then the RL check with vLLM's token logprobs read from bf16 logits (no fp32
+# copy) against a trainer that upcasts, then the rollout profile to measure the saved copy.
+job_softmaxdtype() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_softmax.py \
+    packages/bi-triton-ascend/tests/test_cuda.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/softmax_dtype_cuda.junit.xml"
+  RL_CHECK_DIR=/tmp/rl_check_c OUT=$JOB_DIR \
+    python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
+}

@@ -47,9 +47,14 @@ GROUP = HEADS // KV_HEADS
 BLOCK = 16
 DT = torch.bfloat16
 SCALE = HEAD**-0.5
-# Candidates (block_m, num_warps, num_stages), each timed and compared with the launcher's bits.
-CANDIDATES = [(64, 8, 2), (64, 8, 3), (64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3),
-              (128, 4, 2), (32, 4, 2), (16, 4, 2)]  # fmt: skip
+# A candidate: (block_m, num_warps, num_stages, prefetch_table).
+Tile = tuple[int, int, int, bool]
+# Candidates, each timed and compared with the launcher's bits.
+CANDIDATES: list[Tile] = [
+    (64, 8, 2, False), (64, 8, 3, False), (64, 4, 2, False), (64, 4, 3, False),
+    (128, 8, 2, False), (128, 8, 3, False), (128, 4, 2, False), (32, 4, 2, False),
+    (16, 4, 2, False),
+]  # fmt: skip
 # Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
 SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
 
@@ -150,13 +155,13 @@ def _candidates(
     bad: list[str],
     *,
     base: AttnConfig,
-    tiles: list[tuple[int, ...]],
+    tiles: list[Tile],
     split_sweep: bool,
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
     """Named callables to time, each with whether its fp32 output equals ``ref``.
 
-    ``tiles`` are ``(rows, warps, stages)`` applied to ``base``; with ``split_sweep`` the split
-    grids of :data:`SPLIT_GRIDS` instead.
+    ``tiles`` are ``(rows, warps, stages, prefetch_table)`` applied to ``base``; with
+    ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead.
     """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
     if split_sweep:
@@ -169,19 +174,29 @@ def _candidates(
                 bad.append(f"{case.name} {name}")
             lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
         return lines
-    for bm, warps, stages in tiles:
-        cfg = dataclasses.replace(base, block_m=bm, num_warps=warps, num_stages=stages)
+    for bm, warps, stages, prefetch in tiles:
+        cfg = dataclasses.replace(
+            base, block_m=bm, num_warps=warps, num_stages=stages, prefetch_table=prefetch
+        )
+        name = f"m{bm}w{warps}s{stages}{'p' if prefetch else ''}"
         try:
             same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
         except Exception as exc:  # a tile that does not compile: report it, go on
-            print(f"{case.name} m{bm}w{warps}s{stages}: {type(exc).__name__}: {exc!s:.160}")
+            print(f"{case.name} {name}: {type(exc).__name__}: {exc!s:.160}")
             continue
         if not same:
-            bad.append(f"{case.name} m{bm}w{warps}s{stages}")
-        lines.append((f"m{bm}w{warps}s{stages}", _run(case, cfg), same))
+            bad.append(f"{case.name} {name}")
+        lines.append((name, _run(case, cfg), same))
     if case.sdpa is not None:
         lines.append(("sdpa", case.sdpa, None))
     return lines
+
+
+def _parse_tile(text: str) -> Tile:
+    """``"64x4x2"`` or ``"64x4x2p"`` (block-table prefetch) as a :data:`Tile`."""
+    prefetch = text.endswith("p")
+    rows, warps, stages = (int(v) for v in text.removesuffix("p").split("x"))
+    return rows, warps, stages, prefetch
 
 
 def main() -> None:
@@ -190,12 +205,11 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
     parser.add_argument(
-        "--tiles", default="", help="candidates as ROWSxWARPSxSTAGES,... (default all)"
-    )
+        "--tiles", default="",
+        help="candidates as ROWSxWARPSxSTAGES[p],... (p: block-table prefetch; default all)",
+    )  # fmt: skip
     args = parser.parse_args()
-    tiles: list[tuple[int, ...]] = list(CANDIDATES)
-    if args.tiles:
-        tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
+    tiles = [_parse_tile(t) for t in args.tiles.split(",")] if args.tiles else list(CANDIDATES)
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
     default = attention_config(HEAD, DT, GROUP, False)

@@ -86,3 +86,20 @@ def test_empty_and_bad_inputs(device: torch.device) -> None:
         bta.softmax(torch.randn(2, 3, device=device), 2)
     with pytest.raises(TypeError, match="dtype must be None or one of"):
         bta.softmax(torch.randn(2, 3, device=device), -1, torch.float64)
+
+
+@pytest.mark.parametrize("length", [4000, 151936], ids=["one-pass", "vocabulary"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("ours", [bta.softmax, bta.log_softmax], ids=["softmax", "log_softmax"])
+def test_input_dtype_does_not_change_the_bits(
+    ours, half: torch.dtype, length: int, device: torch.device
+) -> None:
+    """A 16-bit row with ``dtype=fp32`` gives the bits of the same row upcast first.
+
+    vLLM's token logprobs pass bf16 logits (no fp32 copy) while a trainer may upcast them; both
+    must land on the same bits. On GPUs this holds because the load layout is pinned
+    (``softmax.VEC``): without the pin a bf16 row is read 8 elements per thread and an fp32 row
+    4, and the row sums run in different trees.
+    """
+    x = rand(3, length, dtype=half, device=device, scale=4.0)
+    assert torch.equal(ours(x, -1, torch.float32), ours(x.float(), -1, torch.float32))

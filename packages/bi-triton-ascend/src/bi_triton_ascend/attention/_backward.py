@@ -44,6 +44,32 @@ def _rows(base, rows, head, stride_t, stride_h, d, mask):  # type: ignore[no-unt
 
 
 @triton.jit
+def _seq_span(CU, seq):  # type: ignore[no-untyped-def]
+    """``(first token, length)`` of packed sequence ``seq``."""
+    beg = tl.load(CU + seq)
+    return beg, tl.load(CU + seq + 1) - beg
+
+
+@triton.jit
+def _with_head_dim(ok, d, HEAD: tl.constexpr):  # type: ignore[no-untyped-def]
+    """``[n, BLOCK_D]`` mask: the valid entries of ``ok`` times the head's real columns."""
+    return ok[:, None] & (d < HEAD)[None, :]
+
+
+@triton.jit
+def _causal(q_pos, k_pos, q_ok, k_ok):  # type: ignore[no-untyped-def]
+    """Which (query, key) pairs a causal query sees; arguments already broadcast to a tile."""
+    return (k_pos <= q_pos) & q_ok & k_ok
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, beg, rows, head, num_heads, row_ok):  # type: ignore[no-untyped-def]
+    """The stats kernel's ``(lse, delta)`` of ``rows`` of one head (zeros past the sequence)."""
+    at = (beg + rows) * num_heads + head
+    return tl.load(LSE + at, mask=row_ok, other=0.0), tl.load(DELTA + at, mask=row_ok, other=0.0)
+
+
+@triton.jit
 def _stats_kernel(  # type: ignore[no-untyped-def]
     Q, K, OUT, DO, CU, LSE, DELTA,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_ot, stride_oh, stride_dt, stride_dh,
@@ -55,22 +81,22 @@ def _stats_kernel(  # type: ignore[no-untyped-def]
     tile = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
-    beg = tl.load(CU + seq)
-    length = tl.load(CU + seq + 1) - beg
+    beg, length = _seq_span(CU, seq)
     if tile * BLOCK_M < length:
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         d = tl.arange(0, BLOCK_D)
         row_ok = rows < length
-        mask_q = row_ok[:, None] & (d < HEAD)[None, :]
+        mask_q = _with_head_dim(row_ok, d, HEAD)
         q = _rows(Q, beg + rows, head, stride_qt, stride_qh, d, mask_q)
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         den = tl.zeros([BLOCK_M], tl.float32)
         for start in range(0, tl.minimum(length, (tile + 1) * BLOCK_M), BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            mask_k = (cols < length)[:, None] & (d < HEAD)[None, :]
-            k = _rows(K, beg + cols, head // GROUP, stride_kt, stride_kh, d, mask_k)
+            col_ok = cols < length
+            k = _rows(K, beg + cols, head // GROUP, stride_kt, stride_kh, d,
+                      _with_head_dim(col_ok, d, HEAD))  # fmt: skip
             s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
-            seen = (cols[None, :] <= rows[:, None]) & (cols < length)[None, :]
+            seen = _causal(rows[:, None], cols[None, :], row_ok[:, None], col_ok[None, :])
             s = tl.where(seen, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
@@ -98,13 +124,12 @@ def _dkdv_kernel(  # type: ignore[no-untyped-def]
     tile = tl.program_id(0)
     seq = tl.program_id(1)
     kv_head = tl.program_id(2)
-    beg = tl.load(CU + seq)
-    length = tl.load(CU + seq + 1) - beg
+    beg, length = _seq_span(CU, seq)
     if tile * BLOCK_N < length:
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         d = tl.arange(0, BLOCK_D)
         col_ok = cols < length
-        mask_k = col_ok[:, None] & (d < HEAD)[None, :]
+        mask_k = _with_head_dim(col_ok, d, HEAD)
         k = _rows(K, beg + cols, kv_head, stride_kt, stride_kh, d, mask_k)
         v = _rows(V, beg + cols, kv_head, stride_vt, stride_vh, d, mask_k)
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -115,14 +140,12 @@ def _dkdv_kernel(  # type: ignore[no-untyped-def]
             for start in range(first, length, BLOCK_M):
                 rows = start + tl.arange(0, BLOCK_M)
                 row_ok = rows < length
-                mask_q = row_ok[:, None] & (d < HEAD)[None, :]
+                mask_q = _with_head_dim(row_ok, d, HEAD)
                 q = _rows(Q, beg + rows, head, stride_qt, stride_qh, d, mask_q)
                 do = _rows(DO, beg + rows, head, stride_dt, stride_dh, d, mask_q)
-                at = (beg + rows) * num_heads + head
-                lse = tl.load(LSE + at, mask=row_ok, other=0.0)
-                delta = tl.load(DELTA + at, mask=row_ok, other=0.0)
+                lse, delta = _row_stats(LSE, DELTA, beg, rows, head, num_heads, row_ok)
                 s_t = _mm(k, tl.trans(q), UPCAST, PRECISION) * qk_scale  # [keys, queries]
-                seen = (cols[:, None] <= rows[None, :]) & row_ok[None, :] & col_ok[:, None]
+                seen = _causal(rows[None, :], cols[:, None], row_ok[None, :], col_ok[:, None])
                 p_t = tl.where(seen, tl.exp2(s_t - lse[None, :]), 0.0)
                 dv += _mm(p_t.to(do.dtype), do, UPCAST, PRECISION)
                 dp_t = _mm(v, tl.trans(do), UPCAST, PRECISION)
@@ -147,26 +170,24 @@ def _dq_kernel(  # type: ignore[no-untyped-def]
     tile = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
-    beg = tl.load(CU + seq)
-    length = tl.load(CU + seq + 1) - beg
+    beg, length = _seq_span(CU, seq)
     if tile * BLOCK_M < length:
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         d = tl.arange(0, BLOCK_D)
         row_ok = rows < length
-        mask_q = row_ok[:, None] & (d < HEAD)[None, :]
+        mask_q = _with_head_dim(row_ok, d, HEAD)
         q = _rows(Q, beg + rows, head, stride_qt, stride_qh, d, mask_q)
         do = _rows(DO, beg + rows, head, stride_dt, stride_dh, d, mask_q)
-        at = (beg + rows) * num_heads + head
-        lse = tl.load(LSE + at, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + at, mask=row_ok, other=0.0)
+        lse, delta = _row_stats(LSE, DELTA, beg, rows, head, num_heads, row_ok)
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(0, tl.minimum(length, (tile + 1) * BLOCK_M), BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            mask_k = (cols < length)[:, None] & (d < HEAD)[None, :]
+            col_ok = cols < length
+            mask_k = _with_head_dim(col_ok, d, HEAD)
             k = _rows(K, beg + cols, head // GROUP, stride_kt, stride_kh, d, mask_k)
             v = _rows(V, beg + cols, head // GROUP, stride_vt, stride_vh, d, mask_k)
             s = _mm(q, tl.trans(k), UPCAST, PRECISION) * qk_scale
-            seen = (cols[None, :] <= rows[:, None]) & (cols < length)[None, :] & row_ok[:, None]
+            seen = _causal(rows[:, None], cols[None, :], row_ok[:, None], col_ok[None, :])
             p = tl.where(seen, tl.exp2(s - lse[:, None]), 0.0)
             dp = _mm(do, tl.trans(v), UPCAST, PRECISION)
             ds = p * (dp - delta[:, None])

@@ -85,8 +85,8 @@ def _normalize(A, L):
 
 @triton.jit
 def _tile_step(  # type: ignore[no-untyped-def]
-    m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
-    k_head, v_head, bt_ptr, stride_bt, block_size,
+    m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
+    k_head, v_head, block_size,
     stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     offs_d, d_ok, qk_scale,
     MASKED: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -96,16 +96,12 @@ def _tile_step(  # type: ignore[no-untyped-def]
 
     Without ``MASKED`` the caller guarantees that every key of the tile exists and is visible
     to every valid row: the visibility ``where`` would select every score as it is, so leaving
-    it (and the load masks) out changes no bit, only the work.
+    it (and the load masks) out changes no bit, only the work. ``blk`` holds the paged cache's
+    block of each key (:func:`_block_ids`; unused for packed keys).
     """
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_ok = offs_n < kv_len
     if PAGED:
-        if MASKED:
-            blk = tl.load(bt_ptr + seq * stride_bt + offs_n // block_size, mask=n_ok, other=0)
-        else:
-            blk = tl.load(bt_ptr + seq * stride_bt + offs_n // block_size)
-        blk = blk.to(tl.int64)
         slot = (offs_n % block_size).to(tl.int64)
         k_off = blk * stride_kb + slot * stride_ks
         v_off = blk * stride_vb + slot * stride_vs
@@ -156,6 +152,17 @@ def _tile_step(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
+def _block_ids(  # type: ignore[no-untyped-def]
+    bt_ptr, seq, stride_bt, n0, block_size, kv_len, MASKED: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """The block-table entries of keys ``[n0, n0 + BLOCK_N)`` (0 past ``kv_len`` if masked)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    ptrs = bt_ptr + seq * stride_bt + offs_n // block_size
+    blk = tl.load(ptrs, mask=offs_n < kv_len, other=0) if MASKED else tl.load(ptrs)
+    return blk.to(tl.int64)
+
+
+@triton.jit
 def _chunk_partial(  # type: ignore[no-untyped-def]
     q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
     k_head, v_head, bt_ptr, stride_bt, block_size,
@@ -164,6 +171,7 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
     KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Online softmax over chunk ``c`` from scratch: ``(max, sum, acc)`` per row, fp32.
 
@@ -171,6 +179,10 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     start (or the tile's window start) to ``hi``, in increasing order. Tiles that end at or
     before ``open_end`` (keys every valid row of the program sees) skip the masking; the rest
     are masked. Same steps, same bits, either way.
+
+    ``PREFETCH`` (paged keys; experimental, speed only): each step loads the next tile's
+    block-table entries while the current tile's keys are in flight, so a key load never waits
+    for the table load of its own step.
     """
     start = tl.maximum(c * KV_CHUNK, tile_lo)
     end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
@@ -178,22 +190,42 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    if PAGED and PREFETCH:
+        blk = _block_ids(bt_ptr, seq, stride_bt, start, block_size, kv_len, True, BLOCK_N)
+    else:
+        blk = tl.zeros([BLOCK_N], dtype=tl.int64)
     for n0 in range(start, open_stop, BLOCK_N):
+        if PAGED:
+            if PREFETCH:
+                nxt = _block_ids(bt_ptr, seq, stride_bt, n0 + BLOCK_N, block_size, kv_len, True,
+                                 BLOCK_N)  # fmt: skip
+            else:
+                blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, False, BLOCK_N)
         m, den, acc = _tile_step(
-            m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
-            k_head, v_head, bt_ptr, stride_bt, block_size,
+            m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
+            k_head, v_head, block_size,
             stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             offs_d, d_ok, qk_scale,
             False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
         )  # fmt: skip
+        if PAGED and PREFETCH:
+            blk = nxt
     for n0 in range(open_stop, end, BLOCK_N):
+        if PAGED:
+            if PREFETCH:
+                nxt = _block_ids(bt_ptr, seq, stride_bt, n0 + BLOCK_N, block_size, kv_len, True,
+                                 BLOCK_N)  # fmt: skip
+            else:
+                blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, True, BLOCK_N)
         m, den, acc = _tile_step(
-            m, den, acc, q, pos, lo_row, n0, seq, kv_len, kv_base,
-            k_head, v_head, bt_ptr, stride_bt, block_size,
+            m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
+            k_head, v_head, block_size,
             stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             offs_d, d_ok, qk_scale,
             True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
         )  # fmt: skip
+        if PAGED and PREFETCH:
+            blk = nxt
     return m, den, acc
 
 
@@ -216,7 +248,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
     KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(tile slots, kv heads[, chunk programs])``; see the module docstring."""
     # Last tile slot first: a causal sequence's later tiles see the most keys, and starting them
@@ -284,7 +316,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 offs_d, d_ok, qk_scale,
                 PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
-                PRECISION,
+                PRECISION, PREFETCH,
             )  # fmt: skip
             tl.store(part_m_ptr + pm + c * stride_pc, m, mask=row_ok)
             tl.store(part_l_ptr + pm + c * stride_pc, den, mask=row_ok)
@@ -300,7 +332,7 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 offs_d, d_ok, qk_scale,
                 PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
-                PRECISION,
+                PRECISION, PREFETCH,
             )  # fmt: skip
             M, L, A = _merge(M, L, A, m, den, acc)
         out = _normalize(A, L)

@@ -223,6 +223,7 @@ def _tile_flags(cfg: AttnConfig, chunk: int, dtype: torch.dtype) -> dict[str, ob
         "HEAD_PAD": cfg.head_pad,
         "UPCAST": _platform.upcast_dot(),
         "PRECISION": _platform.dot_precision(dtype),
+        "PREFETCH": cfg.prefetch_table,
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
         # Same rounding in the fused fold and in the combine kernel: no FMA contraction.

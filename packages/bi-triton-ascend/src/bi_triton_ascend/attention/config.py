@@ -73,6 +73,8 @@ class AttnConfig:
         head_pad: head size rounded up to a power of two (at least 16).
         num_warps: warps per program.
         num_stages: software-pipelining depth of the key loop.
+        prefetch_table: paged keys load the next tile's block-table entries one step ahead
+            (experimental; speed only, same bits).
     """
 
     kv_chunk: int
@@ -82,6 +84,7 @@ class AttnConfig:
     head_pad: int
     num_warps: int
     num_stages: int
+    prefetch_table: bool = False
 
     @property
     def block_q(self) -> int:

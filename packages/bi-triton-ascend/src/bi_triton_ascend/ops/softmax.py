@@ -5,6 +5,13 @@
 Outputs are in the input dtype unless ``dtype`` asks for another (like torch).
 
 Batch-invariant: every reduction is confined to one row and shaped by the row length only.
+The input's dtype never changes the bits: every kernel reads its row in groups of
+:data:`VEC` elements per thread whatever the element size (``tl.max_contiguous`` pins the load
+layout that fp32 gets anyway), so the reductions run in the same tree for a bf16 row and for the
+same row upcast to fp32. A caller may therefore pass bf16 logits with ``dtype=torch.float32``
+instead of materializing ``logits.float()`` first, and get the bits of the upcast call (vLLM's
+token logprobs skip that copy; the trainer may keep it).
+
 Rows up to :data:`ONE_PASS_MAX` long are held by one program (one read, one write). Longer rows
 (vocabularies: 151936) are cut into fixed chunks of :data:`CHUNK` elements: a first kernel
 writes each chunk's max and sum of ``exp(x - max)``; a second combines a row's chunk statistics
@@ -23,6 +30,8 @@ from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
+# Elements per thread and load: fp32's 16-byte vector, imposed on every dtype.
+VEC = tl.constexpr(4)
 
 
 @triton.jit
@@ -32,7 +41,7 @@ def _softmax_row_kernel(
 ):  # fmt: skip
     """One row per program iteration, the whole row in registers."""
     pid = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
+    offs = tl.max_contiguous(tl.arange(0, BLOCK), VEC)
     mask = offs < L
     for row in range(pid, M, num_programs):
         row64 = tl.cast(row, tl.int64)
@@ -53,7 +62,7 @@ def _chunk_stats_kernel(
     """Grid ``(M, n_chunks)``: max and sum of ``exp(x - max)`` of one chunk of one row."""
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    offs = tl.max_contiguous(chunk * CHUNK + tl.arange(0, CHUNK), VEC)
     x = tl.load(
         x_ptr + tl.cast(row, tl.int64) * stride_xm + offs * stride_xl,
         mask=offs < L,
@@ -84,7 +93,7 @@ def _chunk_write_kernel(
     # A chunk whose max is -inf has sum 0 (or NaN from inf - inf); keep it out of the total.
     scaled = tl.where(ms == -float("inf"), 0.0, ss * tl.exp(ms - row_max))
     total = tl.sum(scaled, axis=0)
-    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    offs = tl.max_contiguous(chunk * CHUNK + tl.arange(0, CHUNK), VEC)
     mask = offs < L
     x = tl.load(x_ptr + row64 * stride_xm + offs * stride_xl, mask=mask, other=-float("inf"))
     shifted = x.to(ROUND_TO).to(tl.float32) - row_max
