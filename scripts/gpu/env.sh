@@ -5,8 +5,18 @@
 set -u
 GPU_PY=/tmp/gpu-py
 WHEELS=${GPU_WHEELS:-.gpu-wheels}
-if [ ! -d "$GPU_PY/pytest" ] && [ -d "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --target "$GPU_PY" "$WHEELS"/*.whl 2>&1 | grep -v WARNING || true
+# Each wheel once per machine, tracked by name: a later call may carry a folder with more wheels
+# than the first (the first calls carry .gpu-wheels-pytest beside a vLLM part, the last one
+# .gpu-wheels-min with nvidia-cutlass), and those must still be installed.
+MISSING=()
+for whl in "$WHEELS"/*.whl; do
+  [ -e "$whl" ] && [ ! -e "$GPU_PY/.installed/${whl##*/}" ] && MISSING+=("$whl")
+done
+if [ ${#MISSING[@]} -gt 0 ]; then
+  python3 -m pip install -q --no-index --no-deps --upgrade --target "$GPU_PY" "${MISSING[@]}" 2>&1 \
+    | grep -v WARNING || true
+  mkdir -p "$GPU_PY/.installed"
+  for whl in "${MISSING[@]}"; do touch "$GPU_PY/.installed/${whl##*/}"; done
 fi
 SRC=$(ls -d "$PWD"/packages/*/src | tr '\n' ':')
 export PYTHONPATH="$SRC$GPU_PY:/tmp/vllm-site:${PYTHONPATH:-}"

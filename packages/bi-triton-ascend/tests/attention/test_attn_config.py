@@ -24,6 +24,8 @@ def test_prefill_tiles_keep_the_chain_and_change_only_rows_and_warps(
     assert (decode.block_m, decode.num_warps) == (64, 4)
     assert (prefill.block_m, prefill.num_warps) == (PREFILL_BLOCK_M, 8)
     assert prefill.num_stages == (2 if paged else 3)
+    # Paged prefill loads the block table a tile ahead; decode and packed keys do not.
+    assert (prefill.prefetch_table, decode.prefetch_table) == (paged, False)
     # The chain (chunk, key tile) and the row packing stay; only rows, warps and stages move.
     same = ("kv_chunk", "block_n", "group_pad", "head_pad")
     assert [getattr(prefill, f) for f in same] == [getattr(decode, f) for f in same]
