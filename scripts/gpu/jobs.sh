@@ -96,6 +96,13 @@ vllmbi_for() {
 job_vllmbi06() { vllmbi_for 0.6b; }
 job_vllmbi8() { vllmbi_for 8b; }
 
+# vLLM. #10: the benchmark in one run at the 8B width: default, vLLM's own mode and the
+# plugin one after another on one GPU (about 7 minutes).
+job_serve8all() {
+  python3 benchmarks/vllm_serving.py --shape 8b --modes default,vllm-bi,plugin --timeout 230 \
+    --model-dir /tmp/models-8b --out "$JOB_DIR/vllm_serving_8b_three_modes.json"
+}
+
 # #5: the whole FP8 suite (invariance with the tile following M, accuracy, same bits), then the
 # benchmark with the per-M selection.
 job_fp8full() {
