@@ -71,11 +71,12 @@ kernels)
   ;;
 e2e)
   # Needle alone vs in batches, three modes, four cases (#10): one shape per GPU.
+  source scripts/gpu/jobs.sh  # E2E8_ENGINE: the 8B engines' setting, shared with job_e2e8
   gpu_job 0 560 e2e_06b python3 tests-integration/gpu/e2e_vllm_gpu.py --shape 0.6b \
     --parallel "$PAR" --gpus 0 --out "$OUT/e2e_vllm_gpu_0.6b.json" --log-dir "$WORK/06b"
   gpu_job "$GPU_B" 560 e2e_8b python3 tests-integration/gpu/e2e_vllm_gpu.py --shape 8b \
     --parallel "$PAR" --gpus "$GPU_B" --out "$OUT/e2e_vllm_gpu_8b.json" --log-dir "$WORK/8b" \
-    --engine '{"kv_cache_memory_bytes": 2147483648}'
+    --engine "$E2E8_ENGINE"
   after_jobs
   ;;
 bench)
