@@ -180,9 +180,9 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     before ``open_end`` (keys every valid row of the program sees) skip the masking; the rest
     are masked. Same steps, same bits, either way.
 
-    ``PREFETCH`` (paged keys; experimental, speed only): each step loads the next tile's
-    block-table entries while the current tile's keys are in flight, so a key load never waits
-    for the table load of its own step.
+    ``PREFETCH`` (paged keys; speed only): each step loads the next tile's block-table entries
+    while the current tile's keys are in flight, so a key load never waits for the table load of
+    its own step. Paged prefill launches use it (1.07x on an H100); decode gained nothing.
     """
     start = tl.maximum(c * KV_CHUNK, tile_lo)
     end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
