@@ -221,3 +221,14 @@ job_softmaxdtype() {
   RL_CHECK_DIR=/tmp/rl_check_c OUT=$JOB_DIR \
     python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
 }
+
+# #4, #10 (branch wip/gemm-split-order): the split kernel's tiles in grouped order (row tiles
+# first within a column block, so programs sharing weight columns run together) against the
+# old row-major order (g1), at the mid-M points of the GEMM benchmark; then the GEMM CUDA tests.
+job_gemmorder() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_gemm.py --ms 128,512 \
+    --split-groups 1,8 --tag _order
+  python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_gemm.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/gemm_order_cuda.junit.xml"
+}

@@ -197,6 +197,25 @@ def test_kernel_and_tiles_do_not_change_bits(dtype: torch.dtype, device: torch.d
         assert torch.equal(out, outs[0])
 
 
+@pytest.mark.parametrize("segmented", [True, False], ids=["segments", "one-segment"])
+def test_tile_order_covers_every_tile_and_keeps_bits(segmented: bool, device: torch.device) -> None:
+    # group_m only reorders the tiles (grouped: row tiles first within a column block). Odd
+    # tile counts (M = 50 -> 4 row tiles of 16, N = 70 or 37 -> 3 column tiles of 32, a partial
+    # last group) catch a mapping that skips or repeats a tile; a batch of 2 crosses batches.
+    n, k = (37, 250) if segmented else (70, 64)
+    a = rand(2, 50, k, dtype=torch.bfloat16, device=device)
+    b = rand(2, k, n, dtype=torch.bfloat16, device=device)
+    assert (chain_for(n, k, torch.bfloat16).num_segs > 1) == segmented
+    want = torch.bmm(a.double(), b.double())
+    outs = []
+    for split, group in ((True, 1), (True, 3), (True, 8), (False, 1), (False, 3)):
+        with force_tiles(Tiles(split, 16, 32, 4, 1, group_m=group)):
+            outs.append(bta.bmm(a, b))
+    for out in outs:
+        assert torch.equal(out, outs[0])
+    assert ((outs[0].double() - want).abs() / (want.abs() + 1)).max().item() < 1e-2  # bf16 out
+
+
 def test_twenty_calls_are_identical(device: torch.device) -> None:
     a, b = (
         rand(33, 200, dtype=torch.bfloat16, device=device),

@@ -110,7 +110,8 @@ class Tiles:
         block_n: columns per tile.
         num_warps: warps per program.
         num_stages: software-pipelining depth.
-        group_m: tile-order grouping along M of the persistent kernel (L2 reuse).
+        group_m: row tiles walked per column tile before moving right, in both kernels (the
+            programs sharing a block of weight columns run together and read it from L2).
         flatten: fuse the persistent kernel's item loop with its K loop (``tl.range``'s
             ``flatten``, Triton >= 3.4; CUDA only).
     """
