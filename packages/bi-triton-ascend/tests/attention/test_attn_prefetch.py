@@ -54,14 +54,13 @@ def test_prefetch_gives_the_same_bits(queries: str, window: int | None) -> None:
     lens = torch.tensor(LENS, dtype=torch.int32)
     base = attention_config(TINY_GQA.head_size, DT, GROUP, INTERP)
     for mode in ("fused", "split"):
-        outs = [
-            launch(
+        outs = []
+        for prefetch in (False, True):
+            outs.append(launch(
                 q, kc, vc, table, lens.to(DEVICE), starts.to(DEVICE), None,
                 scale=TINY_GQA.head_size**-0.5, sliding_window=window, causal=True,
                 max_seq_len=max(LENS), mode=mode, out_dtype=torch.float32,
                 config=dataclasses.replace(base, prefetch_table=prefetch),
-            )  # fmt: skip
-            for prefetch in (False, True)
-        ]
+            ))  # fmt: skip
         assert not outs[0].isnan().any(), mode
         assert torch.equal(outs[0], outs[1]), mode
