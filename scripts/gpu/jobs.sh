@@ -232,3 +232,11 @@ job_gemmorder() {
     packages/bi-triton-ascend/tests/test_gemm.py -q -p no:cacheprovider -rs \
     --junitxml="$JOB_DIR/gemm_order_cuda.junit.xml"
 }
+
+# #13 (branch wip/token-logprobs): the token-logprob gather kernel against log_softmax + gather,
+# bitwise, on CUDA (batches up to 1000 rows), with the softmax suite beside it.
+job_tlpcuda() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_token_logprobs.py \
+    packages/bi-triton-ascend/tests/test_softmax.py packages/bi-triton-ascend/tests/test_providers.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/token_logprobs_cuda.junit.xml"
+}
