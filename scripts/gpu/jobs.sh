@@ -240,3 +240,9 @@ job_tlpcuda() {
     packages/bi-triton-ascend/tests/test_softmax.py packages/bi-triton-ascend/tests/test_providers.py \
     -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/token_logprobs_cuda.junit.xml"
 }
+
+# vLLM. #10: the benchmark in one run at the 0.6B width (three modes, one GPU).
+job_serve06all() {
+  python3 benchmarks/vllm_serving.py --shape 0.6b --modes default,vllm-bi,plugin --timeout 170 \
+    --model-dir /tmp/models-06 --out "$JOB_DIR/vllm_serving_0.6b_three_modes.json"
+}

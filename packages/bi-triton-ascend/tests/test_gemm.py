@@ -14,7 +14,14 @@ from bi_testutils import (
 )
 
 import bi_triton_ascend as bta
-from bi_triton_ascend.ops.gemm_config import BLOCK_K, Tiles, cdiv, chain_for, force_tiles
+from bi_triton_ascend.ops.gemm_config import (
+    BLOCK_K,
+    Tiles,
+    cdiv,
+    chain_for,
+    force_tiles,
+    tiles_for,
+)
 
 # (N, K): odd N with segmented K (S=2, last block partial), and an even, segmented shape.
 SHAPES = [pytest.param(37, 250, id="N37-K250-odd"), pytest.param(48, 200, id="N48-K200")]
@@ -214,6 +221,18 @@ def test_tile_order_covers_every_tile_and_keeps_bits(segmented: bool, device: to
     for out in outs:
         assert torch.equal(out, outs[0])
     assert ((outs[0].double() - want).abs() / (want.abs() + 1)).max().item() < 1e-2  # bf16 out
+
+
+def test_cuda_table_orders_split_tiles_by_output_width() -> None:
+    # Grouped order (8) where the weights outgrow L2, row-major (1) for narrow outputs; the
+    # persistent kernel keeps its grouping. Orders never change bits (test above), only speed.
+    def tiles(m: int, n: int, k: int) -> Tiles:
+        return tiles_for("sm90", m, n, chain_for(n, k, torch.bfloat16), torch.bfloat16, 132)
+
+    assert tiles(128, 1024, 2048).split and tiles(128, 1024, 2048).group_m == 1
+    assert tiles(512, 1024, 3072).split and tiles(512, 1024, 3072).group_m == 1
+    assert tiles(128, 4096, 12288).split and tiles(128, 4096, 12288).group_m == 8
+    assert not tiles(8192, 1024, 2048).split and tiles(8192, 1024, 2048).group_m == 8
 
 
 def test_twenty_calls_are_identical(device: torch.device) -> None:
