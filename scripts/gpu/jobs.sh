@@ -221,3 +221,28 @@ job_softmaxdtype() {
   RL_CHECK_DIR=/tmp/rl_check_c OUT=$JOB_DIR \
     python3 tests-integration/gpu/rl_check_gpu.py all --compile --timeout 240
 }
+
+# #4, #10 (branch wip/gemm-split-order): the split kernel's tiles in grouped order (row tiles
+# first within a column block, so programs sharing weight columns run together) against the
+# old row-major order (g1), at the mid-M points of the GEMM benchmark; then the GEMM CUDA tests.
+job_gemmorder() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_gemm.py --ms 128,512 \
+    --split-groups 1,8 --tag _order
+  python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_gemm.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/gemm_order_cuda.junit.xml"
+}
+
+# #13 (branch wip/token-logprobs): the token-logprob gather kernel against log_softmax + gather,
+# bitwise, on CUDA (batches up to 1000 rows), with the softmax suite beside it.
+job_tlpcuda() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_token_logprobs.py \
+    packages/bi-triton-ascend/tests/test_softmax.py packages/bi-triton-ascend/tests/test_providers.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/token_logprobs_cuda.junit.xml"
+}
+
+# vLLM. #10: the benchmark in one run at the 0.6B width (three modes, one GPU).
+job_serve06all() {
+  python3 benchmarks/vllm_serving.py --shape 0.6b --modes default,vllm-bi,plugin --timeout 170 \
+    --model-dir /tmp/models-06 --out "$JOB_DIR/vllm_serving_0.6b_three_modes.json"
+}

@@ -10,6 +10,7 @@ candidate reproduces the bits of the default configuration at M=1 (and of each o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 
 import _common
@@ -44,6 +45,26 @@ LARGE = [_pers(128, 256, 8, 3), _pers(128, 128, 8, 3), _pers(128, 128, 4, 4), _p
          _pers(64, 128, 4, 4)]  # fmt: skip
 
 
+def _with_groups(cands: list[Tiles], groups: list[int]) -> list[Tiles]:
+    """Each split candidate once per tile order in ``groups`` (none given: as listed)."""
+    if not groups:
+        return cands
+    out: list[Tiles] = []
+    for tiles in cands:
+        if tiles.split:
+            out += [dataclasses.replace(tiles, group_m=g) for g in groups]
+        else:
+            out.append(tiles)
+    return out
+
+
+def _label(tiles: Tiles) -> str:
+    """``S64x32w4s5`` (``g1`` appended when the tile order is not the default 8)."""
+    kind = "S" if tiles.split else "P"
+    order = "" if tiles.group_m == 8 else f"g{tiles.group_m}"
+    return f"{kind}{tiles.block_m}x{tiles.block_n}w{tiles.num_warps}s{tiles.num_stages}{order}"
+
+
 def _mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return batched_gemm(x.unsqueeze(0), w.t().unsqueeze(0))[0]
 
@@ -55,7 +76,12 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=20)
     parser.add_argument("--target", type=int, default=0, help="override split-K target programs")
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--split-groups", default="",
+        help="also time each split candidate with these tile orders (group_m, e.g. 1,8)",
+    )  # fmt: skip
     args = parser.parse_args()
+    groups = [int(g) for g in args.split_groups.split(",") if g]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     if args.target:
@@ -78,7 +104,7 @@ def main() -> None:
                 )
             )
             flop = 2 * m * n * k
-            cands = SMALL if m <= 64 else MID if m <= 512 else LARGE
+            cands = _with_groups(SMALL if m <= 64 else MID if m <= 512 else LARGE, groups)
             best = None
             for tiles in cands:
                 with force_tiles(tiles):
@@ -102,8 +128,7 @@ def main() -> None:
                     bad.append(f"{n}x{k} M={m} {tiles}")
                 tf = flop / t / 1e9
                 row = {"shape": f"{n}x{k}", "segs": chain.num_segs, "M": m,
-                       "tiles": f"{'S' if tiles.split else 'P'}{tiles.block_m}x{tiles.block_n}"
-                                f"w{tiles.num_warps}s{tiles.num_stages}",
+                       "tiles": _label(tiles),
                        "us": t * 1e3, "TFLOPs": tf, "cublas_us": cublas * 1e3,
                        "ratio": cublas / t, "bitwise": ok, "rel_err": err}  # fmt: skip
                 rows.append(row)

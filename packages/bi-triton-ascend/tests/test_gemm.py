@@ -14,7 +14,14 @@ from bi_testutils import (
 )
 
 import bi_triton_ascend as bta
-from bi_triton_ascend.ops.gemm_config import BLOCK_K, Tiles, cdiv, chain_for, force_tiles
+from bi_triton_ascend.ops.gemm_config import (
+    BLOCK_K,
+    Tiles,
+    cdiv,
+    chain_for,
+    force_tiles,
+    tiles_for,
+)
 
 # (N, K): odd N with segmented K (S=2, last block partial), and an even, segmented shape.
 SHAPES = [pytest.param(37, 250, id="N37-K250-odd"), pytest.param(48, 200, id="N48-K200")]
@@ -195,6 +202,37 @@ def test_kernel_and_tiles_do_not_change_bits(dtype: torch.dtype, device: torch.d
             outs.append(bta.mm(a, b))
     for out in outs[1:]:
         assert torch.equal(out, outs[0])
+
+
+@pytest.mark.parametrize("segmented", [True, False], ids=["segments", "one-segment"])
+def test_tile_order_covers_every_tile_and_keeps_bits(segmented: bool, device: torch.device) -> None:
+    # group_m only reorders the tiles (grouped: row tiles first within a column block). Odd
+    # tile counts (M = 50 -> 4 row tiles of 16, N = 70 or 37 -> 3 column tiles of 32, a partial
+    # last group) catch a mapping that skips or repeats a tile; a batch of 2 crosses batches.
+    n, k = (37, 250) if segmented else (70, 64)
+    a = rand(2, 50, k, dtype=torch.bfloat16, device=device)
+    b = rand(2, k, n, dtype=torch.bfloat16, device=device)
+    assert (chain_for(n, k, torch.bfloat16).num_segs > 1) == segmented
+    want = torch.bmm(a.double(), b.double())
+    outs = []
+    for split, group in ((True, 1), (True, 3), (True, 8), (False, 1), (False, 3)):
+        with force_tiles(Tiles(split, 16, 32, 4, 1, group_m=group)):
+            outs.append(bta.bmm(a, b))
+    for out in outs:
+        assert torch.equal(out, outs[0])
+    assert ((outs[0].double() - want).abs() / (want.abs() + 1)).max().item() < 1e-2  # bf16 out
+
+
+def test_cuda_table_orders_split_tiles_by_output_width() -> None:
+    # Grouped order (8) where the weights outgrow L2, row-major (1) for narrow outputs; the
+    # persistent kernel keeps its grouping. Orders never change bits (test above), only speed.
+    def tiles(m: int, n: int, k: int) -> Tiles:
+        return tiles_for("sm90", m, n, chain_for(n, k, torch.bfloat16), torch.bfloat16, 132)
+
+    assert tiles(128, 1024, 2048).split and tiles(128, 1024, 2048).group_m == 1
+    assert tiles(512, 1024, 3072).split and tiles(512, 1024, 3072).group_m == 1
+    assert tiles(128, 4096, 12288).split and tiles(128, 4096, 12288).group_m == 8
+    assert not tiles(8192, 1024, 2048).split and tiles(8192, 1024, 2048).group_m == 8
 
 
 def test_twenty_calls_are_identical(device: torch.device) -> None:

@@ -14,7 +14,7 @@ from bi_triton_ascend import _platform, providers
 from ir_dispatch import PlatformKind, ops
 
 OPS = ["addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean", "mm",
-       "rms_norm", "softmax"]  # fmt: skip
+       "rms_norm", "softmax", "token_logprobs"]  # fmt: skip
 
 
 def test_every_op_is_registered_batch_invariant() -> None:
@@ -26,8 +26,8 @@ def test_every_op_is_registered_batch_invariant() -> None:
         assert (PlatformKind.CPU in impl.platforms) == _platform.interpreting(), name
         assert PlatformKind.ROCM not in impl.platforms
         assert impl.priority == providers.PRIORITY and impl.note, name
-    # A direct matmul/linear outranks ir-dispatch's composite one.
-    for op in (ops.matmul, ops.linear):
+    # A direct matmul/linear/token_logprobs outranks ir-dispatch's composite one.
+    for op in (ops.matmul, ops.linear, ops.token_logprobs):
         order = [i.provider for i in op.impls]
         assert order.index("triton") < order.index("composite")
 
@@ -83,6 +83,13 @@ def test_supports_args_predicates(device: torch.device) -> None:
         assert "output dtype" in ops.mean.impl("triton").supports_args(a, [1], False, torch.float64)
         assert ops.linear.impl("triton").supports_args(a, b.t(), None) is True
         assert ops.rms_norm.impl("triton").supports_args(a, None, 1e-6) is True
+        tlp = ops.token_logprobs.impl("triton")
+        ids = torch.zeros(4, 2, dtype=torch.long, device=device)
+        assert tlp.supports_args(a, ids) is True
+        assert tlp.supports_args(a, ids.to(torch.int32)) is True
+        assert "int32/int64" in tlp.supports_args(a, ids.to(torch.int16))
+        assert "dtype" in tlp.supports_args(a.double(), ids)
+    assert tlp.supports_args(a, ids) == "only used in batch-invariant mode"
 
 
 @pytest.mark.usefixtures("prefer_triton")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import ir_dispatch as ird
 from ir_dispatch import ops
 from ir_dispatch.providers import cpu, cpu_gemm, cpu_rows
+from ir_dispatch.testing import providers_removed
 
 BATCH_SIZES = (1, 2, 3, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257)
 POSITIONS = ("front", "middle", "back")
@@ -250,6 +251,70 @@ def test_custom_ops_pass_opcheck_and_compile_in_batch_invariant_mode() -> None:
             lambda t: ops.log_softmax(ops.mm(t, b), -1), fullgraph=True, backend="aot_eager"
         )
         assert torch.equal(compiled(a), cpu_rows.log_softmax(cpu_gemm.mm(a, b), -1))
+
+
+# --------------------------------------------------------------------------------- token logprobs
+def _logprob_inputs(rows: int, vocab: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = _randn(rows, vocab, dtype=dtype, seed=20, scale=4.0)
+    ids = torch.randint(0, vocab, (rows, 5), generator=torch.Generator().manual_seed(21))
+    ids[:, 0] = torch.tensor([0, vocab - 1, vocab // 2])[torch.arange(rows) % 3]
+    return logits, ids
+
+
+@pytest.mark.parametrize("vocab", [1000, QWEN3_VOCAB])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_logprobs_composite_is_the_cpu_log_softmax_gathered(
+    dtype: torch.dtype, vocab: int
+) -> None:
+    logits, ids = _logprob_inputs(3, vocab, dtype)
+    want = cpu_rows.log_softmax(logits, -1, torch.float32).gather(-1, ids)
+    with ird.batch_invariant():
+        assert ird.explain("token_logprobs", logits, ids).chosen == "composite"
+        with ird.recording() as rec:
+            got = ops.token_logprobs(logits, ids)
+            got32 = ops.token_logprobs(logits, ids.to(torch.int32))
+    assert rec.providers() == {"token_logprobs": ["composite"], "log_softmax": ["cpu"]}
+    assert got.dtype == torch.float32 and got.shape == ids.shape
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(got32.view(torch.int32), want.view(torch.int32))
+
+
+def test_token_logprobs_composite_is_batch_invariant() -> None:
+    logits, ids = _logprob_inputs(65, 1000, torch.bfloat16)
+    with ird.batch_invariant():
+        bad = variant_cases(
+            ops.token_logprobs, [logits[:1], ids[:1]], [logits[1:], ids[1:]], (1, 2, 3, 17, 64)
+        )
+    assert not bad, bad
+
+
+def test_token_logprobs_outside_the_mode_is_torchs() -> None:
+    logits, ids = _logprob_inputs(3, 1000, torch.float32)
+    assert ird.explain("token_logprobs", logits, ids).chosen == "native"
+    with ird.recording() as rec:
+        got = ops.token_logprobs(logits, ids.to(torch.int32))
+    assert rec.providers() == {"token_logprobs": ["native"]}
+    assert torch.equal(got, torch.log_softmax(logits, -1, dtype=torch.float32).gather(-1, ids))
+
+
+def test_token_logprobs_custom_op_with_integer_ids() -> None:
+    logits, ids = _logprob_inputs(3, 50, torch.float32)
+    for index in (ids, ids.to(torch.int32)):
+        torch.library.opcheck(ops.token_logprobs.torch_op, (logits, index))
+    with ird.batch_invariant():
+        compiled = torch.compile(ops.token_logprobs, fullgraph=True, backend="aot_eager")
+        want = cpu_rows.log_softmax(logits, -1, torch.float32).gather(-1, ids)
+        assert torch.equal(compiled(logits, ids), want)
+
+
+def test_token_logprobs_without_a_log_softmax_kernel_raises() -> None:
+    logits, ids = _logprob_inputs(2, 100, torch.float32)
+    with (
+        providers_removed(lambda impl: impl.provider == "cpu", [ops.log_softmax]),
+        ird.batch_invariant(),
+        pytest.raises(ird.NoBatchInvariantImplError, match="op 'log_softmax'"),
+    ):
+        ops.token_logprobs(logits, ids)
 
 
 # --------------------------------------------------------------------------------- invariance

@@ -167,6 +167,7 @@ def test_standard_ops_are_declared() -> None:
         "fused_add_rms_norm",
         "softmax",
         "log_softmax",
+        "token_logprobs",
         "mean",
         "scaled_mm",
     } <= names

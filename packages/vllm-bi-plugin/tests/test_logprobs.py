@@ -1,4 +1,4 @@
-"""vLLM's reported logprobs through ir-dispatch's ``log_softmax`` (``_logprobs``)."""
+"""vLLM's reported logprobs through ir-dispatch's ``token_logprobs`` (``_logprobs``)."""
 
 from __future__ import annotations
 
@@ -41,20 +41,20 @@ def test_replacement_is_the_kit_log_softmax_at_the_ids() -> None:
     torch.testing.assert_close(got, torch.log_softmax(logits.double(), -1).gather(-1, ids).float())
 
 
-def test_row_blocks_change_no_bits(monkeypatch) -> None:
-    """Rows go through in blocks of ROWS_PER_CALL; a row's result must not depend on them."""
+def test_one_token_logprobs_dispatch_and_rows_alone_equal_rows_in_the_batch() -> None:
+    """No row blocking any more: one ``token_logprobs`` call; each row's bits are its own."""
     import ir_dispatch
 
     logits, ids = _inputs(rows=11, dtype=torch.float32)
-    with ir_dispatch.batch_invariant():
+    with ir_dispatch.batch_invariant(), ir_dispatch.recording() as rec:
         whole = _logprobs.compute_token_logprobs(logits, ids)
-        monkeypatch.setattr(_logprobs, "ROWS_PER_CALL", 4)
-        blocked = _logprobs.compute_token_logprobs(logits, ids)
+    assert rec.providers()["token_logprobs"] == ["composite"]  # CPU: log_softmax + gather
+    with ir_dispatch.batch_invariant():
         alone = [
             _logprobs.compute_token_logprobs(logits[i : i + 1], ids[i : i + 1]) for i in (0, 5, 10)
         ]
-    assert torch.equal(whole, blocked)
     assert all(torch.equal(a[0], whole[i]) for a, i in zip(alone, (0, 5, 10), strict=True))
+    assert not hasattr(_logprobs, "ROWS_PER_CALL")
 
 
 @pytest.mark.parametrize("layout", ["0.26", "0.32"])
@@ -70,7 +70,10 @@ def test_gpu_register_routes_vllms_logprob_kernel(fake_vllm_tree, monkeypatch, l
     assert report is not None
     module = _module()
     assert module.compute_token_logprobs is _logprobs.compute_token_logprobs
-    assert any("token logprobs" in line for line in report.summary().split(";"))
+    assert any(
+        "token logprobs" in line and "ir_dispatch::token_logprobs" in line
+        for line in report.summary().split(";")
+    )
     logits, ids = _inputs(rows=3)
     module.compute_topk_scores(logits, ids[:, 0])  # vLLM's caller looks the name up at call time
     assert module.CALLS == []

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 _OPS = (
     "addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean", "mm",
-    "rms_norm", "softmax",
+    "rms_norm", "softmax", "token_logprobs",
 )  # fmt: skip
 
 if TYPE_CHECKING:  # the defining modules (``ops.mean`` is also a submodule's name)
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the defining modules (``ops.mean`` is also a submodule's na
     from .ops.mm import addmm, bmm, mm
     from .ops.rms_norm import fused_add_rms_norm, rms_norm
     from .ops.softmax import log_softmax, softmax
+    from .ops.token_logprobs import token_logprobs
 
 
 def __getattr__(name: str) -> Any:
@@ -60,5 +61,6 @@ __all__ = [
     "rms_norm",
     "softmax",
     "supported",
+    "token_logprobs",
     "unregister",
 ]

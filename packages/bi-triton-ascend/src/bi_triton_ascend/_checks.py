@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -25,7 +26,7 @@ def check_tensor(op: str, name: str, t: object) -> torch.Tensor:
 def check_float(
     op: str, name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
 ) -> None:
-    """``t`` must have one of ``dtypes`` (default bf16, fp16 or fp32)."""
+    """``t`` must have one of ``dtypes`` (default bf16, fp16 or fp32; or :data:`INDEX_DTYPES`)."""
     if t.dtype not in dtypes:
         allowed = ", ".join(dtype_name(d) for d in dtypes)
         raise TypeError(f"{op}: {name} must have dtype {allowed}; got {dtype_name(t.dtype)}")
@@ -38,6 +39,13 @@ def check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, t: torch.Te
             f"{op}: {name} must have the dtype of {ref_name} ({dtype_name(ref.dtype)}); "
             f"got {dtype_name(t.dtype)}"
         )
+    check_same_device(op, ref_name, ref, name, t)
+
+
+def check_same_device(
+    op: str, ref_name: str, ref: torch.Tensor, name: str, t: torch.Tensor
+) -> None:
+    """``t`` must be on ``ref``'s device (index tensors keep their own dtype)."""
     if t.device != ref.device:
         raise ValueError(
             f"{op}: {name} must be on {ref_name}'s device {ref.device}; got {t.device}"

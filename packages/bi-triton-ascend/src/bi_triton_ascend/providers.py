@@ -32,6 +32,7 @@ _GEMM_NOTE = (
 )
 _ROW_NOTE = "one row per reduction, block shape from the row length only"
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _tensor_ok(t: object, name: str) -> bool | str:
@@ -97,6 +98,19 @@ def _mean_accepts(
     return _verdict(dtype, x=x)
 
 
+def _token_logprobs_accepts(logits: object, token_ids: object) -> bool | str:
+    """Batch-invariant mode; logits bf16/fp16/fp32 on a Triton device, int32/int64 token_ids.
+
+    Other id dtypes are declined, not refused: ir-dispatch's composite serves them.
+    """
+    verdict = _verdict(logits=logits)
+    if verdict is not True:
+        return verdict
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in _INDEX_DTYPES:
+        return "token_ids is not an int32/int64 tensor"
+    return True
+
+
 def _table() -> list[tuple[Any, Callable[..., Any], Callable[..., bool | str], str]]:
     from . import ops
 
@@ -111,6 +125,12 @@ def _table() -> list[tuple[Any, Callable[..., Any], Callable[..., bool | str], s
         (ir_ops.softmax, ops.softmax, _softmax_accepts, _ROW_NOTE + "; long rows in fixed chunks"),
         (ir_ops.log_softmax, ops.log_softmax, _softmax_accepts, _ROW_NOTE + "; long rows chunked"),
         (ir_ops.mean, ops.mean, _mean_accepts, "fixed-order sum per row; chunking from length"),
+        (
+            ir_ops.token_logprobs,
+            ops.token_logprobs,
+            _token_logprobs_accepts,
+            _ROW_NOTE + "; log_softmax's chunk statistics and combine, only the ids' entries",
+        ),
     ]
 
 
@@ -142,5 +162,6 @@ def unregister() -> None:
     for op in (
         ir_ops.mm, ir_ops.addmm, ir_ops.bmm, ir_ops.matmul, ir_ops.linear, ir_ops.rms_norm,
         ir_ops.fused_add_rms_norm, ir_ops.softmax, ir_ops.log_softmax, ir_ops.mean,
+        ir_ops.token_logprobs,
     ):  # fmt: skip
         op.unregister_impl(PROVIDER)

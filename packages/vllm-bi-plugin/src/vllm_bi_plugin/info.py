@@ -35,15 +35,19 @@ DISTRIBUTIONS = (
 )
 OPS = (
     "mm", "addmm", "bmm", "matmul", "linear", "scaled_mm", "rms_norm", "fused_add_rms_norm",
-    "softmax", "log_softmax", "mean",
+    "softmax", "log_softmax", "token_logprobs", "mean",
 )  # fmt: skip
 
 
-_COMPOSITES = {"matmul": ("mm", "bmm"), "linear": ("mm", "addmm")}
+_COMPOSITES = {
+    "matmul": ("mm", "bmm"),
+    "linear": ("mm", "addmm"),
+    "token_logprobs": ("log_softmax",),
+}
 
 
 def _kernels(op: str, where: str) -> list[str]:
-    """Providers of ``op`` on ``where``; ``composite`` for matmul/linear built on covered GEMMs."""
+    """Providers of ``op`` on ``where``; ``composite`` for ops built on covered kernels."""
     found = _providers.kernel_providers(op, where)
     if not found and op in _COMPOSITES and _providers.covered(_COMPOSITES[op], where):
         found = ["composite (" + "/".join(_COMPOSITES[op]) + ")"]

@@ -5,6 +5,7 @@ from .mean import mean
 from .mm import addmm, bmm, mm
 from .rms_norm import fused_add_rms_norm, rms_norm
 from .softmax import log_softmax, softmax
+from .token_logprobs import token_logprobs
 
 __all__ = [
     "addmm",
@@ -17,4 +18,5 @@ __all__ = [
     "mm",
     "rms_norm",
     "softmax",
+    "token_logprobs",
 ]

@@ -147,6 +147,25 @@ def _tile_operands(
 
 
 @triton.jit
+def _tile_coords(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    """``(batch, pid_m, pid_n)`` of output tile ``tile`` in grouped order.
+
+    Consecutive tiles walk ``GROUP_M`` row tiles down one column tile before moving right, so
+    the programs that share a block of weight columns run together and all but the first read
+    it from L2 (``GROUP_M = 1``: row-major order, every column tile once per row tile).
+    """
+    tiles = tiles_m * tiles_n
+    batch = tile // tiles
+    t = tile % tiles
+    in_group = GROUP_M * tiles_n
+    first_m = (t // in_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (t % in_group) % group_rows
+    pid_n = (t % in_group) // group_rows
+    return batch, pid_m, pid_n
+
+
+@triton.jit
 def _gemm_split_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, part_ptr, count_ptr,
     M, N, K,
@@ -158,17 +177,13 @@ def _gemm_split_kernel(
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     PART_CACHE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(batches * tiles, num_segs)``: one K segment of one output tile per program."""
     tile = tl.program_id(0)
     seg = tl.program_id(1)
     num_tiles = tl.num_programs(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
-    batch = tile // tiles
-    pid_m = (tile % tiles) // tiles_n
-    pid_n = tile % tiles_n
+    batch, pid_m, pid_n = _tile_coords(tile, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m, offs_n, a_ptrs, b_ptrs = _tile_operands(
         a_ptr, b_ptr, batch, pid_m, pid_n, M, N,
         stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
@@ -225,15 +240,7 @@ def _persistent_item(
     """
     seg = it % num_segs
     tile = pid + (it // num_segs) * num_programs
-    tiles = tiles_m * tiles_n
-    batch = tile // tiles
-    t = tile % tiles
-    # Grouped order: GROUP_M row tiles share each column tile while it is in L2.
-    in_group = GROUP_M * tiles_n
-    first_m = (t // in_group) * GROUP_M
-    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (t % in_group) % group_rows
-    pid_n = (t % in_group) // group_rows
+    batch, pid_m, pid_n = _tile_coords(tile, tiles_m, tiles_n, GROUP_M)
     offs_m, offs_n, a_ptrs, b_ptrs = _tile_operands(
         a_ptr, b_ptr, batch, pid_m, pid_n, M, N,
         stride_ab, stride_am, stride_ak, stride_bb, stride_bk, stride_bn,
@@ -417,5 +424,6 @@ def _launch_split(
         part, counters = out, out  # never touched
     _gemm_split_kernel[(n_tiles, chain.num_segs)](
         a, b, out, bias_view, part, counters, *args,
-        SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device), **flags, **launch,
+        SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device),
+        GROUP_M=tiles.group_m, **flags, **launch,
     )  # fmt: skip

@@ -17,6 +17,8 @@ Rows up to :data:`ONE_PASS_MAX` long are held by one program (one read, one writ
 writes each chunk's max and sum of ``exp(x - max)``; a second combines a row's chunk statistics
 in a fixed tree (shaped by the chunk count) and writes its chunk. A single row is thus spread
 over many programs (decode-time logprobs) while keeping the same bits at any batch size.
+:mod:`.token_logprobs` reuses the chunk statistics and their combine (:func:`chunk_stats`,
+:func:`combine_chunk_stats`) to reach the same bits at a few entries per row.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
+# Warps of the chunked kernels; the statistics combine's tree depends on it (and on BLOCK_C).
+CHUNK_WARPS = 8
 # Elements per thread and load: fp32's 16-byte vector, imposed on every dtype.
 VEC = tl.constexpr(4)
 
@@ -77,14 +81,13 @@ def _chunk_stats_kernel(
 
 
 @triton.jit
-def _chunk_write_kernel(
-    x_ptr, stats_ptr, out_ptr, L, stride_xm, stride_xl, stride_om, n_chunks,
-    LOG: tl.constexpr, ROUND_TO: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """Grid ``(M, n_chunks)``: combine the row's chunk statistics, write one chunk."""
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    row64 = tl.cast(row, tl.int64)
+def combine_chunk_stats(stats_ptr, row64, n_chunks, BLOCK_C: tl.constexpr):
+    """A row's max and sum of ``exp(x - max)`` from its chunk statistics, in a fixed tree.
+
+    Shared by every kernel that needs a long row's statistics (``_chunk_write_kernel``, token
+    logprobs): with the same ``BLOCK_C`` and ``num_warps`` they reduce in the same tree, so
+    they agree to the bit.
+    """
     c = tl.arange(0, BLOCK_C)
     c_ok = c < n_chunks
     ms = tl.load(stats_ptr + (row64 * n_chunks + c) * 2, mask=c_ok, other=-float("inf"))
@@ -93,6 +96,19 @@ def _chunk_write_kernel(
     # A chunk whose max is -inf has sum 0 (or NaN from inf - inf); keep it out of the total.
     scaled = tl.where(ms == -float("inf"), 0.0, ss * tl.exp(ms - row_max))
     total = tl.sum(scaled, axis=0)
+    return row_max, total
+
+
+@triton.jit
+def _chunk_write_kernel(
+    x_ptr, stats_ptr, out_ptr, L, stride_xm, stride_xl, stride_om, n_chunks,
+    LOG: tl.constexpr, ROUND_TO: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Grid ``(M, n_chunks)``: combine the row's chunk statistics, write one chunk."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    row64 = tl.cast(row, tl.int64)
+    row_max, total = combine_chunk_stats(stats_ptr, row64, n_chunks, BLOCK_C)
     offs = tl.max_contiguous(chunk * CHUNK + tl.arange(0, CHUNK), VEC)
     mask = offs < L
     x = tl.load(x_ptr + row64 * stride_xm + offs * stride_xl, mask=mask, other=-float("inf"))
@@ -104,7 +120,7 @@ def _chunk_write_kernel(
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _round_to(x_dtype: torch.dtype, dtype: torch.dtype | None) -> tl.dtype:
+def rounding_dtype(x_dtype: torch.dtype, dtype: torch.dtype | None) -> tl.dtype:
     """The dtype the input is rounded through: torch casts it to ``dtype`` before computing."""
     if dtype is None or dtype.itemsize >= x_dtype.itemsize:
         return _TL[x_dtype]
@@ -128,7 +144,7 @@ def _softmax_impl(
             x2 = moved.view(rows, length)
         except RuntimeError:
             x2 = moved.reshape(rows, length)
-        _launch(x2, out.view(rows, length), log, _round_to(x.dtype, dtype))
+        _launch(x2, out.view(rows, length), log, rounding_dtype(x.dtype, dtype))
     result = out.movedim(-1, d)
     return result.squeeze(0) if x.dim() == 0 else result
 
@@ -143,16 +159,29 @@ def _launch(x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype)
             LOG=log, ROUND_TO=round_to, BLOCK=block, num_warps=min(16, max(1, block // 512)),
         )  # fmt: skip
         return
+    stats = chunk_stats(x2, round_to)
+    n_chunks = stats.shape[1]
+    _chunk_write_kernel[(rows, n_chunks)](
+        x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
+        LOG=log, ROUND_TO=round_to, CHUNK=CHUNK, BLOCK_C=block_c(n_chunks), num_warps=CHUNK_WARPS,
+    )  # fmt: skip
+
+
+def block_c(n_chunks: int) -> int:
+    """``BLOCK_C`` of :func:`combine_chunk_stats`: a function of the chunk count only."""
+    return max(16, triton.next_power_of_2(n_chunks))
+
+
+def chunk_stats(x2: torch.Tensor, round_to: tl.dtype) -> torch.Tensor:
+    """``[rows, n_chunks, 2]`` fp32 max and sum of ``exp(x - max)`` of each :data:`CHUNK`."""
+    rows, length = x2.shape
     n_chunks = triton.cdiv(length, CHUNK)
     stats = torch.empty((rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
     _chunk_stats_kernel[(rows, n_chunks)](
-        x2, stats, length, *x2.stride(), n_chunks, ROUND_TO=round_to, CHUNK=CHUNK, num_warps=8
-    )
-    _chunk_write_kernel[(rows, n_chunks)](
-        x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
-        LOG=log, ROUND_TO=round_to, CHUNK=CHUNK,
-        BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=8,
+        x2, stats, length, *x2.stride(), n_chunks,
+        ROUND_TO=round_to, CHUNK=CHUNK, num_warps=CHUNK_WARPS,
     )  # fmt: skip
+    return stats
 
 
 def softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from . import composite as _composite  # noqa: F401  (registers the composite im
 from .collectives import all_reduce
 from .linalg import addmm, bmm, linear, matmul, mm, scaled_mm
 from .norm import fused_add_rms_norm, rms_norm
-from .reduce import log_softmax, mean, softmax
+from .reduce import log_softmax, mean, softmax, token_logprobs
 
 __all__ = [
     "addmm",
@@ -22,4 +22,5 @@ __all__ = [
     "rms_norm",
     "scaled_mm",
     "softmax",
+    "token_logprobs",
 ]

@@ -1,9 +1,11 @@
-"""Batch-invariant ``matmul`` and ``linear`` built from the 2-D/3-D products.
+"""Batch-invariant ops built from other ops: ``matmul``/``linear`` and ``token_logprobs``.
 
 A provider that implements ``mm``, ``addmm`` and ``bmm`` gets every rank combination of
 ``matmul`` and ``linear`` for free: folding leading dimensions into M and broadcasting batch
 dimensions only moves rows around, so the result is batch-invariant exactly when the products
-underneath are. Used only in batch-invariant mode; the default mode keeps torch's own paths.
+underneath are. Likewise a provider with a ``log_softmax`` gets ``token_logprobs`` (its rows,
+gathered), bitwise equal to what a trainer computes from that ``log_softmax``. Used only in
+batch-invariant mode; the default mode keeps torch's own paths.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import torch
 
 from ..mode import is_batch_invariant
 from .linalg import addmm, bmm, linear, matmul, mm
+from .reduce import log_softmax, token_logprobs
 
 COMPOSITE = "composite"
 _NOTE = "reshapes onto mm/addmm/bmm: batch-invariant exactly when those are"
+_LOGPROBS_NOTE = "fp32 log_softmax rows, gathered: batch-invariant exactly when log_softmax is"
 
 
 def _only_in_batch_invariant_mode(*args: object, **kwargs: object) -> bool | str:
@@ -76,3 +80,16 @@ def linear_composite(
         else addmm.call_selected(bias, x2, weight.t())
     )
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@token_logprobs.register_impl(
+    COMPOSITE,
+    batch_invariant=True,
+    supports_args=_only_in_batch_invariant_mode,
+    priority=5,
+    note=_LOGPROBS_NOTE,
+)
+def token_logprobs_composite(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The selected ``log_softmax``'s fp32 rows, gathered: the trainer's bits, on any platform."""
+    rows = log_softmax.call_selected(logits, -1, torch.float32)
+    return rows.gather(-1, token_ids.long())

@@ -1,4 +1,4 @@
-"""Native references of the row reductions (softmax family and mean)."""
+"""Native references of the row reductions (softmax family, token logprobs and mean)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torc
 def log_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``log_softmax`` along ``dim``, computed in and returned as ``dtype`` if given."""
     return torch.log_softmax(x, dim, dtype=dtype)
+
+
+@register_op(has_reduction=True, native_variant_on=REDUCTION_VARIANT_ON)
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """fp32 ``log_softmax`` of each ``[rows, vocab]`` logits row at its ``[rows, n]`` token ids.
+
+    Bitwise ``log_softmax(logits, -1, torch.float32).gather(-1, token_ids)`` of the serving
+    provider's ``log_softmax`` (a trainer differentiates through that pair), without writing the
+    fp32 rows a sampler only reads ``n`` entries of.
+    """
+    return torch.log_softmax(logits, -1, dtype=torch.float32).gather(-1, token_ids.long())
 
 
 @register_op(has_reduction=True, native_variant_on=REDUCTION_VARIANT_ON)
