@@ -246,3 +246,11 @@ job_serve06all() {
   python3 benchmarks/vllm_serving.py --shape 0.6b --modes default,vllm-bi,plugin --timeout 170 \
     --model-dir /tmp/models-06 --out "$JOB_DIR/vllm_serving_0.6b_three_modes.json"
 }
+
+# vLLM. #10: where vLLM's own mode gains on 0.6B decode-heavy (1.10x default, the plugin 0.965x
+# in serve06all): the decode-heavy shape of load profiled in all three modes.
+job_prof06dec() {
+  python3 benchmarks/profile_vllm.py --shape 0.6b --load decode --modes default,vllm-bi,plugin \
+    --prompts 256 --prompt-len 256 --max-tokens 64 --top 40 --model-dir /tmp/models-prof06 \
+    --timeout 200 --out "$JOB_DIR"
+}
