@@ -254,3 +254,12 @@ job_prof06dec() {
     --prompts 256 --prompt-len 256 --max-tokens 64 --top 40 --model-dir /tmp/models-prof06 \
     --timeout 200 --out "$JOB_DIR"
 }
+
+# #12, #13: the one paged configuration whose key loop is software-pipelined on sm90 (3 stages
+# with the block-table prefetch: cp.async.wait_group 2, per bench/sm90_ptx.py), timed on the
+# paged prefill and decode cases beside the launcher's tiles (same bits by construction).
+job_attnpipe() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --cases chunk4k@16k,decode1x32k,decode8x8k,decode64x1k \
+    --tiles 128x8x2p,128x8x3p,64x4x2,64x4x3p
+}

@@ -1,0 +1,44 @@
+"""bench/sm90_ptx.py compiles the paged attention for sm90 without a GPU and reads its loop.
+
+Runs the tool in a child process (it turns the interpreter off for itself) and pins what it
+found with Triton 3.6: only 3 stages with the block-table prefetch keep key loads in flight
+(``cp.async.wait_group 2``); 2 stages wait for each tile's loads right after issuing them. A
+Triton upgrade that changes either shows up here, before a GPU session is spent on it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sm90_ptx.py"
+
+
+def _nvidia_backend() -> bool:
+    try:
+        from triton.backends import backends
+    except ImportError:
+        return False
+    return "nvidia" in backends
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
+def test_only_three_stages_with_prefetch_pipeline_the_decode_loop(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--queries", "1", "--stages", "2", "3", "--seqs", "4",
+         "--keys", "256", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    rows = {row["launch"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"q1-s2", "q1-s2p", "q1-s3", "q1-s3p"}
+    assert rows["q1-s3p"]["wait_groups"] == [0, 2]
+    for name in ("q1-s2", "q1-s2p", "q1-s3"):
+        assert rows[name]["wait_groups"] == [0], name
+    for row in rows.values():
+        assert "m64n64k16" in row["wgmma"]  # Hopper matrix instructions, 64-row warpgroups
+        assert row["shared_bytes"] > 0
