@@ -18,6 +18,7 @@ from ir_dispatch import is_batch_invariant
 from ir_dispatch import ops as ir_ops
 
 from . import _platform
+from ._checks import INDEX_DTYPES
 
 logger = logging.getLogger("bi_triton_ascend")
 
@@ -32,7 +33,6 @@ _GEMM_NOTE = (
 )
 _ROW_NOTE = "one row per reduction, block shape from the row length only"
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _tensor_ok(t: object, name: str) -> bool | str:
@@ -106,7 +106,7 @@ def _token_logprobs_accepts(logits: object, token_ids: object) -> bool | str:
     verdict = _verdict(logits=logits)
     if verdict is not True:
         return verdict
-    if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in _INDEX_DTYPES:
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in INDEX_DTYPES:
         return "token_ids is not an int32/int64 tensor"
     return True
 
