@@ -263,3 +263,64 @@ job_attnpipe() {
     --cases chunk4k@16k,decode1x32k,decode8x8k,decode64x1k \
     --tiles 128x8x2p,128x8x3p,64x4x2,64x4x3p
 }
+
+# #12: why paged decode reads its KV cache at 1.2-2.0 TB/s: Nsight Compute on the launcher's
+# decode kernels (speed of light, memory, warp stalls, occupancy), a few launches per case.
+job_ncuattn() {
+  local ncu=(ncu --clock-control none --target-processes all --launch-skip 20 --launch-count 4
+    -k "regex:_attn_kernel|_combine_kernel" --section SpeedOfLight --section MemoryWorkloadAnalysis
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats
+    --section SourceCounters)
+  for case in decode1x32k decode8x8k decode64x1k; do
+    echo "==== $case"
+    OUT=$JOB_DIR/$case "${ncu[@]}" python3 packages/bi-triton-ascend/bench/tune_attention.py \
+      --rep 1 --cases "$case" --tiles 64x4x2
+  done
+}
+
+# vLLM. #10: where the plugin loses on 0.6B prefill-heavy (0.948-0.951x default): the prefill
+# load (32 x 2048 in) profiled in default and plugin mode.
+job_prof06pre() {
+  python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --modes default,plugin \
+    --top 40 --model-dir /tmp/models-prof06 --timeout 200 --out "$JOB_DIR"
+}
+
+# #12: the combine kernel with its loads two groups ahead of the folds, timed against the
+# previous form (carry .bench-old: the previous _kernels.py) on the split decode cases, one
+# after the other twice; then the attention suite on CUDA (split equals fused at 32k, graphs).
+job_combinepipe() {
+  local old=/tmp/old-tree cases=decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k
+  rm -rf "$old" && mkdir -p "$old" && cp -r packages "$old"/
+  cp .bench-old/_kernels.py "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
+  for rep in 1 2; do
+    OUT=$JOB_DIR/before$rep python3 "$old/packages/bi-triton-ascend/bench/tune_attention.py" \
+      --rep 25 --cases "$cases" --tiles 64x4x2
+    OUT=$JOB_DIR/after$rep python3 packages/bi-triton-ascend/bench/tune_attention.py \
+      --rep 25 --cases "$cases" --tiles 64x4x2
+  done
+  ncu --clock-control none --launch-skip 30 --launch-count 1 -k regex:_combine_kernel \
+    --section SpeedOfLight python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 \
+    --cases decode1x32k --tiles 64x4x2
+  python3 -m pytest packages/bi-triton-ascend/tests/attention -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/attn_combine_cuda.junit.xml"
+}
+
+# #12: a longer KV chunk (512 keys: half the folds per sequence, other bits) timed against the
+# launcher's 256 on decode and prefill, then the combine kernel's warp stalls (Nsight Compute).
+job_chunk512() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --cases decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k,chunk4k@16k,prefill1x16k \
+    --tiles 64x4x2,64x4x2c512,128x8x2p,128x8x2pc512
+  ncu --clock-control none --launch-skip 30 --launch-count 1 -k regex:_combine_kernel \
+    --section WarpStateStats --section SourceCounters --section InstructionStats \
+    python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 --cases decode1x32k \
+    --tiles 64x4x2
+}
+
+# vLLM. #10: where the plugin's 0.6B single-stream decode loses to default (0.91-0.96x): one
+# prompt, 256 greedy tokens, default and plugin profiled.
+job_prof06single() {
+  python3 benchmarks/profile_vllm.py --shape 0.6b --load decode --modes default,plugin \
+    --prompts 1 --prompt-len 16 --max-tokens 256 --top 40 --model-dir /tmp/models-prof06 \
+    --timeout 200 --out "$JOB_DIR"
+}

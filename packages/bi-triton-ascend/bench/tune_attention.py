@@ -47,13 +47,14 @@ GROUP = HEADS // KV_HEADS
 BLOCK = 16
 DT = torch.bfloat16
 SCALE = HEAD**-0.5
-# A candidate: (block_m, num_warps, num_stages, prefetch_table).
-Tile = tuple[int, int, int, bool]
+# A candidate: (block_m, num_warps, num_stages, prefetch_table, kv_chunk or None). A kv_chunk
+# other than the launcher's changes the chain, so its bits differ by design: time only.
+Tile = tuple[int, int, int, bool, int | None]
 # Candidates, each timed and compared with the launcher's bits.
 CANDIDATES: list[Tile] = [
-    (64, 8, 2, False), (64, 8, 3, False), (64, 4, 2, False), (64, 4, 3, False),
-    (128, 8, 2, False), (128, 8, 3, False), (128, 4, 2, False), (32, 4, 2, False),
-    (16, 4, 2, False),
+    (64, 8, 2, False, None), (64, 8, 3, False, None), (64, 4, 2, False, None),
+    (64, 4, 3, False, None), (128, 8, 2, False, None), (128, 8, 3, False, None),
+    (128, 4, 2, False, None), (32, 4, 2, False, None), (16, 4, 2, False, None),
 ]  # fmt: skip
 # Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
 SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
@@ -128,10 +129,15 @@ def _cases(names: set[str] | None) -> list[Case]:
     return [make() for name, make in makers.items() if names is None or name in names]
 
 
-def _run(case: Case, cfg: AttnConfig | None, out_dtype: torch.dtype | None = None) -> Any:
+def _run(
+    case: Case,
+    cfg: AttnConfig | None,
+    out_dtype: torch.dtype | None = None,
+    kv_chunk: int | None = None,
+) -> Any:
     return lambda: launch(
         *case.args, scale=SCALE, sliding_window=None, mode="auto", config=cfg,
-        out_dtype=out_dtype, **case.kwargs,
+        out_dtype=out_dtype, kv_chunk=kv_chunk, **case.kwargs,
     )  # fmt: skip
 
 
@@ -160,7 +166,7 @@ def _candidates(
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
     """Named callables to time, each with whether its fp32 output equals ``ref``.
 
-    ``tiles`` are ``(rows, warps, stages, prefetch_table)`` applied to ``base``; with
+    ``tiles`` are ``(rows, warps, stages, prefetch_table, kv_chunk)`` applied to ``base``; with
     ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead.
     """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
@@ -174,29 +180,30 @@ def _candidates(
                 bad.append(f"{case.name} {name}")
             lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
         return lines
-    for bm, warps, stages, prefetch in tiles:
+    for bm, warps, stages, prefetch, chunk in tiles:
         cfg = dataclasses.replace(
             base, block_m=bm, num_warps=warps, num_stages=stages, prefetch_table=prefetch
         )
-        name = f"m{bm}w{warps}s{stages}{'p' if prefetch else ''}"
+        name = f"m{bm}w{warps}s{stages}{'p' if prefetch else ''}{f'c{chunk}' if chunk else ''}"
         try:
-            same = bool(torch.equal(_run(case, cfg, torch.float32)(), ref))
+            same = bool(torch.equal(_run(case, cfg, torch.float32, chunk)(), ref))
         except Exception as exc:  # a tile that does not compile: report it, go on
             print(f"{case.name} {name}: {type(exc).__name__}: {exc!s:.160}")
             continue
-        if not same:
+        if not same and chunk is None:
             bad.append(f"{case.name} {name}")
-        lines.append((name, _run(case, cfg), same))
+        lines.append((name, _run(case, cfg, kv_chunk=chunk), same))
     if case.sdpa is not None:
         lines.append(("sdpa", case.sdpa, None))
     return lines
 
 
 def _parse_tile(text: str) -> Tile:
-    """``"64x4x2"`` or ``"64x4x2p"`` (block-table prefetch) as a :data:`Tile`."""
+    """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (another kv_chunk)."""
+    text, _, chunk = text.partition("c")
     prefetch = text.endswith("p")
     rows, warps, stages = (int(v) for v in text.removesuffix("p").split("x"))
-    return rows, warps, stages, prefetch
+    return rows, warps, stages, prefetch, int(chunk) if chunk else None
 
 
 def main() -> None:
@@ -206,7 +213,8 @@ def main() -> None:
     parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
     parser.add_argument(
         "--tiles", default="",
-        help="candidates as ROWSxWARPSxSTAGES[p],... (p: block-table prefetch; default all)",
+        help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK],... (p: block-table prefetch; c: another"
+        " kv_chunk, which changes the bits; default all)",
     )  # fmt: skip
     args = parser.parse_args()
     tiles = [_parse_tile(t) for t in args.tiles.split(",")] if args.tiles else list(CANDIDATES)
