@@ -18,7 +18,7 @@ from ir_dispatch import is_batch_invariant
 from ir_dispatch import ops as ir_ops
 
 from . import _platform
-from ._checks import INDEX_DTYPES
+from ._checks import FLOAT_DTYPES, INDEX_DTYPES
 
 logger = logging.getLogger("bi_triton_ascend")
 
@@ -32,14 +32,13 @@ _GEMM_NOTE = (
     "tiles and split-K kernel follow M without changing it"
 )
 _ROW_NOTE = "one row per reduction, block shape from the row length only"
-_FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _tensor_ok(t: object, name: str) -> bool | str:
     """Device and dtype verdict for one tensor argument."""
     if not isinstance(t, torch.Tensor):
         return f"{name} is not a tensor"
-    if t.dtype not in _FLOATS:
+    if t.dtype not in FLOAT_DTYPES:
         return f"{name} dtype {str(t.dtype).removeprefix('torch.')} is not bf16/fp16/fp32"
     return _platform.device_supported(t)
 
@@ -54,7 +53,7 @@ def _verdict(dtype: object = None, **tensors: object) -> bool | str:
         verdict = _tensor_ok(value, name)
         if verdict is not True:
             return verdict
-    if dtype is not None and dtype not in _FLOATS:
+    if dtype is not None and dtype not in FLOAT_DTYPES:
         return f"output dtype {dtype} is not bf16/fp16/fp32"
     return True
 
