@@ -163,6 +163,40 @@ def _block_ids(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
+def _key_tile(  # type: ignore[no-untyped-def]
+    m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
+    k_head, v_head, bt_ptr, stride_bt, block_size,
+    stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    offs_d, d_ok, qk_scale,
+    MASKED: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):  # fmt: skip
+    """One key tile of :func:`_chunk_partial`: the paged block ids, then :func:`_tile_step`.
+
+    ``blk`` holds this tile's block ids when ``PREFETCH`` is on (loaded one step earlier); the
+    returned ids are the next tile's then, which the load here issues before this tile's keys.
+    Without it the ids are loaded here for this tile (masked like the tile) and returned as is.
+    """
+    nxt = blk
+    if PAGED:
+        if PREFETCH:
+            nxt = _block_ids(bt_ptr, seq, stride_bt, n0 + BLOCK_N, block_size, kv_len, True,
+                             BLOCK_N)  # fmt: skip
+        else:
+            blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, MASKED, BLOCK_N)
+            nxt = blk
+    m, den, acc = _tile_step(
+        m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
+        k_head, v_head, block_size,
+        stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+        offs_d, d_ok, qk_scale,
+        MASKED, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
+    )  # fmt: skip
+    return m, den, acc, nxt
+
+
+@triton.jit
 def _chunk_partial(  # type: ignore[no-untyped-def]
     q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
     k_head, v_head, bt_ptr, stride_bt, block_size,
@@ -195,37 +229,21 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     else:
         blk = tl.zeros([BLOCK_N], dtype=tl.int64)
     for n0 in range(start, open_stop, BLOCK_N):
-        if PAGED:
-            if PREFETCH:
-                nxt = _block_ids(bt_ptr, seq, stride_bt, n0 + BLOCK_N, block_size, kv_len, True,
-                                 BLOCK_N)  # fmt: skip
-            else:
-                blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, False, BLOCK_N)
-        m, den, acc = _tile_step(
-            m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
-            k_head, v_head, block_size,
+        m, den, acc, blk = _key_tile(
+            m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
             stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             offs_d, d_ok, qk_scale,
-            False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
+            False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
         )  # fmt: skip
-        if PAGED and PREFETCH:
-            blk = nxt
     for n0 in range(open_stop, end, BLOCK_N):
-        if PAGED:
-            if PREFETCH:
-                nxt = _block_ids(bt_ptr, seq, stride_bt, n0 + BLOCK_N, block_size, kv_len, True,
-                                 BLOCK_N)  # fmt: skip
-            else:
-                blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, True, BLOCK_N)
-        m, den, acc = _tile_step(
-            m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
-            k_head, v_head, block_size,
+        m, den, acc, blk = _key_tile(
+            m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
             stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             offs_d, d_ok, qk_scale,
-            True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION,
+            True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
         )  # fmt: skip
-        if PAGED and PREFETCH:
-            blk = nxt
     return m, den, acc
 
 
