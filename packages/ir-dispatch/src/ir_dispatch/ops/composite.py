@@ -10,9 +10,12 @@ batch-invariant mode; the default mode keeps torch's own paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..mode import is_batch_invariant
+from ..registry import Fn, IrOp
 from .linalg import addmm, bmm, linear, matmul, mm
 from .reduce import log_softmax, token_logprobs
 
@@ -25,13 +28,18 @@ def _only_in_batch_invariant_mode(*args: object, **kwargs: object) -> bool | str
     return True if is_batch_invariant() else "only used in batch-invariant mode"
 
 
-@matmul.register_impl(
-    COMPOSITE,
-    batch_invariant=True,
-    supports_args=_only_in_batch_invariant_mode,
-    priority=5,
-    note=_NOTE,
-)
+def _composite(op: IrOp, note: str) -> Callable[[Fn], Fn]:
+    """Register the decorated function as ``op``'s composite: invariant, below providers."""
+    return op.register_impl(
+        COMPOSITE,
+        batch_invariant=True,
+        supports_args=_only_in_batch_invariant_mode,
+        priority=5,
+        note=note,
+    )
+
+
+@_composite(matmul, _NOTE)
 def matmul_composite(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() == 0 or b.dim() == 0:
         raise ValueError(
@@ -61,13 +69,7 @@ def matmul_composite(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@linear.register_impl(
-    COMPOSITE,
-    batch_invariant=True,
-    supports_args=_only_in_batch_invariant_mode,
-    priority=5,
-    note=_NOTE,
-)
+@_composite(linear, _NOTE)
 def linear_composite(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -82,13 +84,7 @@ def linear_composite(
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-@token_logprobs.register_impl(
-    COMPOSITE,
-    batch_invariant=True,
-    supports_args=_only_in_batch_invariant_mode,
-    priority=5,
-    note=_LOGPROBS_NOTE,
-)
+@_composite(token_logprobs, _LOGPROBS_NOTE)
 def token_logprobs_composite(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """The selected ``log_softmax``'s fp32 rows, gathered: the trainer's bits, on any platform."""
     rows = log_softmax.call_selected(logits, -1, torch.float32)
