@@ -290,7 +290,7 @@ job_prof06pre() {
 # after the other twice; then the attention suite on CUDA (split equals fused at 32k, graphs).
 job_combinepipe() {
   local old=/tmp/old-tree cases=decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k
-  rm -rf "$old" && mkdir -p "$old" && cp -r packages "$old"/
+  rm -rf "$old" && mkdir -p "$old" && cp -r packages benchmarks "$old"/
   cp .bench-old/_kernels.py "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
   for rep in 1 2; do
     OUT=$JOB_DIR/before$rep python3 "$old/packages/bi-triton-ascend/bench/tune_attention.py" \
