@@ -285,19 +285,26 @@ job_prof06pre() {
     --top 40 --model-dir /tmp/models-prof06 --timeout 200 --out "$JOB_DIR"
 }
 
-# #12: the combine kernel with its loads two groups ahead of the folds, timed against the
-# previous form (carry .bench-old: the previous _kernels.py) on the split decode cases, one
-# after the other twice; then the attention suite on CUDA (split equals fused at 32k, graphs).
-job_combinepipe() {
-  local old=/tmp/old-tree cases=decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k
+# attention_before_after FILE CASES: the launcher's decode tile on CASES, with the tree as it is
+# and with .bench-old/FILE in place of the attention module FILE (a copy of the tree in /tmp),
+# one after the other, twice; results under $JOB_DIR/before<n> and after<n>.
+attention_before_after() {
+  local file=$1 cases=$2 old=/tmp/old-tree
   rm -rf "$old" && mkdir -p "$old" && cp -r packages benchmarks "$old"/
-  cp .bench-old/_kernels.py "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
+  cp ".bench-old/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
   for rep in 1 2; do
     OUT=$JOB_DIR/before$rep python3 "$old/packages/bi-triton-ascend/bench/tune_attention.py" \
       --rep 25 --cases "$cases" --tiles 64x4x2
     OUT=$JOB_DIR/after$rep python3 packages/bi-triton-ascend/bench/tune_attention.py \
       --rep 25 --cases "$cases" --tiles 64x4x2
   done
+}
+
+# #12: the combine kernel with its loads two groups ahead of the folds, timed against the
+# previous form (carry .bench-old: the previous _kernels.py) on the split decode cases, one
+# after the other twice; then the attention suite on CUDA (split equals fused at 32k, graphs).
+job_combinepipe() {
+  attention_before_after _kernels.py decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k
   ncu --clock-control none --launch-skip 30 --launch-count 1 -k regex:_combine_kernel \
     --section SpeedOfLight python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 \
     --cases decode1x32k --tiles 64x4x2
