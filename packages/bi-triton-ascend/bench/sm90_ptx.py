@@ -96,7 +96,8 @@ _PRETEND_SM90: dict[str, Any] = {
 
 
 def paged_launch(
-    queries: int, stages: int | None, prefetch: bool | None, seqs: int, keys: int
+    queries: int, stages: int | None, prefetch: bool | None, seqs: int, keys: int,
+    block_n: int | None = None,
 ) -> Any:
     """Compile one fused paged launch (``queries`` per sequence) and return its kernel."""
     blocks = seqs * keys // BLOCK_SIZE
@@ -114,6 +115,8 @@ def paged_launch(
             cfg = dataclasses.replace(cfg, num_stages=stages)
         if prefetch is not None:
             cfg = dataclasses.replace(cfg, prefetch_table=prefetch)
+        if block_n is not None:
+            cfg = dataclasses.replace(cfg, block_n=block_n)
         _launch.launch(
             q, cache, cache, table, lens, starts, None, scale=HEAD_SIZE**-0.5,
             sliding_window=None, causal=True, max_seq_len=keys, mode="fused", config=cfg,
@@ -139,6 +142,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, nargs="*", default=[1, 128])
     parser.add_argument("--stages", type=int, nargs="*", default=[2, 3])
     parser.add_argument("--prefetch", action="store_true", help="only the prefetch form")
+    parser.add_argument("--block-n", type=int, help="another key tile (changes the chain)")
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--keys", type=int, default=1024)
     parser.add_argument("--dump", type=Path, help="write each kernel's PTX and TTGIR here")
@@ -148,7 +152,9 @@ def main() -> None:
     for queries in args.queries:
         for stages in args.stages:
             for prefetch in [True] if args.prefetch else [False, True]:
-                kernel = paged_launch(queries, stages, prefetch, args.seqs, args.keys)
+                kernel = paged_launch(
+                    queries, stages, prefetch, args.seqs, args.keys, args.block_n
+                )
                 name = f"q{queries}-s{stages}{'p' if prefetch else ''}"
                 rows.append({"launch": name, **loop_report(kernel)})
                 if args.dump:

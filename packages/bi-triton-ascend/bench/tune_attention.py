@@ -40,21 +40,24 @@ _common.add_src_paths()
 
 from bi_triton_ascend.attention import _launch, attention_config  # noqa: E402
 from bi_triton_ascend.attention._launch import launch  # noqa: E402
-from bi_triton_ascend.attention.config import AttnConfig  # noqa: E402
+from bi_triton_ascend.attention.config import AttnConfig, launch_config  # noqa: E402
 
 HEADS, KV_HEADS, HEAD = 32, 8, 128
 GROUP = HEADS // KV_HEADS
 BLOCK = 16
 DT = torch.bfloat16
 SCALE = HEAD**-0.5
-# A candidate: (block_m, num_warps, num_stages, prefetch_table, kv_chunk or None). A kv_chunk
-# other than the launcher's changes the chain, so its bits differ by design: time only.
-Tile = tuple[int, int, int, bool, int | None]
+# A candidate: (block_m, num_warps, num_stages, prefetch_table, kv_chunk or None, block_n or
+# None). A kv_chunk other than the launcher's changes the chain, so its bits differ by design:
+# time only. Another block_n changes the chain too; such a candidate is compared with the
+# launcher's tiles on the same chain (same block_n), which tells whether the tile family holds
+# for that block_n.
+Tile = tuple[int, int, int, bool, int | None, int | None]
 # Candidates, each timed and compared with the launcher's bits.
 CANDIDATES: list[Tile] = [
-    (64, 8, 2, False, None), (64, 8, 3, False, None), (64, 4, 2, False, None),
-    (64, 4, 3, False, None), (128, 8, 2, False, None), (128, 8, 3, False, None),
-    (128, 4, 2, False, None), (32, 4, 2, False, None), (16, 4, 2, False, None),
+    (64, 8, 2, False, None, None), (64, 8, 3, False, None, None), (64, 4, 2, False, None, None),
+    (64, 4, 3, False, None, None), (128, 8, 2, False, None, None), (128, 8, 3, False, None, None),
+    (128, 4, 2, False, None, None), (32, 4, 2, False, None, None), (16, 4, 2, False, None, None),
 ]  # fmt: skip
 # Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
 SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
@@ -129,6 +132,42 @@ def _cases(names: set[str] | None) -> list[Case]:
     return [make() for name, make in makers.items() if names is None or name in names]
 
 
+def _launcher_tiles(case: Case) -> AttnConfig:
+    """The tiles the launcher picks for ``case`` (decode or prefill, paged or packed)."""
+    return launch_config(
+        HEAD, DT, GROUP, False, prefill=case.kind != "decode", paged=case.args[3] is not None
+    )
+
+
+def _flash_attn_baseline(case: Case) -> Callable[[], Any] | None:
+    """vLLM's FlashAttention 3 on the same paged/packed call (batch-variant), if importable.
+
+    The kernel vLLM's default (and its own batch-invariant mode, with one split) runs: the
+    speed our tiles are judged against. ``None`` without vLLM or on a signature mismatch.
+    """
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+    except Exception:  # vLLM absent or built without it: no baseline line
+        return None
+    q, k, v, table, lens, starts, kv_start = case.args
+    max_q = int((starts[1:] - starts[:-1]).max())
+    max_k = int(lens.max())
+    kwargs: dict[str, Any] = {
+        "q": q, "k": k, "v": v, "cu_seqlens_q": starts, "max_seqlen_q": max_q,
+        "max_seqlen_k": max_k, "softmax_scale": SCALE, "causal": True, "fa_version": 3,
+    }  # fmt: skip
+    if table is not None:
+        kwargs.update(seqused_k=lens, block_table=table)
+    else:
+        kwargs.update(cu_seqlens_k=kv_start)
+    try:
+        flash_attn_varlen_func(**kwargs)
+    except Exception as exc:  # report, go on without the line
+        print(f"{case.name} fa3: {type(exc).__name__}: {exc!s:.200}")
+        return None
+    return lambda: flash_attn_varlen_func(**kwargs)
+
+
 def _run(
     case: Case,
     cfg: AttnConfig | None,
@@ -166,8 +205,9 @@ def _candidates(
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
     """Named callables to time, each with whether its fp32 output equals ``ref``.
 
-    ``tiles`` are ``(rows, warps, stages, prefetch_table, kv_chunk)`` applied to ``base``; with
-    ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead.
+    ``tiles`` are ``(rows, warps, stages, prefetch_table, kv_chunk, block_n)`` applied to
+    ``base``; with ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead. A candidate
+    with another ``block_n`` is compared with the launcher's tiles on that ``block_n``.
     """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
     if split_sweep:
@@ -180,13 +220,26 @@ def _candidates(
                 bad.append(f"{case.name} {name}")
             lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
         return lines
-    for bm, warps, stages, prefetch, chunk in tiles:
+    refs_by_block_n: dict[int, torch.Tensor] = {}
+    for bm, warps, stages, prefetch, chunk, block_n in tiles:
         cfg = dataclasses.replace(
             base, block_m=bm, num_warps=warps, num_stages=stages, prefetch_table=prefetch
         )
         name = f"m{bm}w{warps}s{stages}{'p' if prefetch else ''}{f'c{chunk}' if chunk else ''}"
+        want = ref
+        if block_n is not None and block_n != base.block_n:
+            cfg = dataclasses.replace(cfg, block_n=block_n)
+            name += f"n{block_n}"
+            if block_n not in refs_by_block_n:
+                same_chain = dataclasses.replace(_launcher_tiles(case), block_n=block_n)
+                try:
+                    refs_by_block_n[block_n] = _run(case, same_chain, torch.float32, chunk)()
+                except Exception as exc:  # the chain does not compile: skip it
+                    print(f"{case.name} n{block_n} reference: {type(exc).__name__}: {exc!s:.160}")
+                    continue
+            want = refs_by_block_n[block_n]
         try:
-            same = bool(torch.equal(_run(case, cfg, torch.float32, chunk)(), ref))
+            same = bool(torch.equal(_run(case, cfg, torch.float32, chunk)(), want))
         except Exception as exc:  # a tile that does not compile: report it, go on
             print(f"{case.name} {name}: {type(exc).__name__}: {exc!s:.160}")
             continue
@@ -195,15 +248,23 @@ def _candidates(
         lines.append((name, _run(case, cfg, kv_chunk=chunk), same))
     if case.sdpa is not None:
         lines.append(("sdpa", case.sdpa, None))
+    fa3 = _flash_attn_baseline(case)
+    if fa3 is not None:
+        lines.append(("fa3 (vLLM)", fa3, None))
     return lines
 
 
 def _parse_tile(text: str) -> Tile:
-    """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (another kv_chunk)."""
+    """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (another kv_chunk),
+    ``"128x8x2pn128"`` (another block_n; with a chunk: ``"128x8x2pc512n128"``)."""
+    text, _, block_n = text.partition("n")
     text, _, chunk = text.partition("c")
     prefetch = text.endswith("p")
     rows, warps, stages = (int(v) for v in text.removesuffix("p").split("x"))
-    return rows, warps, stages, prefetch, int(chunk) if chunk else None
+    return (
+        rows, warps, stages, prefetch, int(chunk) if chunk else None,
+        int(block_n) if block_n else None,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -213,8 +274,8 @@ def main() -> None:
     parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
     parser.add_argument(
         "--tiles", default="",
-        help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK],... (p: block-table prefetch; c: another"
-        " kv_chunk, which changes the bits; default all)",
+        help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK][nBLOCK_N],... (p: block-table prefetch;"
+        " c: another kv_chunk, n: another block_n, which change the bits; default all)",
     )  # fmt: skip
     args = parser.parse_args()
     tiles = [_parse_tile(t) for t in args.tiles.split(",")] if args.tiles else list(CANDIDATES)
