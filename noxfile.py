@@ -85,14 +85,15 @@ def pytest_dirs(session: nox.Session, dirs: list[Path], *args: str) -> None:
 # 0.3.29's Haswell sgemm kernels (which its runtime dispatch also picks on AMD Zen CPUs) break
 # that (rows 6-11 of a 16-row tile round differently), its Sandybridge and SkylakeX kernels keep
 # it on every tile shape the kernels use (`test_interpreter_blas.py` checks). Sandybridge needs
-# only AVX, so every x86-64 CI runner has it; a value already set in the environment wins.
+# only AVX, so every x86-64 CI runner has it. It overrides the environment's value: this
+# machine's image sets OPENBLAS_CORETYPE=Haswell.
 INTERPRETER_BLAS_CORE = "Sandybridge"
 
 
 def interpreter_env(session: nox.Session) -> None:
     """Run Triton kernels in the CPU interpreter, on row-invariant OpenBLAS kernels."""
     session.env["TRITON_INTERPRET"] = "1"
-    session.env["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", INTERPRETER_BLAS_CORE)
+    session.env["OPENBLAS_CORETYPE"] = INTERPRETER_BLAS_CORE
 
 
 def triton_banner(session: nox.Session) -> None:
