@@ -285,18 +285,18 @@ job_prof06pre() {
     --top 40 --model-dir /tmp/models-prof06 --timeout 200 --out "$JOB_DIR"
 }
 
-# attention_before_after FILE CASES: the launcher's decode tile on CASES, with the tree as it is
-# and with .bench-old/FILE in place of the attention module FILE (a copy of the tree in /tmp),
-# one after the other, twice; results under $JOB_DIR/before<n> and after<n>.
+# attention_before_after FILE CASES [TILES]: TILES (default the launcher's decode tile) on CASES,
+# with the tree as it is and with .bench-old/FILE in place of the attention module FILE (a copy
+# of the tree in /tmp), one after the other, twice; results under $JOB_DIR/before<n>, after<n>.
 attention_before_after() {
-  local file=$1 cases=$2 old=/tmp/old-tree
+  local file=$1 cases=$2 tiles=${3:-64x4x2} old=/tmp/old-tree
   rm -rf "$old" && mkdir -p "$old" && cp -r packages benchmarks "$old"/
   cp ".bench-old/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
   for rep in 1 2; do
     OUT=$JOB_DIR/before$rep python3 "$old/packages/bi-triton-ascend/bench/tune_attention.py" \
-      --rep 25 --cases "$cases" --tiles 64x4x2
+      --rep 25 --cases "$cases" --tiles "$tiles"
     OUT=$JOB_DIR/after$rep python3 packages/bi-triton-ascend/bench/tune_attention.py \
-      --rep 25 --cases "$cases" --tiles 64x4x2
+      --rep 25 --cases "$cases" --tiles "$tiles"
   done
 }
 
@@ -330,4 +330,20 @@ job_prof06single() {
   python3 benchmarks/profile_vllm.py --shape 0.6b --load decode --modes default,plugin \
     --prompts 1 --prompt-len 16 --max-tokens 256 --top 40 --model-dir /tmp/models-prof06 \
     --timeout 200 --out "$JOB_DIR"
+}
+
+# #12: the fused launch's key loop as one loop over every chunk (no pipeline drain at chunk
+# ends; same bits), timed against the loop per chunk (carry .bench-old: main's _kernels.py) on
+# prefill and fused decode; prefill tiles at 2 and 3 stages (3 may pipeline now).
+job_flatloop() {
+  attention_before_after _kernels.py prefill1x16k,chunk4k@16k,decode64x1k \
+    128x8x2p,128x8x3p,64x4x2
+}
+
+# #12: 128-key tiles (another chain; other bits) against the launcher's 64 on prefill and decode,
+# and whether the tile family (64 rows / 4 warps, 128 rows / 8 warps) keeps its bits with them.
+job_tilesn128() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --cases prefill1x16k,chunk4k@16k,decode1x32k,decode8x8k \
+    --tiles 128x8x2p,128x8x2pn128,128x8x3pn128,64x4x2n128,64x8x2n128,128x8x2pn32
 }

@@ -247,6 +247,71 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     return m, den, acc
 
 
+@triton.jit
+def _fused_rows(  # type: ignore[no-untyped-def]
+    q, pos, lo_row, tile_lo, hi, open_end, seq, kv_len, kv_base,
+    k_head, v_head, bt_ptr, stride_bt, block_size,
+    stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    offs_d, d_ok, qk_scale,
+    PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):  # fmt: skip
+    """Every chunk of the tile, folded in order: the fused launch's ``(M, L, A)``.
+
+    The same tile steps, in the same order and with the same masking, as :func:`_chunk_partial`
+    called chunk by chunk and each partial folded with :func:`_merge`; only the loop is one loop
+    over all the tiles (unmasked ones, then masked ones) instead of two per chunk, with the fold
+    and the restart of the partial at each chunk's last tile. So the loads of the next chunk's
+    first tiles are issued under the current chunk's math, where a loop per chunk drained the
+    pipeline at every chunk (256 keys: every 4 tiles). Why the masked/unmasked split is the
+    same: a chunk's tiles start on the ``BLOCK_N`` grid, so the per-chunk boundary of
+    :func:`_chunk_partial` (``open_end`` rounded down to the grid, clamped to the chunk) is the
+    global one clamped; each chunk holds at least one tile of ``[tile_lo, hi]``.
+    """
+    open_stop = tl.maximum(tl.minimum(open_end // BLOCK_N * BLOCK_N, hi + 1), tile_lo)
+    M = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    L = tl.zeros([BLOCK_M], dtype=tl.float32)
+    A = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    if PAGED and PREFETCH:
+        blk = _block_ids(bt_ptr, seq, stride_bt, tile_lo, block_size, kv_len, True, BLOCK_N)
+    else:
+        blk = tl.zeros([BLOCK_N], dtype=tl.int64)
+    for n0 in range(tile_lo, open_stop, BLOCK_N):
+        m, den, acc, blk = _key_tile(
+            m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
+        )  # fmt: skip
+        if (n0 + BLOCK_N) % KV_CHUNK == 0:
+            M, L, A = _merge(M, L, A, m, den, acc)
+            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            den = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    for n0 in range(open_stop, hi + 1, BLOCK_N):
+        m, den, acc, blk = _key_tile(
+            m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
+        )  # fmt: skip
+        if (n0 + BLOCK_N) % KV_CHUNK == 0:
+            M, L, A = _merge(M, L, A, m, den, acc)
+            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            den = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    # The last chunk, unless its last tile ended on a chunk boundary (then this partial is
+    # empty and the fold leaves the state as it is).
+    return _merge(M, L, A, m, den, acc)
+
+
 # Arguments that follow the split's chunk bound are not specialized on (Triton would compile a
 # variant for a stride of 1 or a multiple of 16): a CUDA graph captured with another bound than
 # its warm-up launch must not need a new variant, which cannot be loaded during a capture.
@@ -340,19 +405,14 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
             tl.store(part_l_ptr + pm + c * stride_pc, den, mask=row_ok)
             tl.store(part_acc_ptr + pa + c * stride_ac, acc, mask=row_ok[:, None] & d_ok[None, :])
     else:
-        M = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        L = tl.zeros([BLOCK_M], dtype=tl.float32)
-        A = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-        for c in range(lo // KV_CHUNK, hi // KV_CHUNK + 1):
-            m, den, acc = _chunk_partial(
-                q, pos, lo_row, c, tile_lo, hi, open_end, seq, kv_len, kv_base,
-                k_head, v_head, bt_ptr, stride_bt, block_size,
-                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-                offs_d, d_ok, qk_scale,
-                PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
-                PRECISION, PREFETCH,
-            )  # fmt: skip
-            M, L, A = _merge(M, L, A, m, den, acc)
+        _, L, A = _fused_rows(
+            q, pos, lo_row, tile_lo, hi, open_end, seq, kv_len, kv_base,
+            k_head, v_head, bt_ptr, stride_bt, block_size,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            offs_d, d_ok, qk_scale,
+            PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
+            PRECISION, PREFETCH,
+        )  # fmt: skip
         out = _normalize(A, L)
         tl.store(
             out_ptr + q_row[:, None] * stride_ot + head[:, None] * stride_oh
