@@ -23,7 +23,7 @@ def test_prefill_tiles_keep_the_chain_and_change_only_rows_and_warps(
     assert decode == attention_config(128, torch.bfloat16, group, False)
     assert (decode.block_m, decode.num_warps) == (64, 4)
     assert (prefill.block_m, prefill.num_warps) == (PREFILL_BLOCK_M, 8)
-    assert prefill.num_stages == (2 if paged else 3)
+    assert prefill.num_stages == 3
     # Paged prefill loads the block table a tile ahead; decode and packed keys do not.
     assert (prefill.prefetch_table, decode.prefetch_table) == (paged, False)
     # The chain (chunk, key tile) and the row packing stay; only rows, warps and stages move.

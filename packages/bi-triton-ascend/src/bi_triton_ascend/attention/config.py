@@ -162,10 +162,12 @@ def launch_config(
 
     Prefill tiles (128 rows, 8 warps) ran 1.2-1.3x faster than the 64-row tiles on 4 warps on
     long causal prefills (H200, ``bench/tune_attention.py``), which in turn run decode fastest.
-    Packed keys pipeline three stages deep; paged keys (a gather through the block table) two,
-    loading the next tile's block-table entries one step ahead (``prefetch_table``): 1.07x on a
-    4k-token chunk over a 16k-token paged cache on an H100, while decode tiles gained nothing
-    from it (``tune_attention_prefetch_h100.json``).
+    Both pipeline three stages deep; paged keys (a gather through the block table) also load the
+    next tile's block-table entries one step ahead (``prefetch_table``; decode tiles gained
+    nothing from it, ``tune_attention_prefetch_h100.json``). Since the fused launch walks all
+    chunks in one key loop, three stages beat two on a 4k-token chunk over a 16k-token paged
+    cache on an H100 (3.65 against 3.85-3.95 ms, ``tune_attention_flat_loop_after*_h100.json``);
+    with a loop per chunk they lost (4.0-4.1 ms).
 
     Args:
         head_size: the head dimension.
@@ -180,5 +182,5 @@ def launch_config(
         return cfg
     return dataclasses.replace(
         cfg, block_m=max(PREFILL_BLOCK_M, cfg.group_pad), num_warps=8,
-        num_stages=2 if paged else 3, prefetch_table=paged,
+        num_stages=3, prefetch_table=paged,
     )  # fmt: skip
