@@ -347,3 +347,14 @@ job_tilesn128() {
     --cases prefill1x16k,chunk4k@16k,decode1x32k,decode8x8k \
     --tiles 128x8x2p,128x8x2pn128,128x8x3pn128,64x4x2n128,64x8x2n128,128x8x2pn32
 }
+
+# #12: what bounds the prefill tile (128 rows, 8 warps, 3 stages) on a long packed causal prefill,
+# where PyTorch's SDPA runs ~1.8x faster: pipe utilization, warp stalls, occupancy (ncu).
+job_ncuprefill() {
+  ncu --clock-control none --launch-skip 20 --launch-count 1 -k regex:_attn_kernel \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+    --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 --cases prefill4x4k \
+    --tiles 128x8x3 > "$JOB_DIR/ncu_attention_prefill.txt" 2>&1
+  tail -n 120 "$JOB_DIR/ncu_attention_prefill.txt"
+}
