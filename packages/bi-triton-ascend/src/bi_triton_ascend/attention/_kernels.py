@@ -8,6 +8,9 @@ either one KV chunk (``SPLIT``: it writes that chunk's fp32 partial) or all chun
 
 Why the bits do not depend on the caller (see :mod:`.config` for the chain):
 
+* Chunks lie on the grid of :class:`.config.ChunkGrid` (``KV_CHUNK``-key chunks up to
+  ``LONG_FROM``, ``LONG_CHUNK``-key ones after): :func:`_chunk_of` and :func:`_chunk_start` are
+  the only places that know it, and every kernel goes through them (:func:`_starts_chunk` too).
 * Every chunk partial is built by :func:`_chunk_partial` from tiles on the absolute key grid.
   A program may visit tiles that are fully masked for some of its rows (a prefill tile's later
   rows see further; a window's earliest row starts sooner); for such a row the step leaves its
@@ -56,6 +59,37 @@ def _find_seq(  # type: ignore[no-untyped-def]
         else:
             hi = mid - 1
     return lo
+
+
+@triton.jit
+def _chunk_of(  # type: ignore[no-untyped-def]
+    pos, KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr
+):
+    """The chunk of key position ``pos`` (a scalar or a tensor, elementwise).
+
+    Below ``LONG_FROM`` (and for a padding row's ``pos = -1``) exactly ``pos // KV_CHUNK``.
+    """
+    return tl.where(
+        pos < LONG_FROM, pos // KV_CHUNK, LONG_FROM // KV_CHUNK + (pos - LONG_FROM) // LONG_CHUNK
+    )
+
+
+@triton.jit
+def _chunk_start(  # type: ignore[no-untyped-def]
+    c, KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr
+):
+    """The first key position of chunk ``c`` (chunk ``c`` ends where ``c + 1`` starts)."""
+    shorts: tl.constexpr = LONG_FROM // KV_CHUNK
+    return tl.where(c < shorts, c * KV_CHUNK, LONG_FROM + (c - shorts) * LONG_CHUNK)
+
+
+@triton.jit
+def _starts_chunk(  # type: ignore[no-untyped-def]
+    pos, KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr
+):
+    """Whether key position ``pos >= 0`` is the first of its chunk."""
+    c = _chunk_of(pos, KV_CHUNK, LONG_FROM, LONG_CHUNK)
+    return _chunk_start(c, KV_CHUNK, LONG_FROM, LONG_CHUNK) == pos
 
 
 @triton.jit
@@ -203,9 +237,9 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     offs_d, d_ok, qk_scale,
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Online softmax over chunk ``c`` from scratch: ``(max, sum, acc)`` per row, fp32.
 
@@ -218,8 +252,8 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     while the current tile's keys are in flight, so a key load never waits for the table load of
     its own step. Paged prefill launches use it (1.07x on an H100); decode gained nothing.
     """
-    start = tl.maximum(c * KV_CHUNK, tile_lo)
-    end = tl.minimum((c + 1) * KV_CHUNK, hi + 1)
+    start = tl.maximum(_chunk_start(c, KV_CHUNK, LONG_FROM, LONG_CHUNK), tile_lo)
+    end = tl.minimum(_chunk_start(c + 1, KV_CHUNK, LONG_FROM, LONG_CHUNK), hi + 1)
     open_stop = tl.minimum(tl.maximum(start + (open_end - start) // BLOCK_N * BLOCK_N, start), end)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -254,9 +288,9 @@ def _fused_rows(  # type: ignore[no-untyped-def]
     stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     offs_d, d_ok, qk_scale,
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Every chunk of the tile, folded in order: the fused launch's ``(M, L, A)``.
 
@@ -265,10 +299,12 @@ def _fused_rows(  # type: ignore[no-untyped-def]
     over all the tiles (unmasked ones, then masked ones) instead of two per chunk, with the fold
     and the restart of the partial at each chunk's last tile. So the loads of the next chunk's
     first tiles are issued under the current chunk's math, where a loop per chunk drained the
-    pipeline at every chunk (256 keys: every 4 tiles). Why the masked/unmasked split is the
-    same: a chunk's tiles start on the ``BLOCK_N`` grid, so the per-chunk boundary of
-    :func:`_chunk_partial` (``open_end`` rounded down to the grid, clamped to the chunk) is the
-    global one clamped; each chunk holds at least one tile of ``[tile_lo, hi]``.
+    pipeline at every chunk (256 keys: every 4 tiles). A tile ends a chunk where the next one
+    starts a chunk (:func:`_starts_chunk`: the grid's short and long chunks alike). Why the
+    masked/unmasked split is the same: a chunk's tiles start on the ``BLOCK_N`` grid, so the
+    per-chunk boundary of :func:`_chunk_partial` (``open_end`` rounded down to the grid, clamped
+    to the chunk) is the global one clamped; each chunk holds at least one tile of
+    ``[tile_lo, hi]``.
     """
     open_stop = tl.maximum(tl.minimum(open_end // BLOCK_N * BLOCK_N, hi + 1), tile_lo)
     M = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -289,7 +325,7 @@ def _fused_rows(  # type: ignore[no-untyped-def]
             offs_d, d_ok, qk_scale,
             False, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
         )  # fmt: skip
-        if (n0 + BLOCK_N) % KV_CHUNK == 0:
+        if _starts_chunk(n0 + BLOCK_N, KV_CHUNK, LONG_FROM, LONG_CHUNK):
             M, L, A = _merge(M, L, A, m, den, acc)
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             den = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -302,7 +338,7 @@ def _fused_rows(  # type: ignore[no-untyped-def]
             offs_d, d_ok, qk_scale,
             True, PAGED, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST, PRECISION, PREFETCH,
         )  # fmt: skip
-        if (n0 + BLOCK_N) % KV_CHUNK == 0:
+        if _starts_chunk(n0 + BLOCK_N, KV_CHUNK, LONG_FROM, LONG_CHUNK):
             M, L, A = _merge(M, L, A, m, den, acc)
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             den = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -329,9 +365,10 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
     stride_ot, stride_oh, stride_od,
     stride_bt, stride_pt, stride_ph, stride_pc, stride_at, stride_ah, stride_ac,
     PAGED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    KV_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
+    KV_CHUNK: tl.constexpr, LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(tile slots, kv heads[, chunk programs])``; see the module docstring."""
     # Last tile slot first: a causal sequence's later tiles see the most keys, and starting them
@@ -357,10 +394,13 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
         open_end = kv_len
     if SPLIT:
         # This program's chunks: c_first, c_first + step, ... up to c_end (buffer bound included).
+        # The walk is over chunk indices, whatever their lengths: each of the tile's chunks
+        # [chunk_of(lo), c_end) has exactly one program.
         step = tl.num_programs(2)
-        c_end = tl.minimum(hi // KV_CHUNK + 1, num_chunks)
+        c_end = tl.minimum(_chunk_of(hi, KV_CHUNK, LONG_FROM, LONG_CHUNK) + 1, num_chunks)
         c_first = tl.program_id(2)
-        c_first += tl.maximum(lo // KV_CHUNK - c_first + step - 1, 0) // step * step
+        c_lo = _chunk_of(lo, KV_CHUNK, LONG_FROM, LONG_CHUNK)
+        c_first += tl.maximum(c_lo - c_first + step - 1, 0) // step * step
         if c_first >= c_end:
             return
     kv_base = 0 if PAGED else tl.load(kv_start_ptr + seq)
@@ -398,8 +438,8 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
                 k_head, v_head, bt_ptr, stride_bt, block_size,
                 stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 offs_d, d_ok, qk_scale,
-                PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
-                PRECISION, PREFETCH,
+                PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, LONG_FROM, LONG_CHUNK, BLOCK_N, BLOCK_M,
+                HEAD_PAD, UPCAST, PRECISION, PREFETCH,
             )  # fmt: skip
             tl.store(part_m_ptr + pm + c * stride_pc, m, mask=row_ok)
             tl.store(part_l_ptr + pm + c * stride_pc, den, mask=row_ok)
@@ -410,8 +450,8 @@ def _attn_kernel(  # type: ignore[no-untyped-def]
             k_head, v_head, bt_ptr, stride_bt, block_size,
             stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             offs_d, d_ok, qk_scale,
-            PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, BLOCK_N, BLOCK_M, HEAD_PAD, UPCAST,
-            PRECISION, PREFETCH,
+            PAGED, CAUSAL, HAS_WINDOW, KV_CHUNK, LONG_FROM, LONG_CHUNK, BLOCK_N, BLOCK_M,
+            HEAD_PAD, UPCAST, PRECISION, PREFETCH,
         )  # fmt: skip
         out = _normalize(A, L)
         tl.store(
@@ -480,8 +520,8 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     stride_ot, stride_oh, stride_od,
     stride_pt, stride_ph, stride_pc, stride_at, stride_ah, stride_ac,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, KV_CHUNK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    LONG_FROM: tl.constexpr, LONG_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(tile slots, kv heads, head-dim blocks)``: fold each row's partials in chunk order.
 
@@ -510,13 +550,13 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     head = kvh * group + g
     pos = kv_len - q_len + tok
     if CAUSAL:
-        own_hi = pos // KV_CHUNK
+        own_hi = _chunk_of(pos, KV_CHUNK, LONG_FROM, LONG_CHUNK)
         hi = kv_len - q_len + tl.minimum(q0 + BLOCK_Q, q_len) - 1
     else:
-        own_hi = (pos * 0 + kv_len - 1) // KV_CHUNK
+        own_hi = _chunk_of(pos * 0 + kv_len - 1, KV_CHUNK, LONG_FROM, LONG_CHUNK)
         hi = kv_len - 1
     if HAS_WINDOW:
-        own_lo = tl.maximum(pos - window + 1, 0) // KV_CHUNK
+        own_lo = _chunk_of(tl.maximum(pos - window + 1, 0), KV_CHUNK, LONG_FROM, LONG_CHUNK)
         lo = tl.maximum(kv_len - q_len + q0 - window + 1, 0)
     else:
         own_lo = pos * 0
@@ -532,8 +572,8 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     # Loads run two groups of four chunks ahead of the folds, so their latency overlaps folds
     # (one sequence of 32k keys on an H100: 26 -> 23.7 us; the chain of folds is the rest). The
     # folds, and so the bits, do not depend on when the loads are issued.
-    c = lo // KV_CHUNK
-    end = tl.minimum(hi // KV_CHUNK + 1, num_chunks)
+    c = _chunk_of(lo, KV_CHUNK, LONG_FROM, LONG_CHUNK)
+    end = tl.minimum(_chunk_of(hi, KV_CHUNK, LONG_FROM, LONG_CHUNK) + 1, num_chunks)
     group0 = _load_group(
         part_m_ptr, part_l_ptr, part_acc_ptr, pm, pa, c, own_lo, own_hi, row_ok, d_ok,
         num_chunks, stride_pc, stride_ac,

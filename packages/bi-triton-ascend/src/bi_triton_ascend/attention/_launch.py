@@ -26,7 +26,7 @@ import torch
 
 from .. import _platform
 from ._kernels import _attn_kernel, _combine_kernel
-from .config import PREFILL_QUERIES_PER_SEQ, AttnConfig, cdiv, launch_config
+from .config import PREFILL_QUERIES_PER_SEQ, AttnConfig, ChunkGrid, cdiv, launch_config
 
 logger = logging.getLogger("bi_triton_ascend.attention")
 
@@ -51,7 +51,7 @@ def _want_split(
     max_seq_len: int | None,
     fused_programs: int,
     partial_bytes_per_chunk: int,
-    chunk: int,
+    grid: ChunkGrid,
     device: torch.device,
 ) -> tuple[bool, int]:
     """``(split?, chunks)``; reads ``seq_lens.max()`` (a sync) only when a split is wanted."""
@@ -67,7 +67,7 @@ def _want_split(
                 )
             return False, 0  # fused gives the same bits; it only needs no grid size
         max_seq_len = int(seq_lens.max().item())
-    chunks = cdiv(max_seq_len, chunk)
+    chunks = grid.num_chunks(max_seq_len)
     if mode == "auto" and (chunks <= 1 or chunks * partial_bytes_per_chunk > PARTIAL_BUDGET_BYTES):
         return False, 0
     return True, max(chunks, 1)
@@ -121,7 +121,8 @@ def launch(
             under CUDA graph capture, of every ``seq_lens`` the graph will replay.
         mode: ``"auto"``, ``"split"`` or ``"fused"`` (same bits; speed only).
         out_dtype: the output dtype (default ``query.dtype``).
-        kv_chunk: override of the chunk length, for benchmarks only (changes the bits).
+        kv_chunk: override of the chunk grid by a uniform one of chunks this long, for
+            benchmarks only (changes the bits).
         config: override of the tiles, for benchmarks only (may change the bits).
 
     Returns:
@@ -139,9 +140,8 @@ def launch(
     cfg = config or launch_config(
         head_size, query.dtype, group, interp, prefill=prefill, paged=paged
     )
-    chunk = cfg.kv_chunk if kv_chunk is None else kv_chunk
-    if chunk < cfg.block_n or chunk % cfg.block_n:
-        raise ValueError(f"kv_chunk must be a multiple of {cfg.block_n}; got {chunk}")
+    kv_grid = cfg.grid if kv_chunk is None else ChunkGrid.uniform(kv_chunk)
+    kv_grid.check_tiles(cfg.block_n)
     out = torch.empty(query.shape, dtype=out_dtype or query.dtype, device=device)
     if total_q == 0 or num_seqs == 0:
         return out
@@ -149,12 +149,12 @@ def launch(
     slots = total_q // cfg.block_q + num_seqs
     split, chunks = _want_split(
         mode, seq_lens, max_seq_len, slots * num_kv_heads,
-        total_q * num_heads * (head_size + 2) * 4, chunk, device,
+        total_q * num_heads * (head_size + 2) * 4, kv_grid, device,
     )  # fmt: skip
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
-            "attention: %s, %d seqs, %d queries, chunk %d", "split" if split else "fused",
-            num_seqs, total_q, chunk,
+            "attention: %s, %d seqs, %d queries, %s", "split" if split else "fused",
+            num_seqs, total_q, kv_grid.describe(),
         )  # fmt: skip
 
     seq_lens = seq_lens.contiguous()
@@ -191,7 +191,7 @@ def launch(
         *query.stride(), *k_strides, *v_strides, *out.stride(),
         stride_bt, *pm_strides, *pa_strides,
         PAGED=paged, CAUSAL=causal, HAS_WINDOW=sliding_window is not None, SPLIT=split,
-        **_tile_flags(cfg, chunk, query.dtype),
+        **_tile_flags(cfg, kv_grid, query.dtype),
     )  # fmt: skip
     if split:
         # Devices: one token and 32 head columns per program (many short folds in parallel).
@@ -203,7 +203,7 @@ def launch(
             out, part_m, part_l, part_acc, q_start, seq_lens,
             num_seqs, chunks, group, head_size, window,
             *out.stride(), *pm_strides, *pa_strides,
-            CAUSAL=causal, HAS_WINDOW=sliding_window is not None, KV_CHUNK=chunk,
+            CAUSAL=causal, HAS_WINDOW=sliding_window is not None, **_grid_flags(kv_grid),
             BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
             GROUP_PAD=cfg.group_pad, BLOCK_D=block_d,
             num_warps=COMBINE_WARPS, enable_fp_fusion=False,
@@ -211,11 +211,16 @@ def launch(
     return out
 
 
+def _grid_flags(grid: ChunkGrid) -> dict[str, int]:
+    """The chunk grid's constexprs (:func:`._kernels._chunk_of`, :func:`._kernels._chunk_start`)."""
+    return {"KV_CHUNK": grid.short, "LONG_FROM": grid.long_from, "LONG_CHUNK": grid.long}
+
+
 @functools.cache
-def _tile_flags(cfg: AttnConfig, chunk: int, dtype: torch.dtype) -> dict[str, object]:
+def _tile_flags(cfg: AttnConfig, grid: ChunkGrid, dtype: torch.dtype) -> dict[str, object]:
     """The launch's constexprs and compile options (cached per tiles; callers unpack a copy)."""
     return {
-        "KV_CHUNK": chunk,
+        **_grid_flags(grid),
         "BLOCK_N": cfg.block_n,
         "BLOCK_M": cfg.block_m,
         "BLOCK_Q": cfg.block_q,

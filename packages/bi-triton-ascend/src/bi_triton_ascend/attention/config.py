@@ -1,15 +1,22 @@
-"""The attention's reduction chain (fixed KV chunks) and its tiles.
+"""The attention's reduction chain (a fixed chunk grid of the keys) and its tiles.
 
 Batch invariance of attention is a property of the *chain* that builds one query row:
 
-* Keys are cut into chunks of ``kv_chunk`` positions on the absolute grid ``[0, kv_chunk)``,
-  ``[kv_chunk, 2 * kv_chunk)``, ... of their sequence. Each chunk is walked in tiles of
+* Keys are cut into chunks on a grid of absolute positions (:class:`ChunkGrid`): chunks of
+  ``kv_chunk`` keys up to position ``long_from``, chunks of ``long_chunk`` keys after it. Chunk
+  ``c`` starts at ``c * kv_chunk`` for ``c < long_from // kv_chunk``, else at
+  ``long_from + (c - long_from // kv_chunk) * long_chunk``. Each chunk is walked in tiles of
   ``block_n`` keys, also on the absolute grid, in increasing order, with an online softmax that
   starts from scratch at the chunk's start: that gives one partial ``(max, sum, accumulator)``
   per chunk.
 * The partials of a row are folded in chunk order (0, 1, 2, ...) starting from the empty partial.
 
-``kv_chunk`` and ``block_n`` depend on the head size, the dtype and the device family only: never
+Short chunks keep short sequences split over enough programs (a 1k-key decode has four chunks);
+long ones halve the folds (and the partials) of long sequences (512-key chunks ran 1.03-1.22x
+faster than 256-key ones at long context on an H100). The grid is a function of the position
+only, so the switch changes no invariance.
+
+The grid and ``block_n`` depend on the head size, the dtype and the device family only: never
 on the batch, the number of sequences, other sequences' lengths, or how many queries of the
 sequence this call computes. So a query at position ``p`` walks ``[0, p]`` (or its window) in the
 same tiles and chunks whether it is decoded alone, decoded in a batch of 64, prefilled in one
@@ -37,12 +44,17 @@ import torch
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_HEAD_SIZE = 256
 
-# Keys per chunk on GPUs/NPUs: 256 gives a 32k-token sequence 128 chunks, i.e. 1024 programs
-# for 8 KV heads at batch 1 (an H100 has 132 SMs), while a chunk still spans several tiles.
+# The chunk grid on GPUs/NPUs: 256-key chunks up to key 4096 (a 1k-token sequence keeps four
+# chunks, i.e. 32 programs for 8 KV heads at batch 1), 512-key chunks after (a 32k-token
+# sequence has 16 + 56 = 72 chunks, 576 programs for 8 KV heads: an H100 has 132 SMs).
 GPU_KV_CHUNK = 256
-# In Triton's CPU interpreter: small enough that tests with sequences of a few dozen tokens
-# cross several chunks and tiles.
+GPU_LONG_FROM = 4096
+GPU_LONG_CHUNK = 512
+# In Triton's CPU interpreter: small enough that tests with sequences of a few hundred tokens
+# cross several short chunks, the switch and several long chunks.
 INTERP_KV_CHUNK = 32
+INTERP_LONG_FROM = 128
+INTERP_LONG_CHUNK = 64
 INTERP_BLOCK_N = 16
 MIN_DOT = 16  # smallest tl.dot extent
 # Launches with at least this many queries per sequence on average take the prefill tiles.
@@ -62,11 +74,84 @@ def cdiv(a: int, b: int) -> int:
 
 
 @dataclass(frozen=True)
-class AttnConfig:
-    """Tiles and chunk of one attention call.
+class ChunkGrid:
+    """The chunks of the keys: ``short``-key chunks up to ``long_from``, ``long``-key ones after.
+
+    Chunk ``c`` covers ``[chunk_start(c), chunk_start(c + 1))``; :meth:`chunk_of` is its inverse.
+    ``long_from`` must be a multiple of ``short`` (so the switch falls on a chunk boundary);
+    ``long_from == short == long`` is a uniform grid (:meth:`uniform`).
 
     Attributes:
-        kv_chunk: keys per chunk (a multiple of ``block_n``); the unit of the split and merge.
+        short: keys per chunk before ``long_from``.
+        long_from: the position where the long chunks start.
+        long: keys per chunk from ``long_from`` on.
+    """
+
+    short: int
+    long_from: int
+    long: int
+
+    def __post_init__(self) -> None:
+        if self.short <= 0:
+            raise ValueError(f"kv_chunk (short chunk) must be positive; got {self.short}")
+        if self.long <= 0:
+            raise ValueError(f"long_chunk must be positive; got {self.long}")
+        if self.long_from < 0 or self.long_from % self.short:
+            raise ValueError(
+                f"long_from must be a non-negative multiple of kv_chunk ({self.short}); "
+                f"got {self.long_from}"
+            )
+
+    @classmethod
+    def uniform(cls, chunk: int) -> ChunkGrid:
+        """Chunks of ``chunk`` keys everywhere."""
+        return cls(chunk, chunk, chunk)
+
+    @property
+    def short_chunks(self) -> int:
+        """How many short chunks there are (the index of the first long chunk)."""
+        return self.long_from // self.short
+
+    def check_tiles(self, block_n: int) -> None:
+        """Raise ``ValueError`` unless both chunk lengths are multiples of the key tile."""
+        for name, keys in (("kv_chunk", self.short), ("long_chunk", self.long)):
+            if keys % block_n:
+                raise ValueError(f"{name} must be a multiple of block_n ({block_n}); got {keys}")
+
+    def chunk_of(self, pos: int) -> int:
+        """The chunk of key position ``pos`` (``pos >= 0``)."""
+        if pos < self.long_from:
+            return pos // self.short
+        return self.short_chunks + (pos - self.long_from) // self.long
+
+    def chunk_start(self, c: int) -> int:
+        """The first key position of chunk ``c >= 0`` (chunk ``c`` ends where ``c + 1`` starts)."""
+        if c < self.short_chunks:
+            return c * self.short
+        return self.long_from + (c - self.short_chunks) * self.long
+
+    def num_chunks(self, n_keys: int) -> int:
+        """Chunks that keys ``[0, n_keys)`` touch (0 for no key)."""
+        return self.chunk_of(n_keys - 1) + 1 if n_keys > 0 else 0
+
+    def describe(self) -> str:
+        """``"256-key chunks, 512 from key 4096"`` (``"256-key chunks"`` if uniform)."""
+        text = f"{self.short}-key chunks"
+        if self.long != self.short:
+            text += f", {self.long} from key {self.long_from}"
+        return text
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """Tiles and chunk grid of one attention call.
+
+    Attributes:
+        kv_chunk: keys per chunk up to ``long_from`` (a multiple of ``block_n``); the chunk is
+            the unit of the split and merge.
+        long_from: the position where chunks of ``long_chunk`` keys start (a multiple of
+            ``kv_chunk``).
+        long_chunk: keys per chunk from ``long_from`` on (a multiple of ``block_n``).
         block_n: keys per inner tile (one ``tl.dot`` for scores, one for the value sum).
         block_m: query rows per program: ``block_q`` tokens times ``group_pad`` heads.
         group_pad: query heads per KV head, rounded up to a power of two.
@@ -78,6 +163,8 @@ class AttnConfig:
     """
 
     kv_chunk: int
+    long_from: int
+    long_chunk: int
     block_n: int
     block_m: int
     group_pad: int
@@ -86,22 +173,43 @@ class AttnConfig:
     num_stages: int
     prefetch_table: bool = False
 
+    def __post_init__(self) -> None:
+        self.grid.check_tiles(self.block_n)
+
+    @property
+    def grid(self) -> ChunkGrid:
+        """The chunk grid (validated: see :class:`ChunkGrid`)."""
+        return ChunkGrid(self.kv_chunk, self.long_from, self.long_chunk)
+
     @property
     def block_q(self) -> int:
         """Query tokens per program."""
         return self.block_m // self.group_pad
 
 
-def kv_chunk_size(head_size: int, dtype: torch.dtype, interpreter: bool) -> int:
-    """Keys per chunk: a constant per device family (``head_size``/``dtype`` kept for tuning).
+def chunk_grid(head_size: int, dtype: torch.dtype, interpreter: bool) -> ChunkGrid:
+    """The chunk grid: a constant per device family (``head_size``/``dtype`` kept for tuning).
 
     Args:
         head_size: the head dimension.
         dtype: the query/cache dtype.
         interpreter: whether Triton's CPU interpreter runs the kernels.
     """
-    del head_size, dtype  # one chunk length fits every supported head size today
-    return INTERP_KV_CHUNK if interpreter else GPU_KV_CHUNK
+    del head_size, dtype  # one grid fits every supported head size today
+    if interpreter:
+        return ChunkGrid(INTERP_KV_CHUNK, INTERP_LONG_FROM, INTERP_LONG_CHUNK)
+    return ChunkGrid(GPU_KV_CHUNK, GPU_LONG_FROM, GPU_LONG_CHUNK)
+
+
+def kv_chunk_size(head_size: int, dtype: torch.dtype, interpreter: bool) -> int:
+    """Keys per chunk before the switch to long chunks (:func:`chunk_grid` has the whole grid).
+
+    Args:
+        head_size: the head dimension.
+        dtype: the query/cache dtype.
+        interpreter: whether Triton's CPU interpreter runs the kernels.
+    """
+    return chunk_grid(head_size, dtype, interpreter).short
 
 
 @functools.cache
@@ -132,8 +240,11 @@ def attention_config(
         block_n = 64 if head_pad <= 128 else 32  # part of the chain: never tie it to the family
         base_m, num_warps = 64, (4 if head_pad <= 128 else 8)
     block_m = max(base_m, group_pad)
+    grid = chunk_grid(head_size, dtype, interpreter)
     return AttnConfig(
-        kv_chunk=kv_chunk_size(head_size, dtype, interpreter),
+        kv_chunk=grid.short,
+        long_from=grid.long_from,
+        long_chunk=grid.long,
         block_n=block_n,
         block_m=block_m,
         group_pad=group_pad,
