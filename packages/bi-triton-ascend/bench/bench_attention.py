@@ -3,13 +3,14 @@
 Qwen3-8B heads (32 query, 8 KV, head 128), bf16, block size 16, every sequence of a batch at
 the same context length. Lines:
 
-* ``ours``: the batch-invariant kernel, ``mode="auto"`` (splits KV into 256-key chunks when
-  the device would otherwise idle, then folds the chunks in order).
+* ``ours``: the batch-invariant kernel, ``mode="auto"`` (splits KV into its chunks, 256 keys
+  up to key 4096 and 512 after, when the device would otherwise idle, then folds the chunks in
+  order).
 * ``ours fused``: the same kernel forced to one program per (sequence, KV head); same bits.
 * ``no split``: the same kernel with one chunk per sequence (``kv_chunk`` = whole sequence),
   i.e. what vLLM's batch-invariant mode does with ``max_num_splits=1``: the baseline.
-* ``ours chunk512`` / ``ours 16 rows``: tuning probes (other chunk length; 16-row tiles with
-  4 warps), other bits than ``ours``.
+* ``ours chunk512`` / ``ours 16 rows``: tuning probes (uniform 512-key chunks, the launcher's
+  ``kv_chunk`` override; 16-row tiles with 4 warps), other bits than ``ours``.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on a contiguous copy of the
   cache (``enable_gqa``), batch-variant, for scale; ``flash_attn`` paged decode if importable.
 
@@ -65,7 +66,8 @@ def _ours(c: dict[str, Any], ctx: int, mode: str) -> Callable[[], torch.Tensor]:
 
 
 def _variant(c: dict[str, Any], ctx: int, mode: str, **over: Any) -> Callable[[], torch.Tensor]:
-    """The same kernel with another chunk length or tiles (``kv_chunk``, ``config``)."""
+    """The same kernel with uniform chunks of another length or other tiles (``kv_chunk``,
+    ``config``)."""
 
     def run() -> torch.Tensor:
         return launch(

@@ -1,6 +1,6 @@
 """Sweep the attention's tiles (query rows, warps, stages) and check which ones keep the bits.
 
-The chain of a query row (``kv_chunk``, ``block_n``) is fixed, but ``block_m``, ``num_warps``
+The chain of a query row (the chunk grid, ``block_n``) is fixed, but ``block_m``, ``num_warps``
 and ``num_stages`` may still change the bits on a GPU: the row sums run over a layout that
 follows the warps, and the matrix instruction follows the tile. So every candidate is timed
 *and* compared bitwise (fp32 output) with the tiles the launcher picks on every case
@@ -48,10 +48,10 @@ BLOCK = 16
 DT = torch.bfloat16
 SCALE = HEAD**-0.5
 # A candidate: (block_m, num_warps, num_stages, prefetch_table, kv_chunk or None, block_n or
-# None). A kv_chunk other than the launcher's changes the chain, so its bits differ by design:
-# time only. Another block_n changes the chain too; such a candidate is compared with the
-# launcher's tiles on the same chain (same block_n), which tells whether the tile family holds
-# for that block_n.
+# None). A kv_chunk replaces the launcher's chunk grid by uniform chunks of that length, which
+# changes the chain, so its bits differ by design: time only. Another block_n changes the chain
+# too; such a candidate is compared with the launcher's tiles on the same chain (same block_n),
+# which tells whether the tile family holds for that block_n.
 Tile = tuple[int, int, int, bool, int | None, int | None]
 # Candidates, each timed and compared with the launcher's bits.
 CANDIDATES: list[Tile] = [
@@ -255,7 +255,7 @@ def _candidates(
 
 
 def _parse_tile(text: str) -> Tile:
-    """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (another kv_chunk),
+    """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (uniform chunks),
     ``"128x8x2pn128"`` (another block_n; with a chunk: ``"128x8x2pc512n128"``)."""
     text, _, block_n = text.partition("n")
     text, _, chunk = text.partition("c")
@@ -275,7 +275,8 @@ def main() -> None:
     parser.add_argument(
         "--tiles", default="",
         help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK][nBLOCK_N],... (p: block-table prefetch;"
-        " c: another kv_chunk, n: another block_n, which change the bits; default all)",
+        " c: uniform chunks of CHUNK keys instead of the chunk grid, n: another block_n, which"
+        " change the bits; default all)",
     )  # fmt: skip
     args = parser.parse_args()
     tiles = [_parse_tile(t) for t in args.tiles.split(",")] if args.tiles else list(CANDIDATES)

@@ -25,7 +25,8 @@ import vllm_bi_plugin
 from vllm_bi_plugin import _hooks_gpu, _vllm_compat, plugin
 
 EXPECTED_LINE = (
-    "attention: FLASH_ATTN(max_num_splits=1) -> vllm_bi paged_attention (256-key chunks)"
+    "attention: FLASH_ATTN(max_num_splits=1) -> vllm_bi paged_attention (256-key chunks, 512"
+    " from key 4096)"
 )
 V26_SITE = Path("/tmp/v26/site")
 REPO = Path(__file__).resolve().parents[3]

@@ -168,7 +168,7 @@ def install_attention(layout: VllmLayout, platform: str, report: Report) -> None
             f"layout {layout.name}. Unset {ATTENTION_ENV}."
         )
     try:
-        from bi_triton_ascend.attention import kv_chunk_size, providers
+        from bi_triton_ascend.attention import chunk_grid, providers
     except ImportError as e:
         raise RuntimeError(
             f"{ATTENTION_ENV}=1 needs bi-triton-ascend's attention kernel "
@@ -182,9 +182,9 @@ def install_attention(layout: VllmLayout, platform: str, report: Report) -> None
         )
     registry = import_module(ATTENTION_REGISTRY_MODULE)
     registry.register_backend(registry.AttentionBackendEnum.FLASH_ATTN, GPU_ATTENTION_CLASS)
-    chunk = kv_chunk_size(128, torch.bfloat16, interpreter=False)
+    grid = chunk_grid(128, torch.bfloat16, interpreter=False)
     report.replaced(
-        "attention: FLASH_ATTN(max_num_splits=1)", f"vllm_bi paged_attention ({chunk}-key chunks)"
+        "attention: FLASH_ATTN(max_num_splits=1)", f"vllm_bi paged_attention ({grid.describe()})"
     )
 
 

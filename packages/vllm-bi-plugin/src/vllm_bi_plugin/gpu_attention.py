@@ -3,10 +3,11 @@
 vLLM's own batch-invariant mode runs FlashAttention with ``max_num_splits=1``: invariant, but a
 decode step at small batch launches only as many programs as the batch has heads while it reads
 the whole KV cache. The kit's ``paged_attention`` op (bi-triton-ascend's ``triton`` provider,
-reached through ir-dispatch) walks each sequence's keys in fixed 256-key chunks on the absolute
-position grid and folds the chunk partials in chunk order, so a query row gets the same bits
-decoded or prefilled, with any prompt chunking or cached prefix, alone or in any batch, while a
-long decode still spreads over many programs.
+reached through ir-dispatch) walks each sequence's keys in the chunks of a fixed grid of
+absolute positions (256-key chunks up to key 4096, 512-key chunks after) and folds the chunk
+partials in chunk order, so a query row gets the same bits decoded or prefilled, with any
+prompt chunking or cached prefix, alone or in any batch, while a long decode still spreads over
+many programs.
 
 This backend is vLLM's FLASH_ATTN with one change, the attention computation: it keeps
 FLASH_ATTN's name, metadata builder, KV cache layout and cache write (``reshape_and_cache_flash``),
