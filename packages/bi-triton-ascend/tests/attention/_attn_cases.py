@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bi_triton_ascend import _platform
-from bi_triton_ascend.attention import attention_config, kv_chunk_size
+from bi_triton_ascend.attention import ChunkGrid, attention_config, chunk_grid, kv_chunk_size
 
 INTERP = _platform.interpreting()
 DEVICE: str | None = "cpu" if INTERP else ("cuda" if torch.cuda.is_available() else None)
@@ -45,7 +45,23 @@ QWEN3_8B = Heads(32, 8, 128)  # Qwen3-8B attention
 
 
 def chunk_of(heads: Heads, dtype: torch.dtype) -> int:
+    """The short chunk length (chunks before the grid's switch to long chunks)."""
     return kv_chunk_size(heads.head_size, dtype, INTERP)
+
+
+def grid_of(heads: Heads, dtype: torch.dtype) -> ChunkGrid:
+    """The whole chunk grid."""
+    return chunk_grid(heads.head_size, dtype, INTERP)
+
+
+def around_switch(grid: ChunkGrid) -> list[int]:
+    """Sequence lengths (or positions) around the switch and the first long chunk's end.
+
+    ``long_from - 1, long_from, long_from + 1`` and ``long_from + long - 1, + long, + long + 1``
+    (127, 128, 129, 191, 192, 193 in the interpreter).
+    """
+    first_long_end = grid.long_from + grid.long
+    return [grid.long_from + d for d in (-1, 0, 1)] + [first_long_end + d for d in (-1, 0, 1)]
 
 
 def tile_of(heads: Heads, dtype: torch.dtype) -> int:

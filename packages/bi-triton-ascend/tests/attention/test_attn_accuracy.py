@@ -9,7 +9,9 @@ from _attn_cases import (
     TINY_GQA,
     TOLERANCES,
     Heads,
+    around_switch,
     chunk_of,
+    grid_of,
     make_seq,
     needs_kernels,
     packed,
@@ -94,6 +96,27 @@ def test_sliding_window(window: int) -> None:
     chunk = chunk_of(TINY_GQA, torch.float32)
     lengths = [2 * chunk + 7, chunk + 2, 4]
     _check(TINY_GQA, torch.float32, [None, 1, 2], lengths, window=window, mode="split")
+
+
+@pytest.mark.parametrize("mode", ["split", "fused"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_around_the_switch_to_long_chunks(dtype: torch.dtype, mode: str) -> None:
+    """Lengths around the grid's switch and the first long chunk's end (127-129, 191-193 in the
+    interpreter): decodes, a prefill and query tiles that straddle the switch."""
+    grid = grid_of(TINY_GQA, dtype)
+    lengths = around_switch(grid)
+    _check(TINY_GQA, dtype, [1, None, 5, 1, grid.long + 2, 1], lengths, mode=mode)
+
+
+FP32_GRID = grid_of(TINY_GQA, torch.float32)
+
+
+@pytest.mark.parametrize("window", [40, FP32_GRID.long + 3], ids=["window40", "window-long+3"])
+def test_sliding_window_across_the_switch(window: int) -> None:
+    """Windows whose start lies in a short chunk and whose end lies in a long one."""
+    grid = FP32_GRID
+    lengths = [grid.long_from + 1, grid.long_from + grid.long + 1, grid.long_from + 2 * grid.long]
+    _check(TINY_GQA, torch.float32, [1, 9, 2], lengths, window=window, mode="split")
 
 
 def test_non_causal() -> None:

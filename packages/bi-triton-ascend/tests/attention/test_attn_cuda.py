@@ -1,7 +1,8 @@
 """GPU proof at model sizes: Qwen3-8B heads, batches up to 64, neighbours up to 32k tokens.
 
 Every test here is ``cuda``-marked and skips elsewhere with the reason. The CPU-sized tests of
-this directory also run on the GPU (with the GPU's chunk of 256 keys).
+this directory also run on the GPU (with the GPU's chunk grid: 256-key chunks up to key 4096,
+512-key chunks after).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from _attn_cases import (
     TOLERANCES,
     Heads,
     Seq,
+    around_switch,
     chunk_of,
     cuda_only,
+    grid_of,
     make_seq,
     packed,
     pad_requests,
@@ -40,6 +43,7 @@ OUT = torch.float32
 SCALE = QWEN3_8B.head_size**-0.5
 BLOCK = 16
 CHUNK = chunk_of(QWEN3_8B, DT)
+GRID = grid_of(QWEN3_8B, DT)
 TILE = tile_of(QWEN3_8B, DT)
 NEIGHBOUR_LENGTHS = [1, 17, CHUNK - 1, CHUNK, CHUNK + 1, 1000, 4097, 32768]
 
@@ -112,6 +116,39 @@ def test_chunked_prefill_equals_one_call(chunking: list[int]) -> None:
     for i, n in enumerate(chunking):
         done += n
         _equal(_run([(seq, done, n)], seed=i)[0], full[done - n : done], f"chunk {i} at {done}")
+
+
+@pytest.mark.parametrize("window", [None, 700], ids=["full", "window700"])
+def test_switch_to_long_chunks(window: int | None, neighbours: list[Seq]) -> None:
+    """Around the grid's switch (4095-4097, 4607-4609): decode (split and fused, alone and in a
+    batch) equals the one-call prefill, a prompt cut at the switch and inside a long chunk equals
+    it too, and the rows are accurate against float64."""
+    length = GRID.long_from + 2 * GRID.long + 77
+    (seq,) = _seqs([length], seed=41)
+    full = _run([(seq, length, length)], sliding_window=window)[0]
+    positions = [*around_switch(GRID), GRID.long_from + GRID.long // 2, length - 1]
+    others = [(s, s.length, 1) for s in neighbours]
+    for mode in ("split", "fused"):
+        rows = _run([(seq, p + 1, 1) for p in positions], mode, sliding_window=window)
+        in_batch = _run([*others, *((seq, p + 1, 1) for p in positions)], mode, seed=1,
+                        sliding_window=window)[len(others):]  # fmt: skip
+        for p, row, row_b in zip(positions, rows, in_batch, strict=True):
+            _equal(row[0], full[p], f"decode vs prefill at {p} ({mode})")
+            _equal(row_b[0], full[p], f"decode in a batch vs prefill at {p} ({mode})")
+    for cuts in ([GRID.long_from, length], [GRID.long_from + 100, GRID.long_from + 612, length]):
+        done = 0
+        for i, end in enumerate(cuts):
+            got = _run([(seq, end, end - done)], ("split", "fused")[i % 2], seed=i,
+                       sliding_window=window)[0]  # fmt: skip
+            _equal(got, full[done:end], f"prompt cut {cuts}: tokens {done}..{end}")
+            done = end
+    end, queries = GRID.long_from + GRID.long + 100, GRID.long + 200  # rows 3996..4707
+    batch = paged([(seq, end, queries)], BLOCK, _gen(2), "cuda")
+    want = reference_attention(
+        *batch.args(), SCALE, window, compute_dtype=torch.float64, out_dtype=torch.float64
+    )
+    atol, rtol = TOLERANCES[DT]
+    torch.testing.assert_close(full[end - queries : end].double(), want, atol=atol, rtol=rtol)
 
 
 def test_prefix_cached_equals_cold_in_a_batch(neighbours: list[Seq]) -> None:
@@ -195,7 +232,7 @@ def test_cuda_graph_captured_short_replays_long(padding: str, neighbours: list[S
     """A FULL-graph decode as vLLM captures it: dummy sequences of one key, the split grid sized
     from a static bound (the model's max length); replayed on the real batch (up to 32k keys,
     padded as vLLM pads) it equals the eager launch bitwise."""
-    bound = 40960  # Qwen3's max_model_len: 160 chunks, more than the capped chunk programs
+    bound = 40960  # Qwen3's max_model_len: 88 chunks, more than the capped chunk programs
     real = paged([(s, s.length, 1) for s in neighbours], BLOCK, _gen(0), "cuda")
     if padding != "none":
         real = pad_requests(real, 3 if padding == "with-query" else 0, 5, 0)

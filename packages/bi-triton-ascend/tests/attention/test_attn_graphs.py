@@ -17,7 +17,9 @@ from _attn_cases import (
     TINY_GQA,
     Paged,
     Seq,
+    around_switch,
     chunk_of,
+    grid_of,
     make_seq,
     needs_kernels,
     pad_requests,
@@ -36,6 +38,7 @@ OUT = torch.float32  # compare before the final rounding
 SCALE = TINY_GQA.head_size**-0.5
 BLOCK = 16
 CHUNK = chunk_of(TINY_GQA, DT)
+GRID = grid_of(TINY_GQA, DT)
 
 
 def _seqs(lengths: list[int], seed: int) -> list[Seq]:
@@ -69,7 +72,8 @@ def test_a_much_larger_bound_gives_the_same_bits(window: int | None) -> None:
     batch = _batch(_mixed())
     exact = _call(batch, mode="split", sliding_window=window)
     fused = _call(batch, mode="fused", sliding_window=window)
-    bound = 50 * CHUNK  # 50 chunks: more than SPLIT_MIN_CHUNK_PROGRAMS, so programs stride
+    bound = GRID.chunk_start(50)  # 50 chunks: more than SPLIT_MIN_CHUNK_PROGRAMS: programs stride
+    assert GRID.num_chunks(bound) == 50
     assert _launch._chunk_programs(50, 1, torch.device("cpu")) < 50
     big = _call(batch, mode="split", sliding_window=window, max_seq_len=bound)
     _equal(big, exact, "bound 50 chunks vs exact")
@@ -90,6 +94,43 @@ def test_programs_walking_several_chunks_give_the_same_bits(
         _equal(got, want, f"{programs} chunk programs per tile")
 
 
+def _straddling() -> list[tuple[Seq, int, int]]:
+    """Decodes and short prefill tails of sequences ending around the grid's switch."""
+    seqs = _seqs([*around_switch(GRID), GRID.long_from + 2 * GRID.long + 5], seed=22)
+    q_lens = [1, 3, 1, 1, 9, 2, 1]
+    return [(s, s.length, q) for s, q in zip(seqs, q_lens, strict=True)]
+
+
+@pytest.mark.parametrize("window", [None, 40], ids=["full", "window40"])
+def test_a_static_bound_and_striding_programs_across_the_switch(
+    monkeypatch: pytest.MonkeyPatch, window: int | None
+) -> None:
+    """A graph-sized bound (50 chunks, mostly long ones), with one or three programs walking
+    chunks c, c + P, ... over short and long chunks, gives the fused bits."""
+    batch = _batch(_straddling(), seed=3)
+    want = _call(batch, mode="fused", sliding_window=window)
+    bound = GRID.chunk_start(50)
+    _equal(_call(batch, mode="split", sliding_window=window, max_seq_len=bound), want, "bound")
+    for programs in (1, 3):
+        monkeypatch.setattr(_launch, "SPLIT_MIN_CHUNK_PROGRAMS", programs)
+        monkeypatch.setattr(_launch, "SPLIT_PROGRAMS_PER_UNIT", 0)
+        got = _call(batch, mode="split", sliding_window=window, max_seq_len=bound)
+        _equal(got, want, f"{programs} chunk programs per tile")
+
+
+def test_a_bound_that_ends_in_the_long_chunks_gives_nan_past_it() -> None:
+    """A bound inside the long chunks: rows whose chunks reach past it are NaN, the others keep
+    their bits."""
+    short, long = _seqs([GRID.long_from + 3, GRID.long_from + GRID.long + 1], seed=23)
+    batch = _batch([(short, short.length, 1), (long, long.length, 1)])
+    want = _call(batch, mode="fused")
+    bound = GRID.long_from + 1  # the short chunks and the first long one
+    got = _call(batch, mode="split", max_seq_len=bound)
+    short_rows, long_rows = batch.rows
+    assert bool(got[long_rows].isnan().all()), "rows past the bound must be NaN"
+    _equal(got[short_rows], want[short_rows], "rows within the bound")
+
+
 def test_chunk_programs_cap_the_grid() -> None:
     cpu = torch.device("cpu")
     units = _platform.num_programs(cpu)
@@ -102,7 +143,7 @@ def test_chunk_programs_cap_the_grid() -> None:
 
 
 @pytest.mark.parametrize("mode", ["split", "fused", "auto"])
-@pytest.mark.parametrize("bound", [None, 40 * CHUNK], ids=["exact", "bound40"])
+@pytest.mark.parametrize("bound", [None, GRID.chunk_start(40)], ids=["exact", "bound40"])
 def test_padded_requests_leave_real_rows_alone_and_write_zeros(
     mode: str, bound: int | None
 ) -> None:

@@ -14,7 +14,9 @@ from _attn_cases import (
     TINY_GQA,
     Heads,
     Seq,
+    around_switch,
     chunk_of,
+    grid_of,
     make_seq,
     needs_kernels,
     packed,
@@ -58,10 +60,13 @@ def _run(
     block: int = BLOCK,
     window: int | None = None,
     out_dtype: torch.dtype | None = OUT,
+    max_seq_len: int | None = None,
 ) -> list[torch.Tensor]:
     """Run one paged call; the output rows of each request."""
     batch = paged(requests, block, _gen(seed), DEVICE or "cpu")
-    out = paged_attention(*batch.args(), SCALE, window, mode=mode, out_dtype=out_dtype)
+    out = paged_attention(
+        *batch.args(), SCALE, window, max_seq_len=max_seq_len, mode=mode, out_dtype=out_dtype
+    )
     return [out[r] for r in batch.rows]
 
 
@@ -74,6 +79,10 @@ def _equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 CHUNK = chunk_of(TINY_GQA, DT)
 TILE = tile_of(TINY_GQA, DT)
 PROBE_LEN = 2 * CHUNK + 13
+GRID = grid_of(TINY_GQA, DT)  # short chunks up to GRID.long_from, long ones after
+SWITCH = around_switch(GRID)  # 127, 128, 129, 191, 192, 193 in the interpreter
+LONG_FROM, LONG = GRID.long_from, GRID.long
+LONG_LEN = LONG_FROM + 2 * LONG + 5  # two long chunks and a bit of a third (261)
 
 
 @pytest.mark.parametrize(
@@ -238,3 +247,88 @@ def test_noncontiguous_query_and_cache_give_same_bits() -> None:
     if qkv[:, 1].is_contiguous() or kv[0].is_contiguous():
         raise AssertionError("the test views should be non-contiguous")
     _equal(got, want, "strided vs contiguous inputs")
+
+
+# The chunk grid's switch from short to long chunks: every test below places sequence ends,
+# query tiles, prompt cuts and window starts around ``long_from`` and the first long chunk's end.
+
+
+@pytest.mark.parametrize("window", [None, 40, LONG + 3], ids=["full", "window40", "window-long+3"])
+def test_decode_equals_prefill_across_the_switch(window: int | None) -> None:
+    """Decoding at each position around the switch (split and fused) equals the prefill row."""
+    (seq,) = _seqs([LONG_LEN], seed=31)
+    full = _run([(seq, seq.length, seq.length)], mode="fused", window=window)[0]
+    positions = [*SWITCH, LONG_FROM + LONG // 2, LONG_FROM + 2 * LONG, seq.length - 1]
+    for mode in ("split", "fused"):
+        decoded = _run([(seq, p + 1, 1) for p in positions], mode=mode, window=window)
+        for p, row in zip(positions, decoded, strict=True):
+            _equal(row[0], full[p], f"decode vs prefill at position {p} ({mode})")
+
+
+@pytest.mark.parametrize("mode", ["split", "fused", "auto"])
+def test_rows_around_the_switch_alone_equal_rows_in_batch(mode: str) -> None:
+    """Sequences ending around the switch, decoded or with a few queries that straddle it,
+    give the same rows alone and next to short and long neighbours."""
+    seqs = _seqs(SWITCH, seed=32)
+    neighbours = _seqs([3, CHUNK + 1, LONG_LEN, 9], seed=33)
+    q_lens = [1, 3, TILE + 3, 1, LONG + 1, 2]
+    requests = [(s, s.length, q) for s, q in zip(seqs, q_lens, strict=True)]
+    alone = [_run([r], mode="fused")[0] for r in requests]
+    mixed = [(n, n.length, 1 if i % 2 else min(4, n.length)) for i, n in enumerate(neighbours)]
+    batch = [mixed[0], requests[0], mixed[1], *requests[1:4], mixed[2], *requests[4:], mixed[3]]
+    rows = _run(batch, mode=mode, seed=3)
+    got = [rows[1], *rows[3:6], *rows[7:9]]
+    for r, row, want in zip(requests, got, alone, strict=True):
+        _equal(row, want, f"length {r[1]}, {r[2]} queries, in a batch ({mode})")
+
+
+@pytest.mark.parametrize(
+    ("bound", "window"), [(None, None), (40, 40)], ids=["exact", "bound40chunks-window40"]
+)
+def test_split_equals_fused_across_the_switch(bound: int | None, window: int | None) -> None:
+    """Split (per-chunk partials, then the combine) equals fused on sequences ending around the
+    switch; with a static bound far past them (a CUDA graph's: 40 chunks) too."""
+    seqs = _seqs([*SWITCH, LONG_LEN], seed=34)
+    q_lens = [1, 2, 9, LONG + 1, 3, 1, 5]
+    requests = [(s, s.length, q) for s, q in zip(seqs, q_lens, strict=True)]
+    max_seq_len = GRID.chunk_start(bound) if bound else None
+    split = _run(requests, "split", window=window, max_seq_len=max_seq_len)
+    fused = _run(requests, "fused", window=window)
+    for r, got, want in zip(requests, split, fused, strict=True):
+        _equal(got, want, f"split vs fused, length {r[1]}, {r[2]} queries")
+
+
+CUT_LEN = LONG_FROM + LONG + 9  # 201
+
+
+@pytest.mark.parametrize(
+    ("chunking", "window"),
+    [
+        pytest.param([LONG_FROM, CUT_LEN - LONG_FROM], None, id="cut-at-switch"),
+        pytest.param([LONG_FROM + 10, LONG - 20, 19], 40, id="cut-in-long-window40"),
+        pytest.param([LONG_FROM - 1, 1, LONG, 9], None, id="cut-at-switch-1-and-long-end"),
+        pytest.param([LONG_FROM - 2, 1, 1, 1, CUT_LEN - LONG_FROM - 1], LONG + 3,
+                     id="decodes-over-the-switch-window"),
+    ],
+)  # fmt: skip
+def test_chunked_prefill_across_the_switch(chunking: list[int], window: int | None) -> None:
+    """A prompt cut at the switch or inside a long chunk gives the one-call rows."""
+    (seq,) = _seqs([CUT_LEN], seed=35)
+    assert sum(chunking) == seq.length
+    full = _run([(seq, seq.length, seq.length)], mode="fused", window=window)[0]
+    done = 0
+    for i, n in enumerate(chunking):
+        done += n
+        rows = _run([(seq, done, n)], mode=("split", "fused")[i % 2], seed=i, window=window)[0]
+        _equal(rows, full[done - n : done], f"cut {i} ({n} tokens ending at {done})")
+
+
+def test_trainer_prefill_equals_rollout_decode_across_the_switch() -> None:
+    """RL: the trainer's packed rows around the switch equal the rollout's decoded rows."""
+    (seq,) = _seqs([LONG_FROM + LONG + 2], seed=36)
+    batch = packed([(seq, seq.length, seq.length)], DEVICE or "cpu")
+    train = varlen_attention(batch.q, batch.k, batch.v, batch.cu_seqlens_q, scale=SCALE,
+                             mode="fused", out_dtype=OUT)  # fmt: skip
+    rollout = _run([(seq, p + 1, 1) for p in SWITCH], mode="split")
+    for p, row in zip(SWITCH, rollout, strict=True):
+        _equal(row[0], train[p], f"decode vs trainer at position {p}")
