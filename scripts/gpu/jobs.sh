@@ -285,13 +285,17 @@ job_prof06pre() {
     --top 40 --model-dir /tmp/models-prof06 --timeout 200 --out "$JOB_DIR"
 }
 
-# attention_before_after FILE CASES [TILES]: TILES (default the launcher's decode tile) on CASES,
-# with the tree as it is and with .bench-old/FILE in place of the attention module FILE (a copy
-# of the tree in /tmp), one after the other, twice; results under $JOB_DIR/before<n>, after<n>.
+# attention_before_after FILES CASES [TILES]: TILES (default the launcher's decode tile) on
+# CASES, with the tree as it is and with .bench-old/FILE in place of each attention module FILE
+# of FILES (comma-separated; a copy of the tree in /tmp), one after the other, twice; results
+# under $JOB_DIR/before<n>, after<n>.
 attention_before_after() {
-  local file=$1 cases=$2 tiles=${3:-64x4x2} old=/tmp/old-tree
+  local files=$1 cases=$2 tiles=${3:-64x4x2} old=/tmp/old-tree file
   rm -rf "$old" && mkdir -p "$old" && cp -r packages benchmarks "$old"/
-  cp ".bench-old/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/"
+  for file in ${files//,/ }; do
+    cp ".bench-old/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/" \
+      || return 1
+  done
   for rep in 1 2; do
     OUT=$JOB_DIR/before$rep python3 "$old/packages/bi-triton-ascend/bench/tune_attention.py" \
       --rep 25 --cases "$cases" --tiles "$tiles"
@@ -322,6 +326,24 @@ job_chunk512() {
     --section WarpStateStats --section SourceCounters --section InstructionStats \
     python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 --cases decode1x32k \
     --tiles 64x4x2
+}
+
+# #12, #13 (branch wip/attn-chunk-grid): the two-length chunk grid (256-key chunks up to key
+# 4096, 512-key chunks after). The attention CUDA suite (decode, prefill, prompt cuts and windows
+# around the switch at model sizes, the tile family, graphs), then the launcher's decode tile
+# timed with main's attention module (before) and the branch's (after), twice, on the decode
+# cases (32k keys: 72 chunks instead of 128; 40k bound: 88 instead of 160; 1k: 4 either way)
+# and a paged prefill chunk. Needs .bench-old/ with main's copies (its __init__.py too: the
+# branch's imports names main's config.py lacks), made in the repository root before the call:
+#   mkdir -p .bench-old && for f in _kernels.py _launch.py config.py __init__.py; do
+#     git show main:packages/bi-triton-ascend/src/bi_triton_ascend/attention/$f > .bench-old/$f
+#   done
+# About 3.5 minutes of tests and 2-2.5 of timings on an H100.
+job_chunkgrid() {
+  python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/attn_chunkgrid_cuda.junit.xml"
+  attention_before_after _kernels.py,_launch.py,config.py,__init__.py \
+    decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k,chunk4k@16k
 }
 
 # vLLM. #10: where the plugin's 0.6B single-stream decode loses to default (0.91-0.96x): one
