@@ -96,7 +96,11 @@ _PRETEND_SM90: dict[str, Any] = {
 
 
 def paged_launch(
-    queries: int, stages: int | None, prefetch: bool | None, seqs: int, keys: int,
+    queries: int,
+    stages: int | None,
+    prefetch: bool | None,
+    seqs: int,
+    keys: int,
     block_n: int | None = None,
 ) -> Any:
     """Compile one fused paged launch (``queries`` per sequence) and return its kernel."""
@@ -152,9 +156,7 @@ def main() -> None:
     for queries in args.queries:
         for stages in args.stages:
             for prefetch in [True] if args.prefetch else [False, True]:
-                kernel = paged_launch(
-                    queries, stages, prefetch, args.seqs, args.keys, args.block_n
-                )
+                kernel = paged_launch(queries, stages, prefetch, args.seqs, args.keys, args.block_n)
                 name = f"q{queries}-s{stages}{'p' if prefetch else ''}"
                 rows.append({"launch": name, **loop_report(kernel)})
                 if args.dump:
