@@ -293,7 +293,7 @@ attention_before_after() {
   local files=$1 cases=$2 tiles=${3:-64x4x2} old=/tmp/old-tree file
   rm -rf "$old" && mkdir -p "$old" && cp -r packages benchmarks "$old"/
   for file in ${files//,/ }; do
-    cp ".bench-old/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/" \
+    cp "${OLD_DIR:-.bench-old}/$file" "$old/packages/bi-triton-ascend/src/bi_triton_ascend/attention/" \
       || return 1
   done
   for rep in 1 2; do
@@ -379,4 +379,12 @@ job_ncuprefill() {
     python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 --cases prefill4x4k \
     --tiles 128x8x3 > "$JOB_DIR/ncu_attention_prefill.txt" 2>&1
   tail -n 120 "$JOB_DIR/ncu_attention_prefill.txt"
+}
+
+# #12, #13: the score scale inside the exponent's FMA (another chain), timed against the chunk
+# grid's kernels without it (carry .bench-old-fma: the grid branch's _kernels.py), then the
+# prefill tile's bottleneck (ncuprefill).
+job_fmascores() {
+  OLD_DIR=.bench-old-fma attention_before_after _kernels.py \
+    prefill1x16k,chunk4k@16k,decode1x32k,decode8x8k 128x8x3p,64x4x2
 }
