@@ -11,6 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+# The interpreter's tl.dot is numpy's OpenBLAS, whose Haswell kernels (also picked on AMD Zen)
+# round a row by its place in the tile; its Sandybridge ones do not (test_interpreter_blas.py).
+# OpenBLAS reads this when numpy loads, so before torch (which loads numpy) is imported. It
+# does not touch GPU runs, where numpy computes no kernel. The nox sessions set it too.
+os.environ["OPENBLAS_CORETYPE"] = "Sandybridge"
+
 import torch
 
 if not torch.cuda.is_available():
