@@ -118,6 +118,16 @@ def _normalize(A, L):
 
 
 @triton.jit
+def _empty_partial(BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """The partial of no key: max ``-inf``, sum 0, accumulator 0 (what :func:`_merge` skips)."""
+    return (
+        tl.full([BLOCK_M], float("-inf"), tl.float32),
+        tl.zeros([BLOCK_M], dtype=tl.float32),
+        tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32),
+    )
+
+
+@triton.jit
 def _tile_step(  # type: ignore[no-untyped-def]
     m, den, acc, q, pos, lo_row, n0, blk, kv_len, kv_base,
     k_head, v_head, block_size,
@@ -197,6 +207,23 @@ def _block_ids(  # type: ignore[no-untyped-def]
 
 
 @triton.jit
+def _first_block_ids(  # type: ignore[no-untyped-def]
+    bt_ptr, seq, stride_bt, n0, block_size, kv_len,
+    PAGED: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """What :func:`_key_tile` expects in ``blk`` for a walk starting at ``n0``.
+
+    With the prefetch, the block ids of the first tile; otherwise a placeholder (each step
+    loads its own).
+    """
+    if PAGED and PREFETCH:
+        blk = _block_ids(bt_ptr, seq, stride_bt, n0, block_size, kv_len, True, BLOCK_N)
+    else:
+        blk = tl.zeros([BLOCK_N], dtype=tl.int64)
+    return blk
+
+
+@triton.jit
 def _key_tile(  # type: ignore[no-untyped-def]
     m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
     k_head, v_head, bt_ptr, stride_bt, block_size,
@@ -255,13 +282,9 @@ def _chunk_partial(  # type: ignore[no-untyped-def]
     start = tl.maximum(_chunk_start(c, KV_CHUNK, LONG_FROM, LONG_CHUNK), tile_lo)
     end = tl.minimum(_chunk_start(c + 1, KV_CHUNK, LONG_FROM, LONG_CHUNK), hi + 1)
     open_stop = tl.minimum(tl.maximum(start + (open_end - start) // BLOCK_N * BLOCK_N, start), end)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    den = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    if PAGED and PREFETCH:
-        blk = _block_ids(bt_ptr, seq, stride_bt, start, block_size, kv_len, True, BLOCK_N)
-    else:
-        blk = tl.zeros([BLOCK_N], dtype=tl.int64)
+    m, den, acc = _empty_partial(BLOCK_M, HEAD_PAD)
+    blk = _first_block_ids(bt_ptr, seq, stride_bt, start, block_size, kv_len, PAGED, PREFETCH,
+                           BLOCK_N)  # fmt: skip
     for n0 in range(start, open_stop, BLOCK_N):
         m, den, acc, blk = _key_tile(
             m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
@@ -307,16 +330,10 @@ def _fused_rows(  # type: ignore[no-untyped-def]
     ``[tile_lo, hi]``.
     """
     open_stop = tl.maximum(tl.minimum(open_end // BLOCK_N * BLOCK_N, hi + 1), tile_lo)
-    M = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    L = tl.zeros([BLOCK_M], dtype=tl.float32)
-    A = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    den = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    if PAGED and PREFETCH:
-        blk = _block_ids(bt_ptr, seq, stride_bt, tile_lo, block_size, kv_len, True, BLOCK_N)
-    else:
-        blk = tl.zeros([BLOCK_N], dtype=tl.int64)
+    M, L, A = _empty_partial(BLOCK_M, HEAD_PAD)
+    m, den, acc = _empty_partial(BLOCK_M, HEAD_PAD)
+    blk = _first_block_ids(bt_ptr, seq, stride_bt, tile_lo, block_size, kv_len, PAGED, PREFETCH,
+                           BLOCK_N)  # fmt: skip
     for n0 in range(tile_lo, open_stop, BLOCK_N):
         m, den, acc, blk = _key_tile(
             m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
@@ -327,9 +344,7 @@ def _fused_rows(  # type: ignore[no-untyped-def]
         )  # fmt: skip
         if _starts_chunk(n0 + BLOCK_N, KV_CHUNK, LONG_FROM, LONG_CHUNK):
             M, L, A = _merge(M, L, A, m, den, acc)
-            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            den = tl.zeros([BLOCK_M], dtype=tl.float32)
-            acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+            m, den, acc = _empty_partial(BLOCK_M, HEAD_PAD)
     for n0 in range(open_stop, hi + 1, BLOCK_N):
         m, den, acc, blk = _key_tile(
             m, den, acc, blk, q, pos, lo_row, n0, seq, kv_len, kv_base,
@@ -340,9 +355,7 @@ def _fused_rows(  # type: ignore[no-untyped-def]
         )  # fmt: skip
         if _starts_chunk(n0 + BLOCK_N, KV_CHUNK, LONG_FROM, LONG_CHUNK):
             M, L, A = _merge(M, L, A, m, den, acc)
-            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            den = tl.zeros([BLOCK_M], dtype=tl.float32)
-            acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+            m, den, acc = _empty_partial(BLOCK_M, HEAD_PAD)
     # The last chunk, unless its last tile ended on a chunk boundary (then this partial is
     # empty and the fold leaves the state as it is).
     return _merge(M, L, A, m, den, acc)
@@ -566,9 +579,7 @@ def _combine_kernel(  # type: ignore[no-untyped-def]
     q_row = (q_beg + tok).to(tl.int64)
     pm = q_row * stride_pt + head * stride_ph
     pa = q_row[:, None] * stride_at + head[:, None] * stride_ah + offs_d[None, :]
-    M = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    L = tl.zeros([BLOCK_M], dtype=tl.float32)
-    A = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    M, L, A = _empty_partial(BLOCK_M, BLOCK_D)
     # Loads run two groups of four chunks ahead of the folds, so their latency overlaps folds
     # (one sequence of 32k keys on an H100: 26 -> 23.7 us; the chain of folds is the rest). The
     # folds, and so the bits, do not depend on when the loads are issued.
