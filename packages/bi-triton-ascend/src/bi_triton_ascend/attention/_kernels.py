@@ -118,7 +118,7 @@ def _normalize(A, L):
 
 
 @triton.jit
-def _empty_partial(BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr):
+def _empty_partial(BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr):  # type: ignore[no-untyped-def]
     """The partial of no key: max ``-inf``, sum 0, accumulator 0 (what :func:`_merge` skips)."""
     return (
         tl.full([BLOCK_M], float("-inf"), tl.float32),
