@@ -140,8 +140,11 @@ def launch(
     cfg = config or launch_config(
         head_size, query.dtype, group, interp, prefill=prefill, paged=paged
     )
-    kv_grid = cfg.grid if kv_chunk is None else ChunkGrid.uniform(kv_chunk)
-    kv_grid.check_tiles(cfg.block_n)
+    if kv_chunk is None:
+        kv_grid = cfg.grid  # checked against the tiles when cfg was built
+    else:
+        kv_grid = ChunkGrid.uniform(kv_chunk)
+        kv_grid.check_tiles(cfg.block_n)
     out = torch.empty(query.shape, dtype=out_dtype or query.dtype, device=device)
     if total_q == 0 or num_seqs == 0:
         return out

@@ -176,9 +176,9 @@ class AttnConfig:
     def __post_init__(self) -> None:
         self.grid.check_tiles(self.block_n)
 
-    @property
+    @functools.cached_property
     def grid(self) -> ChunkGrid:
-        """The chunk grid (validated: see :class:`ChunkGrid`)."""
+        """The chunk grid (validated: see :class:`ChunkGrid`), built once per config."""
         return ChunkGrid(self.kv_chunk, self.long_from, self.long_chunk)
 
     @property
