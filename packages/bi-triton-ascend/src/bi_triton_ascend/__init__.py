@@ -23,13 +23,14 @@ __version__ = "0.1.0"
 
 _OPS = (
     "addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean", "mm",
-    "rms_norm", "softmax", "token_logprobs",
+    "qk_norm_rope", "rms_norm", "softmax", "token_logprobs",
 )  # fmt: skip
 
 if TYPE_CHECKING:  # the defining modules (``ops.mean`` is also a submodule's name)
     from .ops.matmul import linear, matmul
     from .ops.mean import mean
     from .ops.mm import addmm, bmm, mm
+    from .ops.qk_norm_rope import qk_norm_rope
     from .ops.rms_norm import fused_add_rms_norm, rms_norm
     from .ops.softmax import log_softmax, softmax
     from .ops.token_logprobs import token_logprobs
@@ -57,6 +58,7 @@ __all__ = [
     "matmul",
     "mean",
     "mm",
+    "qk_norm_rope",
     "register",
     "rms_norm",
     "softmax",

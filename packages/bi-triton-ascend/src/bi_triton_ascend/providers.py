@@ -85,6 +85,32 @@ def _fused_accepts(x: object, residual: object, weight: object, epsilon: float) 
     return _verdict(x=x, residual=residual, weight=weight)
 
 
+def _qk_norm_rope_accepts(
+    q: object,
+    k: object,
+    q_weight: object,
+    k_weight: object,
+    epsilon: float,
+    positions: object,
+    cos_sin_cache: object,
+) -> bool | str:
+    """Batch-invariant mode; bf16/fp16 q on a Triton device, head_dim a power of two <= 512.
+
+    Anything else is declined (the native op, or the two separate ops, serve it); wrong shapes
+    that this kernel would take are refused by the op itself with a ``ValueError``.
+    """
+    verdict = _verdict(q=q, k=k, q_weight=q_weight, k_weight=k_weight)
+    if verdict is not True:
+        return verdict
+    assert isinstance(q, torch.Tensor)
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"q dtype {str(q.dtype).removeprefix('torch.')} is not bf16/fp16"
+    d = q.shape[-1]
+    if d < 16 or d > 512 or d & (d - 1):
+        return f"head_dim {d} is not a power of two in [16, 512]"
+    return True
+
+
 def _softmax_accepts(x: object, dim: int, dtype: object = None) -> bool | str:
     """Batch-invariant mode; x and the output dtype bf16/fp16/fp32 on a Triton device."""
     return _verdict(dtype, x=x)
@@ -121,6 +147,12 @@ def _table() -> list[tuple[Any, Callable[..., Any], Callable[..., bool | str], s
         (ir_ops.linear, ops.linear, _linear_accepts, _GEMM_NOTE + "; one launch per call"),
         (ir_ops.rms_norm, ops.rms_norm, _rms_accepts, _ROW_NOTE),
         (ir_ops.fused_add_rms_norm, ops.fused_add_rms_norm, _fused_accepts, _ROW_NOTE),
+        (
+            ir_ops.qk_norm_rope,
+            ops.qk_norm_rope,
+            _qk_norm_rope_accepts,
+            _ROW_NOTE + "; rms_norm's bits, then fp32 RoPE rounded once, one launch for q and k",
+        ),
         (ir_ops.softmax, ops.softmax, _softmax_accepts, _ROW_NOTE + "; long rows in fixed chunks"),
         (ir_ops.log_softmax, ops.log_softmax, _softmax_accepts, _ROW_NOTE + "; long rows chunked"),
         (ir_ops.mean, ops.mean, _mean_accepts, "fixed-order sum per row; chunking from length"),
@@ -160,7 +192,7 @@ def unregister() -> None:
     """Remove every ``triton`` implementation this package registered."""
     for op in (
         ir_ops.mm, ir_ops.addmm, ir_ops.bmm, ir_ops.matmul, ir_ops.linear, ir_ops.rms_norm,
-        ir_ops.fused_add_rms_norm, ir_ops.softmax, ir_ops.log_softmax, ir_ops.mean,
-        ir_ops.token_logprobs,
+        ir_ops.fused_add_rms_norm, ir_ops.qk_norm_rope, ir_ops.softmax, ir_ops.log_softmax,
+        ir_ops.mean, ir_ops.token_logprobs,
     ):  # fmt: skip
         op.unregister_impl(PROVIDER)

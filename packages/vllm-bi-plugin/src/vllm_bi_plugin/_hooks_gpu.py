@@ -17,7 +17,9 @@ leaves vLLM's own (bitwise) path rather than a batch-variant one:
 - FP8: ``vllm._custom_ops.cutlass_scaled_mm`` goes to ir-dispatch's ``scaled_mm`` when a
   batch-invariant provider (``bi-cutlass-fp8``) accepts the call, else to vLLM's CUTLASS;
 - reported logprobs: the GPU runner's own Triton logprob kernel goes to ir-dispatch's
-  ``log_softmax`` (:mod:`._logprobs`), the kernel the trainer scores with.
+  ``log_softmax`` (:mod:`._logprobs`), the kernel the trainer scores with;
+- Qwen3's q/k norms and RoPE: one ``qk_norm_rope`` launch with the same bits, opt-in with
+  ``VLLM_BI_QK_FUSION=1`` (:mod:`._qk_fusion`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import _fp8, _hooks_common, _logprobs, _patch, _settings
+from . import _fp8, _hooks_common, _logprobs, _patch, _qk_fusion, _settings
 from ._providers import covered, covered_overloads
 from ._report import Report
 from ._vllm_compat import (
@@ -111,6 +113,7 @@ def install(layout: VllmLayout, platform: str, report: Report) -> None:
         report.replaced(theirs, ours)
 
     _hooks_common.install_norms(report, platform)
+    _qk_fusion.install(layout, platform, report)
 
     # The .out forms too: Inductor's extern GEMM calls (aten.mm.out) bypass aten::mm.
     wanted = tuple(dict.fromkeys((*layout.aten_overloads, *layout.matmul_overloads, *_OUT_FORMS)))

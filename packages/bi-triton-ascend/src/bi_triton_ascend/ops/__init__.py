@@ -3,6 +3,7 @@
 from .matmul import linear, matmul
 from .mean import mean
 from .mm import addmm, bmm, mm
+from .qk_norm_rope import qk_norm_rope
 from .rms_norm import fused_add_rms_norm, rms_norm
 from .softmax import log_softmax, softmax
 from .token_logprobs import token_logprobs
@@ -16,6 +17,7 @@ __all__ = [
     "matmul",
     "mean",
     "mm",
+    "qk_norm_rope",
     "rms_norm",
     "softmax",
     "token_logprobs",

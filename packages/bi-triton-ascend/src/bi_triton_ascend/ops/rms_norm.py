@@ -9,10 +9,12 @@ a block size, a rows-per-tile count and a warp count chosen from the hidden size
 reduction tree never depends on the number of rows.
 
 Short rows (``H <= MULTI_ROW_MAX``: the per-head q/k norms of attention, ``H = head_dim``) are
-normalized ``ROWS`` at a time, one ``[ROWS, BLOCK]`` tile per step; one row per program left
-those launches latency-bound (0.6B prefill on an H200: 33.8 ms of 381 ms of device time). Such
-inputs are usually views of a wider tensor (``q.view(T, heads, head_dim)`` of a QKV output),
-which ``[A, B, H]`` addressing reads in place instead of copying them first.
+normalized ``ROWS`` at a time, one ``[ROWS, BLOCK]`` tile per step, held as its two halves: the
+sum of squares is ``sum(lo**2) + sum(hi**2)``, which :mod:`.qk_norm_rope` reproduces while it
+rotates one half against the other. One row per program left those launches latency-bound
+(0.6B prefill on an H200: 33.8 ms of 381 ms of device time). Such inputs are usually views of
+a wider tensor (``q.view(T, heads, head_dim)`` of a QKV output), which ``[A, B, H]`` addressing
+reads in place instead of copying them first.
 """
 
 from __future__ import annotations
@@ -42,6 +44,34 @@ def _row_offsets(rows, B, stride_a, stride_b):
 
 
 @triton.jit
+def _load_row_tile(x_ptr, rows, offs, mask, B, stride_a, stride_b, stride_h):
+    """A ``[ROWS, len(offs)]`` tile of an ``[A, B, H]`` view, in fp32."""
+    x_off = _row_offsets(rows, B, stride_a, stride_b)
+    return tl.load(x_ptr + x_off[:, None] + offs[None, :] * stride_h, mask=mask, other=0.0).to(
+        tl.float32
+    )
+
+
+@triton.jit
+def _halves_rstd(lo, hi, H, eps):
+    """``rsqrt(mean(x**2) + eps)`` per row, from a row's two halves (``[ROWS, BLOCK / 2]``).
+
+    Short rows are held as two halves so that the fused q/k norm + RoPE kernel, which rotates
+    one half against the other, holds exactly these tensors and reduces them in this order.
+    """
+    return tl.rsqrt((tl.sum(lo * lo, axis=1) + tl.sum(hi * hi, axis=1)) / H + eps)
+
+
+@triton.jit
+def _scaled(x, rstd, w, in_ty, HAS_WEIGHT: tl.constexpr):
+    """``(x * rstd).to(in_ty) * w`` in fp32 (rounded by the caller's store)."""
+    y = (x * rstd[:, None]).to(in_ty).to(tl.float32)  # exact round trip without a weight
+    if HAS_WEIGHT:
+        y = y * w[None, :]
+    return y
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, out_ptr, r_out_ptr,
     M, H, B_x, stride_xa, stride_xb, stride_xh, B_r, stride_ra, stride_rb, stride_rh,
@@ -56,34 +86,31 @@ def _rms_norm_kernel(
     pid = tl.program_id(0)
     in_ty = x_ptr.dtype.element_ty
     offs = tl.arange(0, BLOCK)
-    if ROWS > 1:  # short rows, one pass: a [ROWS, BLOCK] tile per step
-        hmask = offs < H
-        w = tl.load(w_ptr + offs * stride_w, mask=hmask, other=0.0).to(tl.float32)
+    if ROWS > 1:  # short rows, one pass: a [ROWS, BLOCK] tile per step, as two halves
+        lo = tl.arange(0, BLOCK // 2)
+        hi = BLOCK // 2 + lo
+        w_lo = tl.load(w_ptr + lo * stride_w, mask=lo < H, other=0.0).to(tl.float32)
+        w_hi = tl.load(w_ptr + hi * stride_w, mask=hi < H, other=0.0).to(tl.float32)
         for tile in range(pid, tl.cdiv(M, ROWS), num_programs):
             rows = tile * ROWS + tl.arange(0, ROWS)
-            mask = (rows < M)[:, None] & hmask[None, :]
-            x_off = _row_offsets(rows, B_x, stride_xa, stride_xb)
-            x = tl.load(
-                x_ptr + x_off[:, None] + offs[None, :] * stride_xh, mask=mask, other=0.0
-            ).to(tl.float32)
             rows64 = tl.cast(rows, tl.int64)
+            m_lo = (rows < M)[:, None] & (lo < H)[None, :]
+            m_hi = (rows < M)[:, None] & (hi < H)[None, :]
+            x_lo = _load_row_tile(x_ptr, rows, lo, m_lo, B_x, stride_xa, stride_xb, stride_xh)
+            x_hi = _load_row_tile(x_ptr, rows, hi, m_hi, B_x, stride_xa, stride_xb, stride_xh)
             if FUSED_ADD:
-                r_off = _row_offsets(rows, B_r, stride_ra, stride_rb)
-                x += tl.load(
-                    r_ptr + r_off[:, None] + offs[None, :] * stride_rh, mask=mask, other=0.0
-                ).to(tl.float32)
-                tl.store(
-                    r_out_ptr + rows64[:, None] * stride_rom + offs[None, :], x.to(in_ty),
-                    mask=mask,
-                )  # fmt: skip
-            rstd = tl.rsqrt(tl.sum(x * x, axis=1) / H + eps)
-            y = (x * rstd[:, None]).to(in_ty)
-            if HAS_WEIGHT:
-                y = y.to(tl.float32) * w[None, :]
-            tl.store(
-                out_ptr + rows64[:, None] * stride_om + offs[None, :],
-                y.to(out_ptr.dtype.element_ty), mask=mask,
-            )  # fmt: skip
+                x_lo += _load_row_tile(r_ptr, rows, lo, m_lo, B_r, stride_ra, stride_rb, stride_rh)
+                x_hi += _load_row_tile(r_ptr, rows, hi, m_hi, B_r, stride_ra, stride_rb, stride_rh)
+                r_row = r_out_ptr + rows64[:, None] * stride_rom
+                tl.store(r_row + lo[None, :], x_lo.to(in_ty), mask=m_lo)
+                tl.store(r_row + hi[None, :], x_hi.to(in_ty), mask=m_hi)
+            rstd = _halves_rstd(x_lo, x_hi, H, eps)
+            out_ty = out_ptr.dtype.element_ty
+            o_row = out_ptr + rows64[:, None] * stride_om
+            tl.store(o_row + lo[None, :], _scaled(x_lo, rstd, w_lo, in_ty, HAS_WEIGHT).to(out_ty),
+                     mask=m_lo)  # fmt: skip
+            tl.store(o_row + hi[None, :], _scaled(x_hi, rstd, w_hi, in_ty, HAS_WEIGHT).to(out_ty),
+                     mask=m_hi)  # fmt: skip
     else:
         for row in range(pid, M, num_programs):
             row64 = tl.cast(row, tl.int64)

@@ -6,7 +6,7 @@ Each is an :class:`~ir_dispatch.registry.IrOp`: call it like the torch function 
 from . import composite as _composite  # noqa: F401  (registers the composite impls)
 from .collectives import all_reduce
 from .linalg import addmm, bmm, linear, matmul, mm, scaled_mm
-from .norm import fused_add_rms_norm, rms_norm
+from .norm import fused_add_rms_norm, qk_norm_rope, rms_norm
 from .reduce import log_softmax, mean, softmax, token_logprobs
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "matmul",
     "mean",
     "mm",
+    "qk_norm_rope",
     "rms_norm",
     "scaled_mm",
     "softmax",

@@ -29,3 +29,31 @@ def fused_add_rms_norm(
     variance = summed.pow(2).mean(dim=-1, keepdim=True)
     out = (summed * torch.rsqrt(variance + epsilon)).to(orig_dtype)
     return (out * weight if weight is not None else out), new_residual
+
+
+@register_op(has_reduction=True, native_variant_on=REDUCTION_VARIANT_ON)
+def qk_norm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    epsilon: float,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen3's per-head q/k RMSNorm, then neox RoPE over the whole head, as one op.
+
+    ``q [T, Hq, D]`` and ``k [T, Hk, D]`` are normalized per head (:func:`rms_norm`, rounded to
+    their dtype), then rotated with ``cos_sin_cache[positions]`` (``[P, D]``: ``cat(cos, sin)``
+    in the same dtype) in fp32 and rounded once - what vLLM's RoPE computes on GPUs (its CUDA
+    kernel and Inductor's lowering alike). Returns new contiguous ``(q', k')``.
+    """
+
+    def norm_rope(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        normed = rms_norm.native(x, weight, epsilon)
+        cos, sin = cos_sin_cache.index_select(0, positions).float().chunk(2, dim=-1)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        x1, x2 = normed.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(normed.dtype)
+
+    return norm_rope(q, q_weight), norm_rope(k, k_weight)
