@@ -388,3 +388,32 @@ job_fmascores() {
   OLD_DIR=.bench-old-fma attention_before_after _kernels.py \
     prefill1x16k,chunk4k@16k,decode1x32k,decode8x8k 128x8x3p,64x4x2
 }
+
+# #10, #13: the fused Qwen3 q/k norm + RoPE (one launch, the two-step bits): its CUDA tests and
+# the RMSNorm suite (short rows now reduce as two halves), the bi-triton CUDA GEMM/norm tests.
+job_qkcuda() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_qk_norm_rope.py \
+    packages/bi-triton-ascend/tests/test_rms_norm.py packages/bi-triton-ascend/tests/test_providers.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/qk_norm_rope_cuda.junit.xml"
+}
+
+# vLLM. #10: the plugin at the 0.6B width with the q/k fusion off (VLLM_BI_QK_FUSION=0), to set
+# beside serve06all's plugin column on the same card.
+job_serve06qkoff() {
+  VLLM_BI_QK_FUSION=0 python3 benchmarks/vllm_serving.py --shape 0.6b --modes plugin \
+    --timeout 170 --model-dir /tmp/models-06 --out "$JOB_DIR/vllm_serving_0.6b_plugin_qk_off.json"
+}
+
+# vLLM. #10: the q/k fusion on and off, alternating engine starts on one card (single-stream
+# decode and prefill-heavy at the 0.6B width, 5 repetitions each): engine-to-engine spread
+# is as large as the effect, so each setting gets two engines.
+job_qkab() {
+  local fusion
+  for i in $(seq 1 "${QKAB_RUNS:-2}"); do
+    for fusion in 1 0; do
+      VLLM_BI_QK_FUSION=$fusion python3 benchmarks/vllm_serving.py --shape 0.6b --modes plugin \
+        --loads single-stream,prefill-heavy --reps 5 --variant "qk$fusion" --timeout 150 \
+        --model-dir /tmp/models-06 --out "$JOB_DIR/vllm_serving_0.6b_qk_fusion${fusion}_run$i.json"
+    done
+  done
+}
