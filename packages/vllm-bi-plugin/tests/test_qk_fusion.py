@@ -131,12 +131,16 @@ def test_layers_it_cannot_fuse_keep_vllms_forward() -> None:
         (Qwen3Attention(RotaryEmbedding(neox=False)), "not neox style"),
     ):
         assert why in (_qk_fusion.why_not_fused(attn, RotaryEmbedding) or "")
-        assert fused(attn, torch.zeros(1, dtype=torch.long), torch.zeros(1, HIDDEN)) == "vllm"
+        bf16 = torch.zeros(1, HIDDEN, dtype=torch.bfloat16)
+        assert fused(attn, torch.zeros(1, dtype=torch.long), bf16) == "vllm"
+    # activations in another dtype than the norms' weights: vLLM's forward, not the kernel
+    assert fused(Qwen3Attention(RotaryEmbedding()), torch.zeros(1, dtype=torch.long),
+                 torch.zeros(1, HIDDEN)) == "vllm"  # fmt: skip
     other_eps = Qwen3Attention(RotaryEmbedding())
     other_eps.k_norm.variance_epsilon = 1e-5
     assert "different epsilons" in (_qk_fusion.why_not_fused(other_eps, RotaryEmbedding) or "")
     assert _qk_fusion.why_not_fused(Qwen3Attention(RotaryEmbedding()), RotaryEmbedding) is None
-    assert calls == ["vllm", "vllm"]
+    assert calls == ["vllm", "vllm", "vllm"]
 
 
 def test_fusion_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,9 +100,8 @@ def _qk_norm_rope_accepts(
     that this kernel would take are refused by the op itself with a ``ValueError``.
     """
     verdict = _verdict(q=q, k=k, q_weight=q_weight, k_weight=k_weight)
-    if verdict is not True:
+    if verdict is not True or not isinstance(q, torch.Tensor):  # _verdict checked q's type
         return verdict
-    assert isinstance(q, torch.Tensor)
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"q dtype {str(q.dtype).removeprefix('torch.')} is not bf16/fp16"
     d = q.shape[-1]
