@@ -152,3 +152,18 @@ def test_registered_as_the_batch_invariant_provider(device: torch.device) -> Non
         got = ir_ops.qk_norm_rope(q, k, w, w, EPS, pos, table)
     want = bta.qk_norm_rope(q, k, w, w, EPS, pos, table)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_provider_declines_what_the_kernel_refuses(device: torch.device) -> None:
+    """The provider's check is the kernel's own head-size rule: a head of 48 is declined with
+    the reason, one of 64 accepted."""
+    import ir_dispatch
+    from bi_triton_ascend import providers
+
+    q, k, w, table, pos = _small_case(3, 64, device)
+    with ir_dispatch.batch_invariant():
+        assert providers._qk_norm_rope_accepts(q, k, w, w, EPS, pos, table) is True
+        why = providers._qk_norm_rope_accepts(
+            q[..., :48], k[..., :48], w[:48], w[:48], EPS, pos, table[:, :48]
+        )
+    assert isinstance(why, str) and "head_dim must be a power of two" in why and "got 48" in why

@@ -104,10 +104,9 @@ def _qk_norm_rope_accepts(
         return verdict
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"q dtype {str(q.dtype).removeprefix('torch.')} is not bf16/fp16"
-    d = q.shape[-1]
-    if d < 16 or d > 512 or d & (d - 1):
-        return f"head_dim {d} is not a power of two in [16, 512]"
-    return True
+    from .ops.qk_norm_rope import head_dim_problem  # the kernel's own rule (loads Triton)
+
+    return head_dim_problem(q.shape[-1]) or True
 
 
 def _softmax_accepts(x: object, dim: int, dtype: object = None) -> bool | str:

@@ -93,6 +93,17 @@ def _qk_norm_rope_kernel(
             )  # fmt: skip
 
 
+def head_dim_problem(d: int) -> str | None:
+    """Why this kernel cannot take heads of ``d`` elements (``None``: it can).
+
+    The row is held as two halves of a power-of-two tile, normalized on :mod:`.rms_norm`'s
+    short-row path.
+    """
+    if d < 16 or d > MULTI_ROW_MAX or d & (d - 1):
+        return f"head_dim must be a power of two in [16, {MULTI_ROW_MAX}]; got {d}"
+    return None
+
+
 def _check(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,8 +132,9 @@ def _check(
         raise ValueError(
             f"{op}: k must be [{tokens}, heads, {d}] like q {tuple(q.shape)}; got {tuple(k.shape)}"
         )
-    if d < 16 or d > MULTI_ROW_MAX or d & (d - 1):
-        raise ValueError(f"{op}: head_dim must be a power of two in [16, {MULTI_ROW_MAX}]; got {d}")
+    problem = head_dim_problem(d)
+    if problem is not None:
+        raise ValueError(f"{op}: {problem}")
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w.shape != (d,):
             raise ValueError(f"{op}: {name} must have shape [{d}]; got {tuple(w.shape)}")

@@ -48,11 +48,11 @@ def qk_norm_rope(
     in the same dtype) in fp32 and rounded once - what vLLM's RoPE computes on GPUs (its CUDA
     kernel and Inductor's lowering alike). Returns new contiguous ``(q', k')``.
     """
+    cos, sin = cos_sin_cache.index_select(0, positions).float().chunk(2, dim=-1)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
 
     def norm_rope(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         normed = rms_norm.native(x, weight, epsilon)
-        cos, sin = cos_sin_cache.index_select(0, positions).float().chunk(2, dim=-1)
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
         x1, x2 = normed.float().chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(normed.dtype)
 
