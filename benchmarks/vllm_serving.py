@@ -24,6 +24,12 @@ Usage (GPU, after ``source scripts/gpu/env.sh``)::
     python benchmarks/vllm_serving.py --shape 8b --loads decode-heavy,long-single,long-batch8
     python benchmarks/vllm_serving.py --replot benchmarks/results/vllm_serving.json
 
+Engines drift: on one H100 the same 8B decode-heavy load gave default vLLM 33.2k, then (two
+engines later) 27.4k tokens/s, falling with each engine in turn. ``--rounds 2`` runs the modes
+in order and then in reverse (A B, B A), one engine each, and pools every mode's repetitions,
+so a drift along the run weighs on every mode alike; each row keeps its engines' medians
+(``engine_medians``).
+
 Prefix caching is off in every engine: the repetitions reuse the same prompts, and a cached
 prefix would turn the prefill-heavy load into a decode load from the second repetition on.
 """
@@ -177,6 +183,36 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
     """
     replaced = {row_key(r) for r in new}
     return sorted([r for r in old if row_key(r) not in replaced] + list(new), key=_order)
+
+
+def round_orders(modes: Sequence[str], rounds: int) -> list[list[str]]:
+    """The modes of each round: in order, then reversed, alternately (A B, B A, A B, ...)."""
+    return [list(modes) if i % 2 == 0 else list(modes)[::-1] for i in range(rounds)]
+
+
+def pool_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``new`` added; a row whose key is already there joins it (another engine).
+
+    The joined row holds every repetition of both engines, their pooled median and
+    ``engine_medians`` (one per engine, in run order); an engine's error is kept beside the
+    repetitions the other engines measured.
+    """
+    pooled = [dict(r) for r in rows]
+    index = {row_key(r): r for r in pooled}
+    for row in new:
+        same = index.get(row_key(row))
+        if same is None:
+            pooled.append(dict(row))
+            index[row_key(row)] = pooled[-1]
+            continue
+        same.setdefault("engine_medians", [same.get("median")])
+        same["engine_medians"] = [*same["engine_medians"], row.get("median")]
+        same["reps"] = [*same["reps"], *row["reps"]]
+        same["median"] = _report.median(same["reps"]) if same["reps"] else None
+        if row.get("error"):
+            same.setdefault("error", row["error"])
+            same.setdefault("log_tail", row.get("log_tail", ""))
+    return pooled
 
 
 def _order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -637,6 +673,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), type=lambda t: csv_choices(t, MODES))
     p.add_argument("--reps", type=positive(int), default=3)
     p.add_argument(
+        "--rounds",
+        type=positive(int),
+        default=1,
+        help="engines per mode: the modes in order, then reversed, ...; repetitions pooled",
+    )
+    p.add_argument(
         "--variant",
         default="",
         help="label rows '<mode>+VARIANT' (for a run under extra env, e.g. VLLM_BI_ATTENTION=1)",
@@ -735,19 +777,25 @@ def main(argv: list[str] | None = None) -> int:
     tp_tag = f"-tp{args.tp}" if args.tp > 1 else ""
     if args.tp > 1:  # spawned TP workers find the plugin only through package metadata
         entry_points = write_entry_point(Path(tempfile.mkdtemp(prefix="vllm-bi-ep-")))
-    for mode in args.modes:
-        print(f"== {args.shape} / {mode}: {len(loads)} loads x {args.reps} reps", flush=True)
+    runs = [(i, mode) for i, order in enumerate(round_orders(args.modes, args.rounds))
+            for mode in order]  # fmt: skip
+    for round_index, mode in runs:
+        print(f"== {args.shape} / {mode}: {len(loads)} loads x {args.reps} reps"
+              f"{f' (round {round_index + 1} of {args.rounds})' if args.rounds > 1 else ''}",
+              flush=True)  # fmt: skip
         cfg = child_config(args, model, mode, loads)
-        log = args.out.parent / "vllm_serving_logs" / f"{args.shape}{tp_tag}-{mode}.log"
+        suffix = f"-r{round_index + 1}" if args.rounds > 1 else ""
+        log = args.out.parent / "vllm_serving_logs" / f"{args.shape}{tp_tag}-{mode}{suffix}.log"
         env = tp_mode_env(mode, entry_points) if args.tp > 1 else mode_env(mode)
         data, error = run_child(cfg, env, log, args.timeout)
         if error:
             print(f"  [{mode}] FAILED: {error.splitlines()[0]}", flush=True)
         label = f"{mode}+{args.variant}" if args.variant else mode
         children.append({**(data or {}), "shape": args.shape, "mode": label, "tp": args.tp})
-        rows += rows_from_child(args.shape, label, loads, data, error, args.tp)
+        rows = pool_rows(rows, rows_from_child(args.shape, label, loads, data, error, args.tp))
         run_info = {"model": model.name, "layers": args.layers, "tiny": args.tiny, "tp": args.tp,
-                    "scale": args.scale, "reps": args.reps, "engine": cfg["engine"]}  # fmt: skip
+                    "scale": args.scale, "reps": args.reps, "rounds": args.rounds,
+                    "engine": cfg["engine"]}  # fmt: skip
         doc = merge_documents(old, run_document(rows, children, run_info))
         # After every child: a call cut off by a time limit keeps the modes it finished.
         _report.write_json(args.out, doc, announce=False)

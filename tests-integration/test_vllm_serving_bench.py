@@ -61,6 +61,37 @@ def test_measured_row_takes_the_median_and_keeps_every_rep() -> None:
                                                [1.0], None)  # fmt: skip
 
 
+def test_rounds_alternate_the_order_of_the_modes() -> None:
+    assert bench.round_orders(["default", "plugin"], 1) == [["default", "plugin"]]
+    assert bench.round_orders(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"],
+                                                      ["a", "b", "c"]]  # fmt: skip
+
+
+def test_pooling_joins_a_modes_engines_and_keeps_each_engines_median() -> None:
+    first = [
+        _row("decode-heavy", "default", 2.0, bench.UNIT_GEN_TPS, reps=[1.0, 2.0, 3.0]),
+        _row("decode-heavy", "plugin", 5.0, bench.UNIT_GEN_TPS, reps=[5.0]),
+    ]
+    second = [
+        _row("decode-heavy", "default", 11.0, bench.UNIT_GEN_TPS, reps=[10.0, 11.0, 12.0]),
+        _row("single-stream", "default", None, bench.UNIT_MS, reps=[], error="killed"),
+    ]
+    rows = bench.pool_rows(bench.pool_rows([], first), second)
+    default = rows[0]
+    assert default["reps"] == [1.0, 2.0, 3.0, 10.0, 11.0, 12.0]
+    assert default["median"] == 6.5 and default["engine_medians"] == [2.0, 11.0]
+    assert "engine_medians" not in rows[1] and rows[1]["reps"] == [5.0]
+    assert rows[2]["error"] == "killed" and len(rows) == 3
+    assert first[0]["reps"] == [1.0, 2.0, 3.0]  # the inputs are not changed
+    failed_then_measured = bench.pool_rows(
+        [_row("decode-heavy", "plugin", None, bench.UNIT_GEN_TPS, reps=[], error="exit 1")],
+        [_row("decode-heavy", "plugin", 4.0, bench.UNIT_GEN_TPS, reps=[4.0])],
+    )
+    assert failed_then_measured[0]["median"] == 4.0
+    assert failed_then_measured[0]["engine_medians"] == [None, 4.0]
+    assert failed_then_measured[0]["error"] == "exit 1"
+
+
 def test_decode_ms_excludes_the_one_token_run() -> None:
     assert bench.decode_ms(2.55 + 0.1, 0.1, 256) == pytest.approx(10.0)
 
@@ -168,6 +199,7 @@ def test_tp_child_config_sets_the_size_and_the_tp_defaults(tmp_path: Path) -> No
         (["--modes", "fast"], "--modes"),
         (["--contexts", "1024,-1"], "--contexts"),
         (["--reps", "0"], "--reps"),
+        (["--rounds", "0"], "--rounds"),
         (["--scale", "x"], "--scale"),
     ],
 )
@@ -179,10 +211,13 @@ def test_bad_arguments_name_the_argument(argv: list[str], named: str, capsys) ->
 
 @pytest.mark.slow
 def test_end_to_end_on_vllm_cpu(tmp_path: Path) -> None:
-    """Default and plugin modes, tiny model, small loads: the JSON has every row and ratio."""
+    """Default and plugin modes, tiny model, small loads: the JSON has every row and ratio.
+
+    Two rounds of one repetition (default, plugin, then plugin, default): every row pools the
+    repetitions of its two engines."""
     out = tmp_path / "serving.json"
     cache = os.environ.get("VLLM_BI_CACHE") or str(tmp_path / "models")  # tiny: written in 1 s
-    cmd = [sys.executable, str(SCRIPT), "--tiny", "--scale", "32", "--reps", "2",
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--scale", "32", "--reps", "1", "--rounds", "2",
            "--modes", "default,plugin", "--enforce-eager", "--contexts", "256",
            "--loads", "decode-heavy,single-stream,long-single",
            "--model-dir", cache, "--out", str(out), "--timeout", str(ENGINE_TIMEOUT_S)]  # fmt: skip
@@ -197,6 +232,7 @@ def test_end_to_end_on_vllm_cpu(tmp_path: Path) -> None:
     for r in doc["results"]:
         assert "error" not in r, r
         assert r["shape"] == "0.6b" and len(r["reps"]) == 2 and r["median"] > 0
+        assert r["engine_medians"] == r["reps"]  # one repetition per engine
         assert r["ratio_vs_default"] > 0 and r["engine_seconds"] > 0
         assert ("context" in r) == (r["load"] == "long-single")
     assert rows[("decode-heavy", "default")]["ratio_vs_default"] == 1.0

@@ -417,3 +417,9 @@ job_qkab() {
     done
   done
 }
+
+# #10: the q/k norm + RoPE fusion's GPU time per layer against the steps it replaces, in CUDA
+# graphs at decode and prefill token counts (no vLLM: the engine-to-engine spread left out).
+job_qkbench() {
+  OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_qk_norm_rope.py
+}

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import ir_dispatch
-from vllm_bi_plugin import _qk_fusion
+from vllm_bi_plugin import _qk_fusion, _vllm_compat
+from vllm_bi_plugin._report import Report
 
 D, HEADS, KV_HEADS, HIDDEN = 64, 4, 2, 96
 
@@ -143,9 +144,11 @@ def test_layers_it_cannot_fuse_keep_vllms_forward() -> None:
     assert calls == ["vllm", "vllm", "vllm"]
 
 
-def test_fusion_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fusion_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_qk_fusion.ENV, raising=False)
-    assert not _qk_fusion.enabled()
+    assert _qk_fusion.enabled()
+    monkeypatch.setenv(_qk_fusion.ENV, " ")
+    assert _qk_fusion.enabled()
     monkeypatch.setenv(_qk_fusion.ENV, "0")
     assert not _qk_fusion.enabled()
     monkeypatch.setenv(_qk_fusion.ENV, "1")
@@ -153,3 +156,19 @@ def test_fusion_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_qk_fusion.ENV, "yes")
     with pytest.raises(ValueError, match="VLLM_BI_QK_FUSION"):
         _qk_fusion.enabled()
+
+
+@pytest.mark.parametrize(
+    ("switch", "layout", "why"),
+    [("0", _vllm_compat.V0_26, "VLLM_BI_QK_FUSION=0"), ("", _vllm_compat.V0_32, "written for")],
+)
+def test_install_keeps_vllms_steps_when_off_or_unknown(
+    monkeypatch: pytest.MonkeyPatch, switch: str, layout: _vllm_compat.VllmLayout, why: str
+) -> None:
+    """Switched off, or on a vLLM whose Qwen3 forward it was not written from: vLLM's forward
+    stays and the report says why (nothing is imported from vLLM on these paths)."""
+    monkeypatch.setenv(_qk_fusion.ENV, switch)
+    report = Report(platform="cuda")
+    _qk_fusion.install(layout, "cuda", report)
+    assert report.replacements == []
+    assert len(report.kept) == 1 and why in report.kept[0] and _qk_fusion.THEIRS in report.kept[0]

@@ -18,8 +18,8 @@ leaves vLLM's own (bitwise) path rather than a batch-variant one:
   batch-invariant provider (``bi-cutlass-fp8``) accepts the call, else to vLLM's CUTLASS;
 - reported logprobs: the GPU runner's own Triton logprob kernel goes to ir-dispatch's
   ``log_softmax`` (:mod:`._logprobs`), the kernel the trainer scores with;
-- Qwen3's q/k norms and RoPE: one ``qk_norm_rope`` launch with the same bits, opt-in with
-  ``VLLM_BI_QK_FUSION=1`` (:mod:`._qk_fusion`).
+- Qwen3's q/k norms and RoPE: one ``qk_norm_rope`` launch with the same bits, on unless
+  ``VLLM_BI_QK_FUSION=0`` (:mod:`._qk_fusion`).
 """
 
 from __future__ import annotations

@@ -80,17 +80,17 @@ def apply_torch_settings() -> None:
 TP_INVARIANT_ENV = "VLLM_BI_TP_INVARIANT"
 
 
-def switch_on(name: str) -> bool:
-    """Whether the opt-in switch ``name`` is ``1``; unset, blank and ``0`` are off.
+def switch_on(name: str, default: bool = False) -> bool:
+    """Whether the switch ``name`` is on: ``1`` on, ``0`` off, unset or blank ``default``.
 
     Raises:
         ValueError: the variable holds anything else (naming it), before anything is changed.
     """
     value = os.environ.get(name, "").strip()
-    if value in ("", "0"):
-        return False
-    if value == "1":
-        return True
+    if value == "":
+        return default
+    if value in ("0", "1"):
+        return value == "1"
     raise ValueError(f"{name}={value!r} is not understood; expected 0 or 1")
 
 
