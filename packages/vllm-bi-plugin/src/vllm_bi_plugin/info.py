@@ -13,7 +13,7 @@ import os
 import platform as _pyplatform
 from typing import Any
 
-from . import _hooks_gpu, _providers, plugin
+from . import _hooks_gpu, _providers, _qk_fusion, plugin
 from ._settings import TP_INVARIANT_ENV
 from ._vllm_compat import detect_layout, vllm_installed, vllm_version
 
@@ -35,7 +35,7 @@ DISTRIBUTIONS = (
 )
 OPS = (
     "mm", "addmm", "bmm", "matmul", "linear", "scaled_mm", "rms_norm", "fused_add_rms_norm",
-    "softmax", "log_softmax", "token_logprobs", "mean",
+    "softmax", "log_softmax", "token_logprobs", "mean", "qk_norm_rope",
 )  # fmt: skip
 
 
@@ -114,6 +114,7 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
         "switch": {
             plugin.ENV_VAR: os.environ.get(plugin.ENV_VAR),
             _hooks_gpu.ATTENTION_ENV: os.environ.get(_hooks_gpu.ATTENTION_ENV),
+            _qk_fusion.ENV: os.environ.get(_qk_fusion.ENV),
             TP_INVARIANT_ENV: os.environ.get(TP_INVARIANT_ENV),
         },
         "provider_packages": [
@@ -147,6 +148,11 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(
         f"{_hooks_gpu.ATTENTION_ENV}: {attention or 'unset'} "
         "(1: the kit's paged attention as FLASH_ATTN; CUDA, vLLM 0.26; opt-in)"
+    )
+    fusion = info["switch"].get(_qk_fusion.ENV)
+    lines.append(
+        f"{_qk_fusion.ENV}: {fusion or 'unset'} "
+        "(Qwen3 q/k norms + RoPE in one launch; CUDA, vLLM 0.26; on unless 0)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
