@@ -423,3 +423,11 @@ job_qkab() {
 job_qkbench() {
   OUT=$JOB_DIR python3 packages/bi-triton-ascend/bench/bench_qk_norm_rope.py
 }
+
+# vLLM. #10: 8B decode-heavy, all three modes, in order and then reversed (--rounds 2): the
+# plugin against vLLM's own mode with the engine drift cancelled (about 8 minutes).
+job_serve8abba() {
+  python3 benchmarks/vllm_serving.py --shape 8b --modes default,vllm-bi,plugin \
+    --loads decode-heavy --rounds 2 --reps 5 --timeout 120 --model-dir /tmp/models-8 \
+    --out "$JOB_DIR/vllm_serving_8b_decode_abba.json"
+}
