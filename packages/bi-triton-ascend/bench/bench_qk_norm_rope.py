@@ -11,8 +11,9 @@ Columns, q and k being views of one QKV output as in vLLM:
 * ``fused``: :func:`bi_triton_ascend.qk_norm_rope`, one launch;
 * ``two_step``: the kit's ``rms_norm`` on q, then on k, then RoPE compiled by Inductor (what the
   plugin runs with ``VLLM_BI_QK_FUSION`` off); the baseline of ``ratio_vs_two_step``;
-* ``inductor``: the native norms and RoPE compiled together by Inductor (what default vLLM
-  runs; not batch-invariant by contract). ``ratio_vs_default`` is against it.
+* ``inductor``: ir-dispatch's native ``qk_norm_rope`` (the norms and RoPE) compiled by
+  Inductor, as default vLLM compiles them (not batch-invariant by contract);
+  ``ratio_vs_default`` is against it.
 
 Each row also checks that the fused result equals the two steps bitwise and that token 0 alone
 gives the bits it has among T tokens.
@@ -63,16 +64,6 @@ def _rope_both(
     return _rope(q, cos, sin), _rope(k, cos, sin)
 
 
-def _native_all(
-    q: torch.Tensor, k: torch.Tensor, qw: torch.Tensor, kw: torch.Tensor,
-    positions: torch.Tensor, cache: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    cos, sin = _cos_sin(positions, cache)
-    q = ref_norm.rms_norm.native(q, qw, EPS)
-    k = ref_norm.rms_norm.native(k, kw, EPS)
-    return _rope(q, cos, sin), _rope(k, cos, sin)
-
-
 def _split(qkv: torch.Tensor, hq: int, hk: int) -> tuple[torch.Tensor, torch.Tensor]:
     t = qkv.shape[0]
     q, k, _ = qkv.split([hq * HEAD_DIM, hk * HEAD_DIM, hk * HEAD_DIM], dim=-1)
@@ -84,7 +75,7 @@ def _implementations(
 ) -> dict[str, Callable[[Case], Any]]:
     # Dynamic shapes, as vLLM compiles its graphs (one compile for every token count).
     rope = torch.compile(_rope_both, dynamic=True)
-    native = torch.compile(_native_all, dynamic=True)
+    native = torch.compile(ref_norm.qk_norm_rope.native, dynamic=True)
 
     def fused(case: Case) -> Any:
         q, k = _split(case[0], hq, hk)
@@ -96,7 +87,7 @@ def _implementations(
 
     def inductor(case: Case) -> Any:
         q, k = _split(case[0], hq, hk)
-        return native(q, k, qw, kw, case[1], case[2])
+        return native(q, k, qw, kw, EPS, case[1], case[2])
 
     return {"fused": fused, "two_step": two_step, "inductor": inductor}
 
