@@ -56,6 +56,23 @@ def test_cpu_hook_points_exist() -> None:
     assert callable(custom_ops.cutlass_scaled_mm)
 
 
+def test_qk_fusion_hook_points_exist_and_keep_their_steps() -> None:
+    """The classes the q/k fusion patches and compares against resolve on this vLLM, and
+    Qwen3's forward still runs the steps the fused forward replaces, in that order (the fusion
+    installs on vLLM 0.26 only; this catches a move or a rewrite on the release at hand)."""
+    attention = getattr(
+        _vllm_compat.import_module(_vllm_compat.QWEN3_MODULE), _vllm_compat.QWEN3_ATTENTION
+    )
+    rotary = getattr(_vllm_compat.import_module(_vllm_compat.ROTARY_MODULE),
+                     _vllm_compat.ROTARY_CLASS)  # fmt: skip
+    assert callable(rotary._match_cos_sin_cache_dtype)
+    src = inspect.getsource(attention.forward)
+    steps = ["self.qkv_proj(", "self.q_norm(", "self.k_norm(", "self.rotary_emb(", "self.attn(",
+             "self.o_proj("]  # fmt: skip
+    at = [src.find(step) for step in steps]
+    assert -1 not in at and at == sorted(at), dict(zip(steps, at, strict=True))
+
+
 def test_cpu_attention_backend_class_path_resolves() -> None:
     from vllm_bi_plugin import cpu_attention
 

@@ -33,13 +33,17 @@ from . import _patch
 from ._providers import covered
 from ._report import Report
 from ._settings import switch_on
-from ._vllm_compat import GPU_ATTENTION_LAYOUTS, VllmLayout, import_module
+from ._vllm_compat import (
+    GPU_ATTENTION_LAYOUTS,
+    QWEN3_ATTENTION,
+    QWEN3_MODULE,
+    ROTARY_CLASS,
+    ROTARY_MODULE,
+    VllmLayout,
+    import_module,
+)
 
 ENV = "VLLM_BI_QK_FUSION"
-QWEN3_MODULE = "vllm.model_executor.models.qwen3"
-QWEN3_ATTENTION = "Qwen3Attention"
-ROTARY_MODULE = "vllm.model_executor.layers.rotary_embedding.base"
-ROTARY_CLASS = "RotaryEmbedding"
 LAYOUTS = GPU_ATTENTION_LAYOUTS
 """vLLM layouts whose ``Qwen3Attention.forward`` this module's ``forward`` was written from."""
 

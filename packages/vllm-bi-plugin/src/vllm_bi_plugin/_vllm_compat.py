@@ -235,6 +235,12 @@ SET_CUDAGRAPH_SIZES = "_set_cudagraph_sizes"
 # ``compute_token_logprobs(logits, token_ids)``, looked up at call time by its callers.
 GPU_LOGPROB_MODULE = "vllm.v1.worker.gpu.sample.logprob"
 GPU_LOGPROB_FUNCTION = "compute_token_logprobs"
+# Qwen3's attention layer, whose forward the q/k norm + RoPE fusion replaces (written from
+# 0.26's, as the layouts in GPU_ATTENTION_LAYOUTS), and the plain RoPE class it reproduces.
+QWEN3_MODULE = "vllm.model_executor.models.qwen3"
+QWEN3_ATTENTION = "Qwen3Attention"
+ROTARY_MODULE = "vllm.model_executor.layers.rotary_embedding.base"
+ROTARY_CLASS = "RotaryEmbedding"
 
 
 def _vllm_config_module() -> ModuleType | None:
