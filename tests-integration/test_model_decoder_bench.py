@@ -73,6 +73,30 @@ def test_replot_reads_its_own_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "batch_invariant" in printed and "target >= 0.8: met" in printed
 
 
+def test_graphs_rows_are_reported_beside_the_target_not_in_it() -> None:
+    module = load_script()
+    row = {"shape": "tiny", "phase": "decode", "batch": 1, "seq": 8, "mode": "batch_invariant"}
+    rows = [row | {"compile": "eager", "ratio_vs_default": 0.85},
+            row | {"compile": "compile", "ratio_vs_default": 0.9},
+            row | {"compile": "graphs", "ratio_vs_default": 0.5}]  # fmt: skip
+    verdict = module.summary(rows)
+    assert verdict["target_met"] and verdict["min_ratio"] == 0.85
+    assert verdict["graphs_min_ratio"] == 0.5 and verdict["rows_below_target"] == 0
+    verdict = module.summary([*rows[:2], row | {"compile": "eager", "ratio_vs_default": 0.7}])
+    assert not verdict["target_met"] and verdict["graphs_min_ratio"] is None
+
+
+def test_graphs_compiles_with_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_script()
+    calls: list[dict] = []
+    monkeypatch.setattr(module.torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    model = object()
+    assert module.forward_fn(model, "eager") is model and calls == []
+    module.forward_fn(model, "graphs")
+    module.forward_fn(model, "compile")
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}, {"dynamic": False}]
+
+
 def load_script() -> ModuleType:
     """The script as a module (it is no package; its own sys.path line finds ``_report``)."""
     spec = importlib.util.spec_from_file_location("model_decoder", SCRIPT)

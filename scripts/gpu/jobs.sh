@@ -431,3 +431,10 @@ job_serve8abba() {
     --loads decode-heavy --rounds 2 --reps 5 --timeout 120 --model-dir /tmp/models-8 \
     --out "$JOB_DIR/vllm_serving_8b_decode_abba.json"
 }
+
+# #4: the model-level decoder benchmark, 0.6B shape, with the CUDA-graph column beside eager and
+# compile (what the BI kernels give without the per-op host cost; not part of the target).
+job_modelgraphs() {
+  python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs \
+    --out "$JOB_DIR/model_decoder_0.6b_graphs.json"
+}
