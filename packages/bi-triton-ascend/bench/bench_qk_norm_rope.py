@@ -47,21 +47,11 @@ DT = torch.bfloat16
 Case = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # qkv, positions, cos_sin_cache
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
-
-
-def _cos_sin(positions: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = cache.index_select(0, positions).float().chunk(2, dim=-1)
-    return cos.unsqueeze(-2), sin.unsqueeze(-2)
-
-
 def _rope_both(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = _cos_sin(positions, cache)
-    return _rope(q, cos, sin), _rope(k, cos, sin)
+    cos, sin = ref_norm.rope_table(positions, cache)
+    return ref_norm.neox_rope(q, cos, sin), ref_norm.neox_rope(k, cos, sin)
 
 
 def _split(qkv: torch.Tensor, hq: int, hk: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,12 +48,25 @@ def qk_norm_rope(
     in the same dtype) in fp32 and rounded once - what vLLM's RoPE computes on GPUs (its CUDA
     kernel and Inductor's lowering alike). Returns new contiguous ``(q', k')``.
     """
+    cos, sin = rope_table(positions, cos_sin_cache)
+    return (
+        neox_rope(rms_norm.native(q, q_weight, epsilon), cos, sin),
+        neox_rope(rms_norm.native(k, k_weight, epsilon), cos, sin),
+    )
+
+
+def rope_table(
+    positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos``/``sin`` of ``positions`` from a ``cat(cos, sin)`` table, fp32, ``[T, 1, D/2]``."""
     cos, sin = cos_sin_cache.index_select(0, positions).float().chunk(2, dim=-1)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return cos.unsqueeze(-2), sin.unsqueeze(-2)
 
-    def norm_rope(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        normed = rms_norm.native(x, weight, epsilon)
-        x1, x2 = normed.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(normed.dtype)
 
-    return norm_rope(q, q_weight), norm_rope(k, k_weight)
+def neox_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Neox RoPE of ``x [T, H, D]`` over the whole head: fp32, rounded once to ``x``'s dtype.
+
+    vLLM's GPU arithmetic; ``cos``/``sin`` come from :func:`rope_table`.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
