@@ -7,6 +7,10 @@ that time goes, for each op, in batch-invariant mode:
 
 ``torch``       the non-invariant torch op (the baseline, ``ratio_vs_default`` divides by it);
 ``kernel``      the provider's function called directly (``bi_triton_ascend.linear`` ...);
+``kernel_triton_run``  the same with ``bi_triton_ascend``'s launch table off: every launch
+                goes through Triton's ``JITFunction.run`` (its per-call argument binding);
+``aten``        the torch op itself with ``ir_dispatch.aten_overrides()`` installed, the path
+                of eager models (``model_decoder.py``); linear and log_softmax only;
 ``select``      ``IrOp.call_selected``: choosing the implementation, then calling it;
 ``ir_op``       ``ir_dispatch.ops.<op>``, the registered torch op vLLM's graphs call;
 ``graph``       the same op captured in a CUDA graph and replayed: the GPU time alone.
@@ -22,13 +26,14 @@ most. Writes ``host_cost.json`` (+ PNG with matplotlib) under ``$OUT`` or ``benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import platform
 import pstats
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +99,22 @@ def cases(device: str, sizes: dict[str, int]) -> list[Case]:
     return out
 
 
+@contextlib.contextmanager
+def path_context(path: str) -> Iterator[None]:
+    """What a path runs under: the aten overrides, or the launch table off, or nothing."""
+    import ir_dispatch as ird
+    from bi_triton_ascend import _launch_cache
+
+    if path == "aten":
+        with ird.aten_overrides():
+            yield
+    elif path == "kernel_triton_run":
+        with _launch_cache.table_off():
+            yield
+    else:
+        yield
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -155,7 +176,14 @@ def versions() -> dict[str, str | None]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "triton": ver("triton"), "ir_dispatch_registration": getattr(
-                ir_dispatch.registry, "REGISTRATION", "torch.library.custom_op")}  # fmt: skip
+                ir_dispatch.registry, "REGISTRATION", "torch.library.custom_op"),
+            "launch_table": str(_launch_table_on())}  # fmt: skip
+
+
+def _launch_table_on() -> bool:
+    from bi_triton_ascend import _launch_cache
+
+    return _launch_cache.enabled()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     with ird.batch_invariant():
         all_cases = cases(device, TINY if args.tiny else QWEN3_06B)
         for op, shape, baseline, paths in all_cases:
-            timed = {"torch": baseline, **paths}
-            for fn in timed.values():  # warm-up: JIT compiles, autotune caches
-                for _ in range(args.warmup):
-                    fn()
+            timed = {"torch": baseline, **paths, "kernel_triton_run": paths["kernel"]}
+            if op in ("linear", "log_softmax"):
+                timed["aten"] = baseline
             base_reps: list[float] = []
             for path, fn in timed.items():
-                reps = [per_call_us(fn, args.calls, device) for _ in range(args.reps)]
+                with path_context(path):
+                    for _ in range(args.warmup):  # JIT compiles, launch-table entries
+                        fn()
+                    reps = [per_call_us(fn, args.calls, device) for _ in range(args.reps)]
                 base_reps = reps if path == "torch" else base_reps
                 rows.append({"op": op, "shape": shape, "path": path, "unit": "us/call (wall)",
                              "value": _report.median(reps), "reps": reps})  # fmt: skip

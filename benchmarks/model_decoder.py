@@ -369,6 +369,12 @@ def versions() -> dict[str, Any]:
             found[module] = getattr(__import__(module), "__version__", "?")
         except ImportError:
             found[module] = None
+    try:
+        from bi_triton_ascend import _launch_cache
+
+        found["launch_table"] = _launch_cache.enabled()  # BI_TRITON_LAUNCH_CACHE=0 turns it off
+    except ImportError:
+        found["launch_table"] = None
     return found
 
 

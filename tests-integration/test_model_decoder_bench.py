@@ -105,3 +105,23 @@ def load_script() -> ModuleType:
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def test_profile_model_tiny_writes_kernels_per_mode(tmp_path: Path) -> None:
+    """benchmarks/profile_model.py (the model-level profile) runs and writes the common shape."""
+    script = SCRIPT.with_name("profile_model.py")
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), "--shape", "tiny", "--steps", "2", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    payload = json.loads((tmp_path / "profile_model_tiny.json").read_text())
+    assert list(payload)[:3] == ["device", "versions", "date"]
+    rows = payload["results"]
+    assert {(r["phase"], r["mode"]) for r in rows} == {
+        (phase, mode) for phase in ("prefill", "decode") for mode in ("default", "batch_invariant")
+    }
+    for row in rows:
+        assert row["wall_ms"] > 0 and row["reps"] == [row["wall_ms"]]
+        assert math.isfinite(row["ratio_vs_default"]) and isinstance(row["top_kernels"], list)

@@ -438,3 +438,22 @@ job_modelgraphs() {
   python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs \
     --out "$JOB_DIR/model_decoder_0.6b_graphs.json"
 }
+
+# #4: bi_triton_ascend's launch table (kernels launched without Triton's per-call binding).
+# The CUDA kernel tests through it, the host cost per call with it on and off, and the model
+# level (0.6B) in eager with it off, then on in every compile mode.
+job_launchab() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py -q -p no:cacheprovider -rs -x \
+    --junitxml="$JOB_DIR/bi_triton_cuda_launch_table.junit.xml"
+  python3 benchmarks/host_cost.py --out "$JOB_DIR" --label launch_table
+  BI_TRITON_LAUNCH_CACHE=0 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager \
+    --out "$JOB_DIR/model_decoder_0.6b_triton_run.json"
+  python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs \
+    --out "$JOB_DIR/model_decoder_0.6b_launch_table.json"
+}
+
+# #4: where the model-level time goes, default vs batch-invariant (torch.profiler, eager).
+job_modelprof() {
+  python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
+  python3 benchmarks/profile_model.py --shape 8b --out "$JOB_DIR"
+}

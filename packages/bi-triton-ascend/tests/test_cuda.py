@@ -205,3 +205,30 @@ def test_block_through_overrides_is_invariant_for_batch_1_to_64_and_default_is_n
     with ird.aten_overrides(), ird.batch_invariant():
         assert probe_outputs() == []
     assert probe_outputs(), "default cuBLAS path matched at every batch size: the check cannot fail"
+
+
+def test_launch_table_serves_cuda_launches_with_the_same_bits() -> None:
+    """Launches through the table (no per-call binding) give Triton's own launch's bits, and
+    alignment changes (an offset view) get their own compiled kernel rather than a wrong one."""
+    from bi_triton_ascend import _launch_cache
+
+    assert _launch_cache.enabled(), "the launch table should serve CUDA launches"
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(33, 1025, generator=g).to("cuda", torch.bfloat16)
+    w = torch.randn(4096, 1024, generator=g).to("cuda", torch.bfloat16)
+    nw = torch.randn(1024, generator=g).to("cuda", torch.bfloat16)
+    logits = torch.randn(5, 151936, generator=g).cuda()
+
+    def run() -> list[torch.Tensor]:
+        out = []
+        for view in (x[:, :1024], x[:, 1:]):  # 16-byte aligned, then 2-byte aligned rows
+            out += [bta.linear(view, w), bta.rms_norm(view, nw, 1e-6)]
+        return [*out, bta.log_softmax(logits, -1), bta.mean(logits, [-1])]
+
+    with _launch_cache.table_off():
+        expected = run()
+    before = _launch_cache.cached_kernels()
+    first, second = run(), run()  # the first call fills the table, the second hits it
+    assert _launch_cache.cached_kernels() > before
+    for want, got1, got2 in zip(expected, first, second, strict=True):
+        assert torch.equal(want, got1) and torch.equal(want, got2)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
+from .._launch_cache import launch_kernel
 
 LOG2E = 1.4426950408889634
 
@@ -240,17 +241,20 @@ def launch_backward(
     }  # fmt: skip
     qk_scale = scale * LOG2E
     q_tiles = triton.cdiv(max_seqlen, block_m)
-    _stats_kernel[(q_tiles, num_seqs, num_heads)](
+    launch_kernel(
+        _stats_kernel, (q_tiles, num_seqs, num_heads),
         q, k, out, grad_out, cu, lse, delta,
         *q.stride()[:2], *k.stride()[:2], *out.stride()[:2], *grad_out.stride()[:2],
         num_heads, qk_scale, **flags,
     )  # fmt: skip
-    _dkdv_kernel[(triton.cdiv(max_seqlen, block_n), num_seqs, num_kv_heads)](
+    launch_kernel(
+        _dkdv_kernel, (triton.cdiv(max_seqlen, block_n), num_seqs, num_kv_heads),
         q, k, v, grad_out, cu, lse, delta, dk, dv,
         *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *grad_out.stride()[:2],
         *dk.stride()[:2], *dv.stride()[:2], num_heads, qk_scale, scale, **flags,
     )  # fmt: skip
-    _dq_kernel[(q_tiles, num_seqs, num_heads)](
+    launch_kernel(
+        _dq_kernel, (q_tiles, num_seqs, num_heads),
         q, k, v, grad_out, cu, lse, delta, dq,
         *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *grad_out.stride()[:2],
         *dq.stride()[:2], num_heads, qk_scale, scale, **flags,

@@ -25,6 +25,7 @@ import math
 import torch
 
 from .. import _platform
+from .._launch_cache import launch_kernel
 from ._kernels import _attn_kernel, _combine_kernel
 from .config import PREFILL_QUERIES_PER_SEQ, AttnConfig, ChunkGrid, cdiv, launch_config
 
@@ -187,7 +188,8 @@ def launch(
     grid: tuple[int, ...] = (slots, num_kv_heads)
     if split:
         grid = (*grid, _chunk_programs(chunks, slots * num_kv_heads, device))
-    _attn_kernel[grid](
+    launch_kernel(
+        _attn_kernel, grid,
         query, key, value, out, table, seq_lens, q_start, kv_base,
         part_m, part_l, part_acc,
         num_seqs, chunks, group, head_size, block_size, window, scale * LOG2E,
@@ -202,7 +204,8 @@ def launch(
         combine_q, block_d = (cfg.block_q, cfg.head_pad) if interp else (1, COMBINE_BLOCK_D)
         block_d = min(block_d, cfg.head_pad)
         grid_c = (total_q // combine_q + num_seqs, num_kv_heads, cdiv(cfg.head_pad, block_d))
-        _combine_kernel[grid_c](
+        launch_kernel(
+            _combine_kernel, grid_c,
             out, part_m, part_l, part_acc, q_start, seq_lens,
             num_seqs, chunks, group, head_size, window,
             *out.stride(), *pm_strides, *pa_strides,

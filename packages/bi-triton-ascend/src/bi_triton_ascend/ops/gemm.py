@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
+from .._launch_cache import launch_kernel
 from .gemm_config import Chain, Tiles, cdiv, chain_for, fit_shared_memory, select_tiles
 
 
@@ -390,7 +391,8 @@ def batched_gemm(
     else:
         n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
         programs = min(programs, n_tiles)
-        _gemm_persistent_kernel[(programs,)](
+        launch_kernel(
+            _gemm_persistent_kernel, (programs,),
             a, b, out, bias_view, *args[:3], batches, *args[3:], programs,
             FLATTEN=tiles.flatten, SEGMENTED=chain.num_segs > 1, GROUP_M=tiles.group_m,
             **flags, **launch,
@@ -422,7 +424,8 @@ def _launch_split(
         counters = _arrival_counters(a.device, n_tiles)
     else:
         part, counters = out, out  # never touched
-    _gemm_split_kernel[(n_tiles, chain.num_segs)](
+    launch_kernel(
+        _gemm_split_kernel, (n_tiles, chain.num_segs),
         a, b, out, bias_view, part, counters, *args,
         SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device),
         GROUP_M=tiles.group_m, **flags, **launch,

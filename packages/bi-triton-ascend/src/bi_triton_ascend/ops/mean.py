@@ -17,6 +17,7 @@ import triton.language as tl
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+from .._launch_cache import launch_kernel
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024
@@ -138,7 +139,8 @@ def _launch(x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype) -> None:
     rows, length = x2.shape
     if length <= ONE_PASS_MAX:
         programs = min(rows, _platform.row_programs(x2.device, rows))
-        _mean_rows_kernel[(programs,)](
+        launch_kernel(
+            _mean_rows_kernel, (programs,),
             x2, out, rows, length, *x2.stride(), programs,
             ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
         )  # fmt: skip
@@ -146,10 +148,12 @@ def _launch(x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype) -> None:
     chunk_len = BLOCK * triton.cdiv(triton.cdiv(length, BLOCK), MAX_CHUNKS)
     n_chunks = triton.cdiv(length, chunk_len)
     part = torch.empty((rows, n_chunks), dtype=torch.float32, device=x2.device)
-    _chunk_sum_kernel[(rows, n_chunks)](
+    launch_kernel(
+        _chunk_sum_kernel, (rows, n_chunks),
         x2, part, length, *x2.stride(), chunk_len, n_chunks,
         ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
     )  # fmt: skip
-    _chunk_mean_kernel[(rows,)](
-        part, out, length, n_chunks, BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=4
-    )
+    launch_kernel(
+        _chunk_mean_kernel, (rows,),
+        part, out, length, n_chunks, BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=4,
+    )  # fmt: skip

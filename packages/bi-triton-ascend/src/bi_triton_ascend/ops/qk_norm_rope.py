@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .. import _platform
 from .._checks import check_tensor
+from .._launch_cache import launch_kernel
 from .rms_norm import MULTI_ROW_MAX, TILE_ELEMENTS, _halves_rstd, _load_row_tile, _scaled
 
 #: Warps per program: :mod:`.rms_norm`'s for short rows (the reduction tree depends on it).
@@ -193,7 +194,8 @@ def qk_norm_rope(
     programs = min(tiles, _platform.row_programs(q.device, tiles))
     w_q, w_k = q_weight.contiguous(), k_weight.contiguous()
     table = cos_sin_cache if cos_sin_cache.stride(1) == 1 else cos_sin_cache.contiguous()
-    _qk_norm_rope_kernel[(programs,)](
+    launch_kernel(
+        _qk_norm_rope_kernel, (programs,),
         q, k, w_q, w_k, q_out, k_out, positions, table,
         t, hq, hk, d, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
         k.stride(2), table.stride(0), float(epsilon), programs,

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from .. import _platform
 from .._checks import check_float, check_tensor
+from .._launch_cache import launch_kernel
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384
@@ -244,7 +245,8 @@ def _launch(
     block, warps, one_pass, rows_per_tile = _block_and_warps(h)
     tiles = triton.cdiv(m, rows_per_tile)
     programs = min(tiles, _platform.row_programs(x.device, tiles))
-    _rms_norm_kernel[(programs,)](
+    launch_kernel(
+        _rms_norm_kernel, (programs,),
         xl.tensor, rl.tensor, weight if weight is not None else xl.tensor, out2, ro2,
         m, h, xl.b, xl.stride_a, xl.stride_b, xl.stride_h,
         rl.b, rl.stride_a, rl.stride_b, rl.stride_h,

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
+from .._launch_cache import launch_kernel
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
@@ -154,14 +155,16 @@ def _launch(x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype)
     if length <= ONE_PASS_MAX:
         block = max(16, triton.next_power_of_2(length))
         programs = min(rows, _platform.row_programs(x2.device, rows))
-        _softmax_row_kernel[(programs,)](
+        launch_kernel(
+            _softmax_row_kernel, (programs,),
             x2, out2, rows, length, *x2.stride(), out2.stride(0), programs,
             LOG=log, ROUND_TO=round_to, BLOCK=block, num_warps=min(16, max(1, block // 512)),
         )  # fmt: skip
         return
     stats = chunk_stats(x2, round_to)
     n_chunks = stats.shape[1]
-    _chunk_write_kernel[(rows, n_chunks)](
+    launch_kernel(
+        _chunk_write_kernel, (rows, n_chunks),
         x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
         LOG=log, ROUND_TO=round_to, CHUNK=CHUNK, BLOCK_C=block_c(n_chunks), num_warps=CHUNK_WARPS,
     )  # fmt: skip
@@ -177,7 +180,8 @@ def chunk_stats(x2: torch.Tensor, round_to: tl.dtype) -> torch.Tensor:
     rows, length = x2.shape
     n_chunks = triton.cdiv(length, CHUNK)
     stats = torch.empty((rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
-    _chunk_stats_kernel[(rows, n_chunks)](
+    launch_kernel(
+        _chunk_stats_kernel, (rows, n_chunks),
         x2, stats, length, *x2.stride(), n_chunks,
         ROUND_TO=round_to, CHUNK=CHUNK, num_warps=CHUNK_WARPS,
     )  # fmt: skip

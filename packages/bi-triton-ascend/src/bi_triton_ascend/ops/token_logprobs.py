@@ -31,6 +31,7 @@ from .._checks import (
     check_same_device,
     check_tensor,
 )
+from .._launch_cache import launch_kernel
 from .softmax import combine_chunk_stats
 
 # The module, not ``ops.softmax`` (the package re-exports the function under that name): its
@@ -112,7 +113,8 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     stats = _softmax.chunk_stats(logits, round_to)
     n_chunks = stats.shape[1]
     out = torch.empty((rows, n), dtype=torch.float32, device=logits.device)
-    _gather_kernel[(rows,)](
+    launch_kernel(
+        _gather_kernel, (rows,),
         logits, stats, token_ids, out, vocab, n, *logits.stride(), *token_ids.stride(), n_chunks,
         ROUND_TO=round_to, BLOCK_C=_softmax.block_c(n_chunks),
         BLOCK_N=min(MAX_BLOCK_N, triton.next_power_of_2(n)), num_warps=_softmax.CHUNK_WARPS,

@@ -1,0 +1,119 @@
+"""Where the model-level time goes (issue #4): GPU kernels and host time of one Qwen3 forward.
+
+``model_decoder.py`` reports tokens/s; this names the kernels behind them. For each case
+(decode of a batch after a prompt, or one prefill) it runs the eager model of
+``model_decoder.py`` in default and batch-invariant mode under ``torch.profiler``, and
+records per mode: the wall time of the profiled steps, the GPU time summed over all kernels
+(less than the wall time when the host is the bottleneck), and the kernels that cost most
+GPU time with their call counts. A diagnostic, not a target: no ratio is asserted.
+
+    source scripts/gpu/env.sh && python benchmarks/profile_model.py --shape 0.6b
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _report
+import model_decoder as md
+
+
+def kernel_table(prof: Any, top: int) -> tuple[float, list[dict[str, Any]]]:
+    """(GPU ms of all kernels, the ``top`` kernels by GPU time) from a finished profile."""
+    rows = []
+    total_us = 0.0
+    for event in prof.key_averages():
+        gpu_us = float(getattr(event, "self_device_time_total", 0.0) or 0.0)
+        if gpu_us <= 0:
+            continue
+        total_us += gpu_us
+        rows.append({"kernel": event.key[:120], "gpu_ms": gpu_us / 1e3, "calls": event.count})
+    rows.sort(key=lambda r: -r["gpu_ms"])
+    return total_us / 1e3, rows[:top]
+
+
+@torch.inference_mode()
+def profile_case(
+    model: torch.nn.Module, case: md.Case, mode: str, steps: int, vocab: int, top: int
+) -> dict[str, Any]:
+    """Profile ``steps`` decode steps (or one prefill) of ``case`` in ``mode``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with md.run_mode(mode):
+        if case.phase == "prefill":
+            ids = md.random_ids(case.batch, case.seq, vocab)
+            run = md.prefill_step(model, ids)
+            setup = None
+        else:
+            runner = md.DecodeRunner(model, model, case, steps, vocab)
+            run, setup = runner.steps, runner.prefill
+        for _ in range(2):  # JIT compiles and autotuning outside the profile
+            if setup:
+                setup()
+            run()
+        if setup:
+            setup()
+        md.sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            started = time.perf_counter()
+            run()
+            md.sync()
+            wall_ms = (time.perf_counter() - started) * 1e3
+    gpu_ms, kernels = kernel_table(prof, top)
+    return {"phase": case.phase, "batch": case.batch, "seq": case.seq, "mode": mode,
+            "steps": steps if case.phase == "decode" else 1, "wall_ms": wall_ms,
+            "gpu_ms": gpu_ms, "gpu_busy": gpu_ms / wall_ms, "top_kernels": kernels}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="0.6b", choices=sorted(md.SHAPES), help="tiny: CPU, CI")
+    p.add_argument("--layers", type=int, help="default: model_decoder's per shape")
+    p.add_argument("--steps", type=int, default=8, help="decode steps profiled")
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--out", type=Path, help="default: $OUT or benchmarks/results")
+    args = p.parse_args(argv)
+    import bi_triton_ascend  # noqa: F401  (registers the batch-invariant kernels)
+
+    shape = md.SHAPES[args.shape]
+    layers = args.layers or shape.layers
+    tiny = shape.name == "tiny"
+    prompt = 16 if tiny else 512
+    cases = [md.Case("decode", 1, prompt), md.Case("decode", 2 if tiny else 32, prompt),
+             md.Case("prefill", 1, 64 if tiny else 2048)]  # fmt: skip
+    model = md.build_model(shape, layers, prompt + args.steps + 8)
+    rows = []
+    for case in cases:
+        for mode in md.MODES:
+            row = {
+                "shape": shape.name,
+                "layers": layers,
+                **profile_case(model, case, mode, args.steps, shape.vocab_size, args.top),
+            }
+            rows.append(row)
+            print(f"{shape.name} {case.phase} b{case.batch} {mode}: wall {row['wall_ms']:.2f} ms, "
+                  f"GPU {row['gpu_ms']:.2f} ms ({row['gpu_busy']:.0%} busy)")  # fmt: skip
+            for k in row["top_kernels"]:
+                print(f"    {k['gpu_ms']:8.3f} ms {k['calls']:6d}x  {k['kernel'][:90]}")
+    out = args.out or _report.out_dir(Path(__file__).resolve().parent / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    head = _report.header(_report.cuda_device("cpu"), md.versions())
+    for row in rows:  # wall time relative to the default mode's, same case
+        base = next(r for r in rows if r["mode"] == "default" and r["phase"] == row["phase"]
+                    and r["batch"] == row["batch"])  # fmt: skip
+        row["ratio_vs_default"] = base["wall_ms"] / row["wall_ms"]
+        row["value"], row["unit"], row["reps"] = row["wall_ms"], "ms (profiled)", [row["wall_ms"]]
+    _report.write_results(out / f"profile_model_{shape.name}.json", head, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

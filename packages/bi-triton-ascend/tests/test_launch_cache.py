@@ -1,0 +1,173 @@
+"""The launch table: same launcher arguments as Triton's path, and a miss whenever Triton's
+specialization could differ. A fake kernel stands in for ``@triton.jit`` (the table serves
+CUDA only; ``tests-integration/gpu`` runs the real kernels through it on the H100)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from bi_triton_ascend import _launch_cache
+
+
+class _Param:
+    def __init__(self, param: inspect.Parameter) -> None:
+        self.name = param.name
+        self.default = param.default
+
+
+class _Compiled:
+    """What ``JITFunction.run`` returns: a launcher and its handles."""
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.function = "fn-handle"
+        self.packed_metadata = ("meta",)
+        self._calls = calls
+
+    def run(self, *launch_args: Any) -> None:
+        self._calls.append(launch_args)
+
+
+class _FakeKernel:
+    """Counts Triton-path launches; its compiled kernel records direct launches."""
+
+    def __init__(self) -> None:
+        def signature(a_ptr, n, scale, FLAG: bool = False, BLOCK: int = 16):
+            pass
+
+        self.params = [_Param(p) for p in inspect.signature(signature).parameters.values()]
+        self.pre_run_hooks: list[Any] = []
+        self.triton_calls: list[tuple[Any, ...]] = []
+        self.direct_calls: list[tuple[Any, ...]] = []
+        self.compiled = _Compiled(self.direct_calls)
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def run(*args: Any, **kwargs: Any) -> _Compiled:
+            self.triton_calls.append((grid, args, kwargs))
+            return self.compiled
+
+        return run
+
+
+class _HookChain:
+    """Triton 3.6's hook holder: always present, empty when no hook is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+
+class _FakeKnobs:
+    def __init__(self) -> None:
+        self.launch_enter_hook: Any = _HookChain()
+        self.launch_exit_hook: Any = _HookChain()
+
+
+@pytest.fixture
+def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[_FakeKnobs]:
+    knobs = _FakeKnobs()
+    monkeypatch.setattr(_launch_cache, "_supported", lambda: True)
+    monkeypatch.setattr(_launch_cache, "_runtime_knobs", lambda: knobs)
+    monkeypatch.setattr(_launch_cache, "_driver_calls", lambda: (lambda: 0, lambda d: 77))
+    _launch_cache.set_enabled(True)
+    yield knobs
+    _launch_cache.set_enabled(True)
+
+
+def _aligned(n: int = 64) -> torch.Tensor:
+    t = torch.empty(n, dtype=torch.float32)
+    assert t.data_ptr() % 16 == 0
+    return t
+
+
+def test_hit_passes_triton_launcher_arguments(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    _launch_cache.launch_kernel(kernel, (3, 2), x, 32, 0.5, FLAG=True, num_warps=4)
+    assert len(kernel.triton_calls) == 1 and not kernel.direct_calls
+    _launch_cache.launch_kernel(kernel, (5,), x, 48, 2.0, FLAG=True, num_warps=4)
+    assert len(kernel.triton_calls) == 1
+    # grid padded to 3, current stream, the handles, no hooks, then every parameter in
+    # signature order: positional ones, the constexpr given, the default of the one not given.
+    assert kernel.direct_calls == [
+        (5, 1, 1, 77, "fn-handle", ("meta",), None, None, None, x, 48, 2.0, True, 16)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (32, 33),  # divisibility by 16
+        (2, 1),  # equality to 1 (Triton makes 1 a constant)
+        (32, 1 << 32),  # i32 -> i64
+        (1 << 32, 1 << 63),  # i64 -> u64
+    ],
+)
+def test_int_specialization_changes_miss(table: _FakeKnobs, first: int, second: int) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    _launch_cache.launch_kernel(kernel, (1,), x, first, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x, second, 1.0)
+    assert len(kernel.triton_calls) == 2 and not kernel.direct_calls
+
+
+def test_pointer_alignment_dtype_and_constexpr_changes_miss(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x[1:], 16, 1.0)  # 4-byte aligned pointer
+    _launch_cache.launch_kernel(kernel, (1,), x.to(torch.float16), 16, 1.0)  # dtype
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0, BLOCK=32)  # constexpr
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0, num_warps=8)  # launch option
+    assert len(kernel.triton_calls) == 5 and not kernel.direct_calls
+
+
+def test_triton_path_when_hooks_set_or_disabled(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    table.launch_exit_hook.calls.append(print)  # a profiler's hook must see every launch
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    table.launch_exit_hook = print  # Triton < 3.6: a bare callable
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    table.launch_exit_hook = None  # Triton < 3.6: no hook
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    assert len(kernel.direct_calls) == 1
+    _launch_cache.set_enabled(False)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    assert len(kernel.triton_calls) == 4 and len(kernel.direct_calls) == 1
+    assert _launch_cache.cached_kernels() == 0  # turning it off empties the table
+
+
+def test_unmodelled_arguments_are_never_cached(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    for _ in range(2):
+        _launch_cache.launch_kernel(kernel, (1,), x, 16, "text")  # type not modelled
+        _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0, FLAG=x)  # tensor given by name
+    assert len(kernel.triton_calls) == 4 and not kernel.direct_calls
+
+
+def test_pre_run_hooks_keep_triton_path(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    kernel.pre_run_hooks.append(lambda *a, **k: None)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    assert len(kernel.triton_calls) == 2
+
+
+def test_interpreter_never_uses_the_table() -> None:
+    assert not _launch_cache.enabled()  # CPU CI runs under TRITON_INTERPRET=1
+
+
+def test_set_enabled_rejects_non_bool() -> None:
+    with pytest.raises(TypeError, match="on must be a bool"):
+        _launch_cache.set_enabled(1)  # type: ignore[arg-type]
+
+
+def test_table_off_restores_the_switch(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    with _launch_cache.table_off():
+        _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+        _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    assert len(kernel.triton_calls) == 3 and len(kernel.direct_calls) == 1
