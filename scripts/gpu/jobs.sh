@@ -457,3 +457,17 @@ job_modelprof() {
   python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
   python3 benchmarks/profile_model.py --shape 8b --out "$JOB_DIR"
 }
+
+# #4: linear's and matmul's launch plans on top of the launch table: the GEMM tests on CUDA
+# (plans replayed with new pointers), the host cost per call, and the model level at both
+# widths (0.6B in every compile mode, 8B eager and compile).
+job_hostpath() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_gemm.py packages/bi-triton-ascend/tests/test_launch_cache.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_gemm_plans_cuda.junit.xml"
+  python3 benchmarks/host_cost.py --out "$JOB_DIR" --label plans
+  python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs \
+    --out "$JOB_DIR/model_decoder_0.6b_plans.json"
+  python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
+    --out "$JOB_DIR/model_decoder_8b_plans.json"
+}

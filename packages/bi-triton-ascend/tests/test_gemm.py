@@ -334,3 +334,80 @@ def test_column_split_keeps_bits_with_n_independent_chain(device: torch.device) 
         assert torch.equal(*full_and_halves())
     finally:
         gemm_config.set_n_independent_chain(False)
+
+
+# --------------------------------------------------------------------- linear's launch plans
+def _fresh_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``linear`` through its full path (argument folding, tile selection), no stored plan:
+    plans are skipped under ``force_tiles``, and tiles never change the bits."""
+    from bi_triton_ascend import _platform
+    from bi_triton_ascend.ops.gemm_config import select_tiles
+
+    m = x.shape[-2] if x.dim() > 1 else 1
+    chain = chain_for(w.shape[0], w.shape[1], x.dtype)
+    tiles = select_tiles(
+        _platform.arch(x.device), m, w.shape[0], chain, x.dtype, _platform.num_programs(x.device)
+    )
+    with force_tiles(tiles):
+        return bta.linear(x, w, bias)
+
+
+def test_linear_plan_replays_the_launch_with_new_pointers(device: torch.device) -> None:
+    """A stored plan serves later calls of the same shapes: same bits as the full path for new
+    data, offset views (other pointers, same strides) and a bias; copies are never planned."""
+    import importlib
+
+    plans = importlib.import_module("bi_triton_ascend.ops.matmul")._plans
+    plans.clear()
+    big = rand(9, 200, dtype=torch.bfloat16, device=device)
+    w = rand(48, 200, dtype=torch.bfloat16, device=device)
+    bias = rand(48, dtype=torch.bfloat16, device=device)
+    for args in [(big[0:3], w, None), (big[0:3], w, bias), (big[0], w, None)]:
+        first = bta.linear(*args)
+        assert torch.equal(first, _fresh_linear(*args))
+    assert len(plans) == 3
+    for args in [(big[5:8], w, None), (big[4:7], w, bias), (big[7], w, None)]:
+        assert torch.equal(bta.linear(*args), _fresh_linear(*args))
+    assert len(plans) == 3  # all served by the stored plans
+    # Leading dimensions that no view can fold: the input is copied, so no plan is stored.
+    x4 = rand(3, 2, 4, 200, dtype=torch.bfloat16, device=device).permute(1, 0, 2, 3)
+    for _ in range(2):
+        assert torch.equal(bta.linear(x4, w), _fresh_linear(x4, w, None))
+    assert len(plans) == 3
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape,transpose_b,planned",
+    [
+        ((2, 3, 1, 24), (2, 3, 40, 24), True, True),  # attention scores q @ k^T (decode)
+        ((2, 3, 5, 40), (2, 3, 40, 24), False, True),  # probabilities @ v
+        ((4, 1, 24), (24,), False, True),  # matrix @ vector
+        ((24,), (3, 24, 8), False, True),  # vector @ batch of matrices (broadcast view)
+        ((3, 1, 5, 24), (1, 2, 24, 8), False, False),  # broadcast on both sides: copies
+    ],
+)
+def test_matmul_plan_replays_with_new_data(
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    transpose_b: bool,
+    planned: bool,
+    device: torch.device,
+) -> None:
+    """``matmul``'s stored plans give the full path's bits for new data of the same shapes."""
+    import importlib
+
+    plans = importlib.import_module("bi_triton_ascend.ops.matmul")._plans
+    plans.clear()
+
+    def operands(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        a = torch.randn(a_shape, device=device).to(torch.bfloat16)
+        b = torch.randn(b_shape, device=device).to(torch.bfloat16)
+        return a, (b.transpose(-1, -2) if transpose_b else b)  # k^T: a strided view
+
+    with force_tiles(Tiles(True, 16, 32, 4, 1)):  # the full path (plans are skipped here)
+        expected = [bta.matmul(*operands(seed)) for seed in range(3)]
+    got = [bta.matmul(*operands(seed)) for seed in range(3)]
+    for want, have in zip(expected, got, strict=True):
+        assert want.shape == have.shape and torch.equal(want, have)
+    assert len(plans) == int(planned)

@@ -18,13 +18,16 @@ Both produce the same bits for a given ``(N, K, dtype)``, whatever M or the batc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import _platform
 from .._launch_cache import launch_kernel
-from .gemm_config import Chain, Tiles, cdiv, chain_for, fit_shared_memory, select_tiles
+from .gemm_config import cdiv, chain_for, fit_shared_memory, select_tiles
 
 
 @triton.jit
@@ -324,6 +327,122 @@ def _arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
     return pool[-1]
 
 
+@dataclass(frozen=True)
+class GemmLaunch:
+    """Everything one GEMM launch needs but its tensors: a function of shapes, strides, dtypes.
+
+    :func:`describe` computes it; :func:`execute` runs it on tensors of those shapes and
+    strides. Callers that see the same shapes again (``linear`` at every decode step) keep
+    it and skip the tile selection and argument building (host time at decode sizes).
+    """
+
+    kernel: Any
+    grid: tuple[int, ...]
+    ints: tuple[Any, ...]  # every argument after the pointers, in kernel order
+    options: dict[str, Any]  # constexprs and launch options
+    out_shape: tuple[int, int, int]
+    out_dtype: torch.dtype
+    has_bias: bool
+    split_kernel: bool  # the split kernel's two extra pointers (partials, counters)
+    partials: int  # fp32 partial sums to allocate (0: none)
+    tiles: int  # split-K arrival counters needed
+
+
+def describe(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> GemmLaunch:
+    """The launch of :func:`batched_gemm` for these arguments; nothing runs or is allocated.
+
+    The same shapes, strides, dtypes, device and scalars give the same launch.
+    """
+    batches, m, k = a.shape
+    n = b.shape[2]
+    if out_dtype is not None and out_dtype not in (a.dtype, torch.float32):
+        raise ValueError(
+            f"batched_gemm: out_dtype must be None, {a.dtype} or float32, got {out_dtype}"
+        )
+    dtype = out_dtype or a.dtype
+    out_strides = (m * n, n, 1)
+    has_bias = bias is not None and beta != 0.0
+    bias_strides = (
+        bias.expand(batches, m, n).stride() if bias is not None and has_bias else out_strides
+    )
+    chain = chain_for(n, k, a.dtype)
+    programs = _platform.num_programs(a.device)
+    tiles = select_tiles(_platform.arch(a.device), m, n, chain, a.dtype, programs)
+    if dtype != a.dtype:
+        tiles = fit_shared_memory(
+            tiles, chain, a.element_size(), dtype.itemsize,
+            _platform.shared_memory_limit(a.device),
+        )  # fmt: skip
+    strides = (*a.stride(), *b.stride(), *out_strides, *bias_strides)
+    scalars = (float(alpha), float(beta), chain.seg_blocks, chain.num_segs)
+    options: dict[str, Any] = {
+        "HAS_BIAS": has_bias,
+        "HAS_ALPHA": alpha != 1.0,
+        "HAS_BETA": beta != 1.0,
+        "EVEN_K": k % chain.block_k == 0,
+        "UPCAST": _platform.upcast_dot(),
+        "PRECISION": _platform.dot_precision(a.dtype),
+        "BLOCK_M": tiles.block_m,
+        "BLOCK_N": tiles.block_n,
+        "BLOCK_K": chain.block_k,
+        "GROUP_M": tiles.group_m,
+        "num_warps": tiles.num_warps,
+        "num_stages": tiles.num_stages,
+    }
+    n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
+    if tiles.split:
+        split = chain.num_segs > 1
+        options.update(SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device))
+        return GemmLaunch(
+            _gemm_split_kernel, (n_tiles, chain.num_segs), (m, n, k, *strides, *scalars),
+            options, (batches, m, n), dtype, has_bias, True,
+            chain.num_segs * n_tiles * tiles.block_m * tiles.block_n if split else 0,
+            n_tiles if split else 0,
+        )  # fmt: skip
+    programs = min(programs, n_tiles)
+    options.update(FLATTEN=tiles.flatten, SEGMENTED=chain.num_segs > 1)
+    return GemmLaunch(
+        _gemm_persistent_kernel, (programs,), (m, n, k, batches, *strides, *scalars, programs),
+        options, (batches, m, n), dtype, has_bias, False, 0, 0,
+    )  # fmt: skip
+
+
+def execute(
+    launch: GemmLaunch, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Run ``launch`` on ``a``, ``b`` and ``bias``; returns the new ``[Bt, M, N]`` output.
+
+    The tensors must have the shapes and strides ``launch`` was made for, or be other views of
+    the same data pointers (only pointers reach the kernel).
+    """
+    out = torch.empty(launch.out_shape, dtype=launch.out_dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    bias_arg = bias if launch.has_bias else out
+    if launch.split_kernel:
+        if launch.partials:
+            part = torch.empty(launch.partials, dtype=torch.float32, device=a.device)
+            counters = _arrival_counters(a.device, launch.tiles)
+        else:
+            part, counters = out, out  # never touched
+        launch_kernel(
+            launch.kernel, launch.grid, a, b, out, bias_arg, part, counters, *launch.ints,
+            **launch.options,
+        )  # fmt: skip
+    else:
+        launch_kernel(
+            launch.kernel, launch.grid, a, b, out, bias_arg, *launch.ints, **launch.options
+        )
+    return out
+
+
 def batched_gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -350,83 +469,6 @@ def batched_gemm(
     Returns:
         A new contiguous ``[Bt, M, N]`` tensor in ``out_dtype`` (default ``a.dtype``).
     """
-    batches, m, k = a.shape
-    n = b.shape[2]
-    if out_dtype is not None and out_dtype not in (a.dtype, torch.float32):
-        raise ValueError(
-            f"batched_gemm: out_dtype must be None, {a.dtype} or float32, got {out_dtype}"
-        )
-    out = torch.empty((batches, m, n), dtype=out_dtype or a.dtype, device=a.device)
-    if out.numel() == 0:
-        return out
-    has_bias = bias is not None and beta != 0.0
-    bias_view = bias.expand(batches, m, n) if bias is not None and has_bias else out
-    chain = chain_for(n, k, a.dtype)
-    programs = _platform.num_programs(a.device)
-    tiles = select_tiles(_platform.arch(a.device), m, n, chain, a.dtype, programs)
-    if out.dtype != a.dtype:
-        tiles = fit_shared_memory(
-            tiles, chain, a.element_size(), out.element_size(),
-            _platform.shared_memory_limit(a.device),
-        )  # fmt: skip
-    args = (
-        m, n, k,
-        *a.stride(), *b.stride(), *out.stride(), *bias_view.stride(),
-        float(alpha), float(beta), chain.seg_blocks, chain.num_segs,
-    )  # fmt: skip
-    flags = {
-        "HAS_BIAS": has_bias,
-        "HAS_ALPHA": alpha != 1.0,
-        "HAS_BETA": beta != 1.0,
-        "EVEN_K": k % chain.block_k == 0,
-        "UPCAST": _platform.upcast_dot(),
-        "PRECISION": _platform.dot_precision(a.dtype),
-        "BLOCK_M": tiles.block_m,
-        "BLOCK_N": tiles.block_n,
-        "BLOCK_K": chain.block_k,
-    }
-    launch = {"num_warps": tiles.num_warps, "num_stages": tiles.num_stages}
-    if tiles.split:
-        _launch_split(a, b, out, bias_view, args, flags, launch, chain, tiles, batches)
-    else:
-        n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
-        programs = min(programs, n_tiles)
-        launch_kernel(
-            _gemm_persistent_kernel, (programs,),
-            a, b, out, bias_view, *args[:3], batches, *args[3:], programs,
-            FLATTEN=tiles.flatten, SEGMENTED=chain.num_segs > 1, GROUP_M=tiles.group_m,
-            **flags, **launch,
-        )  # fmt: skip
-    return out
-
-
-def _launch_split(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    out: torch.Tensor,
-    bias_view: torch.Tensor,
-    args: tuple,
-    flags: dict,
-    launch: dict,
-    chain: Chain,
-    tiles: Tiles,
-    batches: int,
-) -> None:
-    m, n = out.shape[1], out.shape[2]
-    n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
-    split = chain.num_segs > 1
-    if split:
-        part = torch.empty(
-            chain.num_segs * n_tiles * tiles.block_m * tiles.block_n,
-            dtype=torch.float32,
-            device=a.device,
-        )
-        counters = _arrival_counters(a.device, n_tiles)
-    else:
-        part, counters = out, out  # never touched
-    launch_kernel(
-        _gemm_split_kernel, (n_tiles, chain.num_segs),
-        a, b, out, bias_view, part, counters, *args,
-        SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device),
-        GROUP_M=tiles.group_m, **flags, **launch,
-    )  # fmt: skip
+    launch = describe(a, b, bias, alpha, beta, out_dtype)
+    bias_view = bias.expand(launch.out_shape) if launch.has_bias and bias is not None else None
+    return execute(launch, a, b, bias_view)

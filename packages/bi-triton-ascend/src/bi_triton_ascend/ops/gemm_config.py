@@ -234,6 +234,11 @@ class force_tiles:
         _forced.pop()
 
 
+def tiles_forced() -> bool:
+    """Whether a :class:`force_tiles` block is active (callers that cache launches skip it)."""
+    return bool(_forced)
+
+
 def select_tiles(
     arch: str, m: int, n: int, chain: Chain, dtype: torch.dtype, programs: int
 ) -> Tiles:
