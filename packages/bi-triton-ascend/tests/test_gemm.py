@@ -355,9 +355,8 @@ def _fresh_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -
 def test_linear_plan_replays_the_launch_with_new_pointers(device: torch.device) -> None:
     """A stored plan serves later calls of the same shapes: same bits as the full path for new
     data, offset views (other pointers, same strides) and a bias; copies are never planned."""
-    import importlib
+    from bi_triton_ascend.ops import _plans as plans
 
-    plans = importlib.import_module("bi_triton_ascend.ops.matmul")._plans
     plans.clear()
     big = rand(9, 200, dtype=torch.bfloat16, device=device)
     w = rand(48, 200, dtype=torch.bfloat16, device=device)
@@ -365,15 +364,15 @@ def test_linear_plan_replays_the_launch_with_new_pointers(device: torch.device) 
     for args in [(big[0:3], w, None), (big[0:3], w, bias), (big[0], w, None)]:
         first = bta.linear(*args)
         assert torch.equal(first, _fresh_linear(*args))
-    assert len(plans) == 3
+    assert plans.planned() == 3
     for args in [(big[5:8], w, None), (big[4:7], w, bias), (big[7], w, None)]:
         assert torch.equal(bta.linear(*args), _fresh_linear(*args))
-    assert len(plans) == 3  # all served by the stored plans
+    assert plans.planned() == 3  # all served by the stored plans
     # Leading dimensions that no view can fold: the input is copied, so no plan is stored.
     x4 = rand(3, 2, 4, 200, dtype=torch.bfloat16, device=device).permute(1, 0, 2, 3)
     for _ in range(2):
         assert torch.equal(bta.linear(x4, w), _fresh_linear(x4, w, None))
-    assert len(plans) == 3
+    assert plans.planned() == 3
 
 
 @pytest.mark.parametrize(
@@ -394,9 +393,8 @@ def test_matmul_plan_replays_with_new_data(
     device: torch.device,
 ) -> None:
     """``matmul``'s stored plans give the full path's bits for new data of the same shapes."""
-    import importlib
+    from bi_triton_ascend.ops import _plans as plans
 
-    plans = importlib.import_module("bi_triton_ascend.ops.matmul")._plans
     plans.clear()
 
     def operands(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,4 +408,33 @@ def test_matmul_plan_replays_with_new_data(
     got = [bta.matmul(*operands(seed)) for seed in range(3)]
     for want, have in zip(expected, got, strict=True):
         assert want.shape == have.shape and torch.equal(want, have)
-    assert len(plans) == int(planned)
+    assert plans.planned() == int(planned)
+
+
+def test_mm_addmm_bmm_plans_replay_with_new_data(device: torch.device) -> None:
+    """``mm``, ``addmm`` (scalars in the key) and ``bmm`` replay their plans bit for bit."""
+    from bi_triton_ascend.ops import _plans as plans
+
+    plans.clear()
+
+    def calls(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        a = torch.randn(5, 200, device=device).to(torch.bfloat16)
+        w = torch.randn(48, 200, device=device).to(torch.bfloat16)
+        bias = torch.randn(48, device=device).to(torch.bfloat16)
+        a3 = torch.randn(3, 5, 200, device=device).to(torch.bfloat16)
+        return [
+            bta.mm(a, w.t()),
+            bta.addmm(bias, a, w.t()),
+            bta.addmm(bias, a, w.t(), beta=0.5, alpha=2.0),
+            bta.addmm(bias, a, w.t(), beta=0.0),
+            bta.bmm(a3, w.t().expand(3, 200, 48)),
+        ]
+
+    with force_tiles(Tiles(True, 16, 32, 4, 1)):  # the full path (plans are skipped here)
+        expected = [calls(seed) for seed in range(3)]
+    got = [calls(seed) for seed in range(3)]
+    assert plans.planned() == 5
+    for want_row, got_row in zip(expected, got, strict=True):
+        for want, have in zip(want_row, got_row, strict=True):
+            assert want.shape == have.shape and torch.equal(want, have)

@@ -154,8 +154,12 @@ def test_pre_run_hooks_keep_triton_path(table: _FakeKnobs) -> None:
     assert len(kernel.triton_calls) == 2
 
 
-def test_interpreter_never_uses_the_table() -> None:
-    assert not _launch_cache.enabled()  # CPU CI runs under TRITON_INTERPRET=1
+def test_table_serves_cuda_only() -> None:
+    """Off in Triton's interpreter (CPU CI) and on ROCm; on with a CUDA build of torch."""
+    from bi_triton_ascend import _platform
+
+    cuda = torch.version.cuda is not None and not torch.version.hip
+    assert _launch_cache.enabled() == (cuda and not _platform.interpreting())
 
 
 def test_set_enabled_rejects_non_bool() -> None:

@@ -10,13 +10,12 @@ batch-invariant and equal to :func:`~.mm.mm` on the same rows.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from . import gemm_config
-from .gemm import GemmLaunch, describe, execute
+from ._plans import plan_key, remember, replay
+from .gemm import describe, execute
 
 
 def _as_batched(t: torch.Tensor) -> torch.Tensor:
@@ -47,53 +46,6 @@ def _fold(
     return a3, b3, bias3
 
 
-# The launches of ``linear`` and ``matmul`` by the shapes, strides, dtypes and devices of their
-# arguments, with the output's shape: a model calls the same few again at every step, and at
-# decode sizes the argument folding and tile selection cost more host time than the kernel's
-# GPU time. Bounded; skipped while ``force_tiles`` is active; the chain switch is in the key. A
-# plan is kept only when the kernel read the arguments in place (views, not copies), so that
-# replaying it with another call's tensors passes their data pointers.
-_plans: dict[tuple[Any, ...], tuple[GemmLaunch, torch.Size]] = {}
-_MAX_PLANS = 4096
-
-
-def _plan_key(op: str, *args: torch.Tensor | None) -> tuple[Any, ...] | None:
-    if gemm_config.tiles_forced():
-        return None
-    key: list[Any] = [op, gemm_config.n_independent_chain()]
-    for t in args:
-        if t is None:
-            key.append(None)
-        elif isinstance(t, torch.Tensor):
-            key += (t.shape, t.stride(), t.dtype, t.device)
-        else:
-            return None  # the full path's checks name the bad argument
-    return tuple(key)
-
-
-def _replay(key: tuple[Any, ...] | None, *args: torch.Tensor | None) -> torch.Tensor | None:
-    """The output of a stored plan for ``key`` run on ``args``, or ``None`` without one."""
-    plan = _plans.get(key) if key is not None else None
-    if plan is None:
-        return None
-    launch, shape = plan
-    a, b, bias = (*args, None)[:3]
-    assert a is not None and b is not None
-    return execute(launch, a, b, bias).view(shape)
-
-
-def _remember(
-    key: tuple[Any, ...] | None,
-    launch: GemmLaunch,
-    out: torch.Tensor,
-    pairs: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...],
-) -> None:
-    """Store ``launch`` for ``key`` if every (argument, tensor launched) pair shares a pointer."""
-    in_place = all(t is None or u is None or t.data_ptr() == u.data_ptr() for t, u in pairs)
-    if key is not None and in_place and len(_plans) < _MAX_PLANS:
-        _plans[key] = (launch, out.shape)
-
-
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.matmul``: 1-D operands, folded or broadcast batch dimensions, one launch.
 
@@ -104,8 +56,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
         The product in ``a.dtype`` with torch's output shape.
     """
-    key = _plan_key("matmul", a, b)
-    replayed = _replay(key, a, b)
+    key = plan_key("matmul", a, b)
+    replayed = replay(key, a, b)
     if replayed is not None:
         return replayed
     check_tensor("matmul", "a", a)
@@ -137,7 +89,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = out.squeeze(-1)
     if a.dim() == 1:
         out = out.squeeze(-2 if b.dim() > 1 else -1)
-    _remember(key, launch, out, ((a, a3), (b, b3)))
+    remember(key, launch, out, ((a, a3), (b, b3)))
     return out
 
 
@@ -149,8 +101,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         weight: ``[N, K]``; read in place as ``[K, N]`` through its strides, never copied.
         bias: ``None``, ``[N]`` or a scalar tensor, in ``x.dtype``.
     """
-    key = _plan_key("linear", x, weight, bias)
-    replayed = _replay(key, x, weight, bias)
+    key = plan_key("linear", x, weight, bias)
+    replayed = replay(key, x, weight, bias)
     if replayed is not None:  # seen before: the same checks passed, the same launch
         return replayed
     check_tensor("linear", "x", x)
@@ -176,5 +128,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     bias_view = bias3.expand(launch.out_shape) if launch.has_bias and bias3 is not None else None
     out = execute(launch, a3, b3, bias_view).view(*x2.shape[:-1], n)
     out = out.squeeze(0) if x.dim() == 1 else out
-    _remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias_view)))
+    remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias_view)))
     return out

@@ -1,0 +1,81 @@
+"""GEMM launches remembered by argument layout, so repeated calls skip the host-side set-up.
+
+A model calls ``linear``, ``matmul``, ``mm``, ``addmm`` and ``bmm`` with the same few argument
+layouts at every step, and at decode sizes the argument checks, folding and tile selection cost
+more host time than the kernel's GPU time (``benchmarks/host_cost.py``). Each op keys its
+launch (:class:`~.gemm.GemmLaunch`) on the shapes, strides, dtypes and devices of its arguments
+and the scalars that shape the launch; a later call with an equal key passed the same checks
+and gets the same launch, replayed with its own tensors' data pointers.
+
+A plan is kept only when the kernel read every argument in place (a view at the argument's own
+data pointer, not a copy), and never while ``force_tiles`` is active; the chain switch of
+tensor-parallel mode is part of the key. The table is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import gemm_config
+from .gemm import GemmLaunch, execute
+
+_plans: dict[tuple[Any, ...], tuple[GemmLaunch, torch.Size]] = {}
+_MAX_PLANS = 4096
+Key = tuple[Any, ...] | None
+
+
+def plan_key(op: str, *args: Any) -> Key:
+    """The key of a call of ``op``: tensors by layout, other values (scalars) as they are.
+
+    ``None`` (no plan) under ``force_tiles`` or when an argument is neither a tensor, ``None``
+    nor a float/int: the full path's checks then name the bad argument.
+    """
+    if gemm_config.tiles_forced():
+        return None
+    key: list[Any] = [op, gemm_config.n_independent_chain()]
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            key += (arg.shape, arg.stride(), arg.dtype, arg.device)
+        elif arg is None or type(arg) in (float, int):
+            key.append(arg)
+        else:
+            return None
+    return tuple(key)
+
+
+def replay(
+    key: Key, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """The output of the plan stored for ``key``, run on these tensors; ``None`` without one."""
+    plan = _plans.get(key) if key is not None else None
+    if plan is None:
+        return None
+    launch, shape = plan
+    return execute(launch, a, b, bias).view(shape)
+
+
+def remember(
+    key: Key,
+    launch: GemmLaunch,
+    out: torch.Tensor,
+    pairs: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...],
+) -> None:
+    """Store ``launch`` (and ``out``'s shape) for ``key`` if the kernel read in place.
+
+    In place: each (argument, tensor launched) pair shares its data pointer.
+    """
+    in_place = all(t is None or u is None or t.data_ptr() == u.data_ptr() for t, u in pairs)
+    if key is not None and in_place and len(_plans) < _MAX_PLANS:
+        _plans[key] = (launch, out.shape)
+
+
+def clear() -> None:
+    """Forget every plan (tests; plans are otherwise valid for the process's life)."""
+    _plans.clear()
+
+
+def planned() -> int:
+    """How many plans are stored."""
+    return len(_plans)
