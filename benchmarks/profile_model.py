@@ -4,8 +4,9 @@
 (decode of a batch after a prompt, or one prefill) it runs the eager model of
 ``model_decoder.py`` in default and batch-invariant mode under ``torch.profiler``, and
 records per mode: the wall time of the profiled steps, the GPU time summed over all kernels
-(less than the wall time when the host is the bottleneck), and the kernels that cost most
-GPU time with their call counts. A diagnostic, not a target: no ratio is asserted.
+(less than the wall time when the host is the bottleneck), the kernels that cost most GPU time
+with their call counts, and (from a second run under cProfile) the Python functions that cost
+most host time. A diagnostic, not a target: no ratio is asserted.
 
     source scripts/gpu/env.sh && python benchmarks/profile_model.py --shape 0.6b
 """
@@ -24,6 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _report
 import model_decoder as md
+
+
+def python_profile(run: Any, top: int) -> list[str]:
+    """The ``top`` Python functions by own time over one ``run()`` (cProfile), as text lines."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    run()
+    md.sync()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return [line for line in buf.getvalue().splitlines() if line.strip()]
 
 
 def kernel_table(prof: Any, top: int) -> tuple[float, list[dict[str, Any]]]:
@@ -67,10 +84,14 @@ def profile_case(
             run()
             md.sync()
             wall_ms = (time.perf_counter() - started) * 1e3
+        if setup:
+            setup()
+        python_top = python_profile(run, 3 * top)
     gpu_ms, kernels = kernel_table(prof, top)
     return {"phase": case.phase, "batch": case.batch, "seq": case.seq, "mode": mode,
             "steps": steps if case.phase == "decode" else 1, "wall_ms": wall_ms,
-            "gpu_ms": gpu_ms, "gpu_busy": gpu_ms / wall_ms, "top_kernels": kernels}  # fmt: skip
+            "gpu_ms": gpu_ms, "gpu_busy": gpu_ms / wall_ms, "top_kernels": kernels,
+            "python_top": python_top}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"GPU {row['gpu_ms']:.2f} ms ({row['gpu_busy']:.0%} busy)")  # fmt: skip
             for k in row["top_kernels"]:
                 print(f"    {k['gpu_ms']:8.3f} ms {k['calls']:6d}x  {k['kernel'][:90]}")
+            print("\n".join(row["python_top"][:30]))
     out = args.out or _report.out_dir(Path(__file__).resolve().parent / "results")
     out.mkdir(parents=True, exist_ok=True)
     head = _report.header(_report.cuda_device("cpu"), md.versions())

@@ -471,3 +471,11 @@ job_hostpath() {
   python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
     --out "$JOB_DIR/model_decoder_8b_plans.json"
 }
+
+# #4: the model level after the GEMM plans (mm/addmm/bmm too), with the Python profile of a
+# batch-invariant decode step beside the kernel table.
+job_modelprof2() {
+  python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
+  python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
+    --out "$JOB_DIR/model_decoder_0.6b_mm_plans.json"
+}
