@@ -108,6 +108,7 @@ class Settings:
     reps: int
     warmup: int
     layers: int | None
+    rounds: int = 1
 
 
 def full_cases(decode_prompt: int) -> tuple[Case, ...]:
@@ -329,6 +330,28 @@ def measure_mode(
     return rows
 
 
+def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (case, compile mode, mode) with the repetitions of every round pooled.
+
+    ``round_medians`` keeps each round's median (their spread is the run's drift); an error in
+    any round is kept.
+    """
+    pooled: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in ("shape", "phase", "batch", "seq", "compile", "mode"))
+        if key not in pooled:
+            pooled[key] = {**row, "reps": list(row["reps"]), "round_medians": [row["median"]]}
+            continue
+        into = pooled[key]
+        into["reps"] += row["reps"]
+        into["round_medians"].append(row["median"])
+        if "error" in row:
+            into.setdefault("error", row["error"])
+    for row in pooled.values():
+        row["median"] = _report.median(row["reps"]) if row["reps"] else float("nan")
+    return list(pooled.values())
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio_vs_default`` = BI tokens/s / default tokens/s of the same case (1.0 on default)."""
     key = lambda r: (r["shape"], r["phase"], r["batch"], r["seq"], r["compile"])  # noqa: E731
@@ -346,8 +369,10 @@ def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
     model = build_model(shape, layers, max_len)
     rows = []
     for compile_mode in settings.compile_modes:
-        for mode in MODES:
-            rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
+        for r in range(settings.rounds):  # odd rounds reversed: a host that drifts cancels out
+            for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
+    rows = pool_rounds(rows)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -441,6 +466,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-prompt", type=int, default=512, help="tokens cached first")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure both modes this many times, odd rounds in reverse order, reps pooled",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="tiny config and few steps (CPU)")
     parser.add_argument("--out", type=Path, help="default: $OUT/model_decoder.json")
     parser.add_argument("--replot", type=Path, help="re-print and re-plot a result file")
@@ -456,7 +485,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         reps=args.reps,
         warmup=args.warmup,
         layers=args.layers,
+        rounds=args.rounds,
     )
+    if base.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {base.rounds}")
     if not base.shapes or not base.compile_modes:
         raise SystemExit("--shapes and --compile need at least one value each")
     for value in (*base.shapes, *base.compile_modes):

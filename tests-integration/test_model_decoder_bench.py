@@ -27,7 +27,8 @@ ROW_KEYS = {
 
 def run_tiny(out: Path) -> dict:
     env = os.environ | {"TRITON_INTERPRET": "1", "OUT": str(out.parent)}
-    args = ["--tiny", "--compile", "eager", "--reps", "5", "--warmup", "0", "--steps", "2"]
+    args = ["--tiny", "--compile", "eager", "--reps", "5", "--warmup", "0", "--steps", "2",
+            "--rounds", "2"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
@@ -49,7 +50,8 @@ def test_tiny_eager_both_modes_json_shape(tmp_path: Path) -> None:
     for row in rows:
         assert not ROW_KEYS - set(row), row
         assert "error" not in row, row["error"]
-        assert len(row["reps"]) == 5 and row["median"] > 0 and row["unit"] == "tokens/s"
+        assert len(row["reps"]) == 10 and row["median"] > 0 and row["unit"] == "tokens/s"
+        assert len(row["round_medians"]) == 2  # both rounds pooled into one row
         assert math.isfinite(row["ratio_vs_default"])
         if row["mode"] == "default":
             assert row["ratio_vs_default"] == 1.0

@@ -57,3 +57,34 @@ def test_empty(device: torch.device) -> None:
     assert bta.mean(torch.empty(0, 3, device=device), [1]).shape == (0,)
     with pytest.raises(ValueError, match="must not repeat"):
         bta.mean(torch.randn(2, 3, device=device), [1, -1])
+
+
+@pytest.mark.parametrize(
+    "make,dim,keepdim,dtype,planned",
+    [
+        (lambda g: torch.randn(2, 3, 96, generator=g), [-1], True, None, True),  # RMSNorm's
+        (lambda g: torch.randn(96, 5, generator=g).t(), 1, False, None, True),  # strided rows
+        (lambda g: torch.randn(4, 96, generator=g), None, False, torch.float32, True),
+        (lambda g: torch.randn(3, 4, 5, generator=g).permute(2, 0, 1), [0, 2], False, None, False),
+    ],
+    ids=["keepdim", "strided", "all-dims", "copied"],
+)
+def test_plans_replay_with_new_data(
+    make, dim, keepdim: bool, dtype, planned: bool, device: torch.device
+) -> None:
+    """A stored launch serves later calls of the same layout with the full path's bits; inputs
+    the kernel could only read as a copy are never planned."""
+    plans = importlib.import_module("bi_triton_ascend.ops.mean")._plans
+    plans.clear()
+    g = torch.Generator().manual_seed(0)
+    first = make(g).to(device=device, dtype=torch.bfloat16)
+    bta.mean(first, dim, keepdim, dtype)
+    assert len(plans) == int(planned)
+    for _ in range(2):
+        x = make(g).to(device=device, dtype=torch.bfloat16)
+        got = bta.mean(x, dim, keepdim, dtype)  # replayed when planned
+        stored = dict(plans)
+        plans.clear()
+        want = bta.mean(x, dim, keepdim, dtype)  # the full path
+        plans.update(stored)
+        assert got.shape == want.shape and torch.equal(got, want)

@@ -103,3 +103,35 @@ def test_input_dtype_does_not_change_the_bits(
     """
     x = rand(3, length, dtype=half, device=device, scale=4.0)
     assert torch.equal(ours(x, -1, torch.float32), ours(x.float(), -1, torch.float32))
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize(
+    "shape,dim,transpose",
+    [((2, 3, 1, 40), -1, False), ((40, 6), 0, False), ((5, 40), 1, True), ((), 0, False)],
+    ids=["attention-rows", "dim0", "transposed", "0-D"],
+)
+def test_plans_replay_with_new_data(
+    log: bool, shape: tuple[int, ...], dim: int, transpose: bool, device: torch.device
+) -> None:
+    """A stored one-pass launch serves later calls of the same layout with the full path's
+    bits (strided and 0-D inputs included)."""
+    plans = importlib.import_module("bi_triton_ascend.ops.softmax")._plans
+    op = bta.log_softmax if log else bta.softmax
+    plans.clear()
+    g = torch.Generator().manual_seed(0)
+
+    def make() -> torch.Tensor:
+        x = torch.randn(shape[::-1] if transpose else shape, generator=g).to(device)
+        return x.t() if transpose else x
+
+    op(make(), dim)
+    assert len(plans) == 1
+    for _ in range(2):
+        x = make()
+        got = op(x, dim)
+        stored = dict(plans)
+        plans.clear()
+        want = op(x, dim)
+        plans.update(stored)
+        assert got.shape == want.shape and torch.equal(got, want)

@@ -11,6 +11,9 @@ long row (a global mean) is spread over the device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -108,6 +111,12 @@ def mean(
     Returns:
         The mean in ``dtype`` (default ``x.dtype``); NaN for an empty reduction, like torch.
     """
+    key = _plan_key(x, dim, keepdim, dtype)
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
+        launch_kernel(_mean_rows_kernel, plan.grid, x, out, *plan.ints, **plan.options)
+        return out.view(plan.shape)
     check_tensor("mean", "x", x)
     check_float("mean", "x", x)
     out_dtype = check_out_dtype("mean", dtype) or x.dtype
@@ -121,6 +130,7 @@ def mean(
     for s in kept_shape:
         rows *= s
     out = torch.empty(rows, dtype=out_dtype, device=x.device)
+    one_pass = None
     if rows > 0:
         moved = x.permute(*keep, *red)
         try:
@@ -128,23 +138,68 @@ def mean(
         except RuntimeError:
             x2 = moved.reshape(rows, length)
         round_to = _TL[out_dtype if out_dtype.itemsize < x.dtype.itemsize else x.dtype]
-        _launch(x2, out, round_to)
-    if keepdim:
-        shape = [1 if d in red else x.shape[d] for d in range(x.dim())]
-        return out.view(shape)
-    return out.view(kept_shape)
+        one_pass = _launch(x2, out, round_to)
+        if x2.data_ptr() != x.data_ptr():
+            one_pass = None  # the kernel read a copy: a replay could not pass x itself
+    shape = [1 if d in red else x.shape[d] for d in range(x.dim())] if keepdim else kept_shape
+    if one_pass is not None and key is not None and len(_plans) < _MAX_PLANS:
+        _plans[key] = _MeanPlan(*one_pass, rows, out_dtype, tuple(shape))
+    return out.view(shape)
 
 
-def _launch(x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype) -> None:
+@dataclass(frozen=True)
+class _MeanPlan:
+    """A one-pass mean launch for one input layout: replayed with a new call's pointers."""
+
+    grid: tuple[int]
+    ints: tuple[int, ...]  # the kernel's arguments after the two pointers
+    options: dict[str, Any]
+    rows: int
+    out_dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+# One-pass launches by input layout and arguments, kept when the kernel read the input in
+# place: at decode sizes (RMSNorm's mean over a hidden state) the argument handling costs more
+# host time than the kernel. Bounded.
+_plans: dict[tuple[Any, ...], _MeanPlan] = {}
+_MAX_PLANS = 1024
+
+
+def _plan_key(x: Any, dim: Any, keepdim: Any, dtype: Any) -> tuple[Any, ...] | None:
+    """The layout key of a call; ``None`` for arguments plans do not cover.
+
+    The full path's checks then name the bad argument.
+    """
+    if not isinstance(x, torch.Tensor) or type(keepdim) is not bool:
+        return None
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        return None
+    if dim is None or type(dim) is int:
+        dims: Any = dim
+    elif isinstance(dim, (list, tuple)) and all(type(d) is int for d in dim):
+        dims = tuple(dim)
+    else:
+        return None
+    return (x.shape, x.stride(), x.dtype, x.device, dims, keepdim, dtype)
+
+
+def _launch(
+    x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype
+) -> tuple[tuple[int], tuple[int, ...], dict[str, Any]] | None:
+    """Launch the mean of ``x2``'s rows into ``out``.
+
+    Returns the one-pass launch's grid, integer arguments and options; ``None`` when the rows
+    took the chunked path.
+    """
     rows, length = x2.shape
     if length <= ONE_PASS_MAX:
         programs = min(rows, _platform.row_programs(x2.device, rows))
-        launch_kernel(
-            _mean_rows_kernel, (programs,),
-            x2, out, rows, length, *x2.stride(), programs,
-            ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
-        )  # fmt: skip
-        return
+        grid = (programs,)
+        ints = (rows, length, *x2.stride(), programs)
+        options = {"ROUND_TO": round_to, "BLOCK": BLOCK, "num_warps": 4}
+        launch_kernel(_mean_rows_kernel, grid, x2, out, *ints, **options)
+        return grid, ints, options
     chunk_len = BLOCK * triton.cdiv(triton.cdiv(length, BLOCK), MAX_CHUNKS)
     n_chunks = triton.cdiv(length, chunk_len)
     part = torch.empty((rows, n_chunks), dtype=torch.float32, device=x2.device)
@@ -157,3 +212,4 @@ def _launch(x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype) -> None:
         _chunk_mean_kernel, (rows,),
         part, out, length, n_chunks, BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=4,
     )  # fmt: skip
+    return None

@@ -23,6 +23,9 @@ over many programs (decode-time logprobs) while keeping the same bits at any bat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -128,9 +131,48 @@ def rounding_dtype(x_dtype: torch.dtype, dtype: torch.dtype | None) -> tl.dtype:
     return _TL[dtype]
 
 
+@dataclass(frozen=True)
+class _RowPlan:
+    """A one-pass softmax launch for one input layout: replayed with a new call's pointers."""
+
+    grid: tuple[int]
+    ints: tuple[int, ...]  # the kernel's arguments after the two pointers
+    options: dict[str, Any]
+    alloc_shape: torch.Size  # the output as allocated (reduced dimension last)
+    out_dtype: torch.dtype
+    dim: int
+    zero_dim: bool
+
+
+# One-pass launches by (op, input layout, dim, dtype), kept when the kernel read the input in
+# place: at decode sizes (attention rows of a few hundred keys) the argument handling costs
+# more host time than the kernel. Bounded.
+_plans: dict[tuple[Any, ...], _RowPlan] = {}
+_MAX_PLANS = 1024
+
+
+def _plan_key(op: str, x: Any, dim: Any, dtype: Any) -> tuple[Any, ...] | None:
+    """The layout key of a call; ``None`` for arguments plans do not cover.
+
+    The full path's checks then name the bad argument.
+    """
+    if not isinstance(x, torch.Tensor) or type(dim) is not int:
+        return None
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        return None
+    return (op, x.shape, x.stride(), x.dtype, x.device, dim, dtype)
+
+
 def _softmax_impl(
     op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool
 ) -> torch.Tensor:
+    key = _plan_key(op, x, dim, dtype)
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
+        launch_kernel(_softmax_row_kernel, plan.grid, x, out, *plan.ints, **plan.options)
+        result = out.movedim(-1, plan.dim)
+        return result.squeeze(0) if plan.zero_dim else result
     check_tensor(op, "x", x)
     check_float(op, "x", x)
     out_dtype = check_out_dtype(op, dtype) or x.dtype
@@ -145,22 +187,33 @@ def _softmax_impl(
             x2 = moved.view(rows, length)
         except RuntimeError:
             x2 = moved.reshape(rows, length)
-        _launch(x2, out.view(rows, length), log, rounding_dtype(x.dtype, dtype))
+        one_pass = _launch(x2, out.view(rows, length), log, rounding_dtype(x.dtype, dtype))
+        in_place = x2.data_ptr() == x.data_ptr()
+        if one_pass is not None and key is not None and in_place and len(_plans) < _MAX_PLANS:
+            grid, ints, options = one_pass
+            _plans[key] = _RowPlan(grid, ints, options, out.shape, out_dtype, d, x.dim() == 0)
     result = out.movedim(-1, d)
     return result.squeeze(0) if x.dim() == 0 else result
 
 
-def _launch(x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype) -> None:
+def _launch(
+    x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype
+) -> tuple[tuple[int], tuple[int, ...], dict[str, Any]] | None:
+    """Launch the softmax of ``x2``'s rows into ``out2``.
+
+    Returns the one-pass launch's grid, integer arguments and options; ``None`` when the rows
+    took the chunked path.
+    """
     rows, length = x2.shape
     if length <= ONE_PASS_MAX:
         block = max(16, triton.next_power_of_2(length))
         programs = min(rows, _platform.row_programs(x2.device, rows))
-        launch_kernel(
-            _softmax_row_kernel, (programs,),
-            x2, out2, rows, length, *x2.stride(), out2.stride(0), programs,
-            LOG=log, ROUND_TO=round_to, BLOCK=block, num_warps=min(16, max(1, block // 512)),
-        )  # fmt: skip
-        return
+        grid = (programs,)
+        ints = (rows, length, *x2.stride(), out2.stride(0), programs)
+        options = {"LOG": log, "ROUND_TO": round_to, "BLOCK": block,
+                   "num_warps": min(16, max(1, block // 512))}  # fmt: skip
+        launch_kernel(_softmax_row_kernel, grid, x2, out2, *ints, **options)
+        return grid, ints, options
     stats = chunk_stats(x2, round_to)
     n_chunks = stats.shape[1]
     launch_kernel(
@@ -168,6 +221,7 @@ def _launch(x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype)
         x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
         LOG=log, ROUND_TO=round_to, CHUNK=CHUNK, BLOCK_C=block_c(n_chunks), num_warps=CHUNK_WARPS,
     )  # fmt: skip
+    return None
 
 
 def block_c(n_chunks: int) -> int:
