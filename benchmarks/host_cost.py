@@ -10,7 +10,7 @@ that time goes, for each op, in batch-invariant mode:
 ``kernel_triton_run``  the same with ``bi_triton_ascend``'s launch table off: every launch
                 goes through Triton's ``JITFunction.run`` (its per-call argument binding);
 ``aten``        the torch op itself with ``ir_dispatch.aten_overrides()`` installed, the path
-                of eager models (``model_decoder.py``); linear and log_softmax only;
+                of eager models (``model_decoder.py``); not for the norms (no aten op);
 ``select``      ``IrOp.call_selected``: choosing the implementation, then calling it;
 ``ir_op``       ``ir_dispatch.ops.<op>``, the registered torch op vLLM's graphs call;
 ``graph``       the same op captured in a CUDA graph and replayed: the GPU time alone.
@@ -87,6 +87,22 @@ def cases(device: str, sizes: dict[str, int]) -> list[Case]:
         {"kernel": lambda: bta.fused_add_rms_norm(h, r, nw, 1e-6),
          "select": lambda: ird.ops.fused_add_rms_norm.call_selected(h, r, nw, 1e-6),
          "ir_op": lambda: ird.ops.fused_add_rms_norm(h, r, nw, 1e-6)},
+    ))  # fmt: skip
+    hs = rand(1, 1, hid, dtype=torch.float32)  # transformers' RMSNorm: mean of squares, fp32
+    out.append((
+        "mean", f"1x1x{hid} fp32 keepdim",
+        lambda: hs.mean(-1, keepdim=True),
+        {"kernel": lambda: bta.mean(hs, [-1], True),
+         "select": lambda: ird.ops.mean.call_selected(hs, [-1], True, None),
+         "ir_op": lambda: ird.ops.mean(hs, [-1], True, None)},
+    ))  # fmt: skip
+    scores = rand(1, 16, 1, 530, dtype=torch.float32)  # eager attention's probabilities
+    out.append((
+        "softmax", "1x16x1x530 fp32",
+        lambda: torch.softmax(scores, -1),
+        {"kernel": lambda: bta.softmax(scores, -1),
+         "select": lambda: ird.ops.softmax.call_selected(scores, -1, None),
+         "ir_op": lambda: ird.ops.softmax(scores, -1, None)},
     ))  # fmt: skip
     logits = rand(1, vocab, dtype=torch.float32)
     out.append((
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         all_cases = cases(device, TINY if args.tiny else QWEN3_06B)
         for op, shape, baseline, paths in all_cases:
             timed = {"torch": baseline, **paths, "kernel_triton_run": paths["kernel"]}
-            if op in ("linear", "log_softmax"):
+            if op in ("linear", "log_softmax", "mean", "softmax"):
                 timed["aten"] = baseline
             base_reps: list[float] = []
             for path, fn in timed.items():

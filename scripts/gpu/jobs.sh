@@ -479,3 +479,21 @@ job_modelprof2() {
   python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
     --out "$JOB_DIR/model_decoder_0.6b_mm_plans.json"
 }
+
+# #4: the launch plans of every op on CUDA (GEMM, mean, softmax tests), the host cost per call,
+# then the 8B model level (eager, compile).
+job_plans8() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_gemm.py \
+    packages/bi-triton-ascend/tests/test_mean.py packages/bi-triton-ascend/tests/test_softmax.py \
+    packages/bi-triton-ascend/tests/test_launch_cache.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_plans_cuda.junit.xml"
+  python3 benchmarks/host_cost.py --out "$JOB_DIR" --label plans
+  python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
+    --out "$JOB_DIR/model_decoder_8b_plans.json"
+}
+
+# #4: the 0.6B model level in every compile mode, two rounds (the second in reverse order).
+job_plans06() {
+  python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_plans.json"
+}
