@@ -18,7 +18,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "host_cost.py"
 PATHS = {"torch", "kernel", "select", "ir_op"}  # "graph" needs CUDA
-OPS = {"linear", "rms_norm", "fused_add_rms_norm", "log_softmax"}
+OPS = {"linear", "rms_norm", "fused_add_rms_norm", "mean", "softmax", "log_softmax"}
 
 
 # numpy 2.5 turned the "array with ndim > 0 to scalar" deprecation into an error, which Triton
