@@ -175,3 +175,8 @@ def test_table_off_restores_the_switch(table: _FakeKnobs) -> None:
     _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
     _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
     assert len(kernel.triton_calls) == 3 and len(kernel.direct_calls) == 1
+
+
+def test_env_name_matches_the_plugin_info() -> None:
+    """``vllm-bi info`` names this switch without importing the package: keep them equal."""
+    assert _launch_cache.ENV == "BI_TRITON_LAUNCH_CACHE"

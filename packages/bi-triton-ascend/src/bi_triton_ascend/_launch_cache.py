@@ -35,7 +35,8 @@ from . import _platform
 
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _INT64_MAX = (1 << 63) - 1
-_enabled = [os.environ.get("BI_TRITON_LAUNCH_CACHE", "1").strip().lower() not in ("0", "false")]
+ENV = "BI_TRITON_LAUNCH_CACHE"  # "0" turns the table off (read at import)
+_enabled = [os.environ.get(ENV, "1").strip().lower() not in ("0", "false")]
 
 
 class _Uncacheable(Exception):
@@ -205,4 +206,4 @@ def cached_kernels() -> int:
     return len(_entries)
 
 
-__all__ = ["cached_kernels", "enabled", "launch_kernel", "set_enabled", "table_off"]
+__all__ = ["ENV", "cached_kernels", "enabled", "launch_kernel", "set_enabled", "table_off"]

@@ -98,6 +98,11 @@ def dry_run() -> dict[str, Any]:
                 os.environ.pop(plugin.ENV_VAR, None)
 
 
+# bi-triton-ascend's switch of its launch table (``_launch_cache``); named here, not imported,
+# since the plugin runs without that package on other platforms.
+LAUNCH_TABLE_ENV = "BI_TRITON_LAUNCH_CACHE"
+
+
 def gather(run_dry: bool = True) -> dict[str, Any]:
     """Everything ``vllm-bi info`` shows, as a JSON-ready dict."""
     import ir_dispatch
@@ -116,6 +121,7 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
             _hooks_gpu.ATTENTION_ENV: os.environ.get(_hooks_gpu.ATTENTION_ENV),
             _qk_fusion.ENV: os.environ.get(_qk_fusion.ENV),
             TP_INVARIANT_ENV: os.environ.get(TP_INVARIANT_ENV),
+            LAUNCH_TABLE_ENV: os.environ.get(LAUNCH_TABLE_ENV),
         },
         "provider_packages": [
             {"module": r.package.module, "ok": r.ok, "message": r.message} for r in results
@@ -153,6 +159,12 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(
         f"{_qk_fusion.ENV}: {fusion or 'unset'} "
         "(Qwen3 q/k norms + RoPE in one launch; CUDA, vLLM 0.26; on unless 0)"
+    )
+    table = info["switch"].get(LAUNCH_TABLE_ENV)
+    lines.append(
+        f"{LAUNCH_TABLE_ENV}: {table or 'unset'} "
+        "(bi-triton-ascend relaunches compiled kernels without Triton's per-call binding; "
+        "CUDA; on unless 0)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
