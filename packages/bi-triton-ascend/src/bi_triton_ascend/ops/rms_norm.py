@@ -19,7 +19,8 @@ reads in place instead of copying them first.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -223,11 +224,62 @@ def _check(op: str, x: torch.Tensor, weight: torch.Tensor | None, epsilon: float
         raise TypeError(f"{op}: epsilon must be a float; got {type(epsilon).__name__}")
 
 
+@dataclass(frozen=True)
+class _NormPlan:
+    """One RMSNorm launch for one argument layout: replayed with a new call's pointers."""
+
+    grid: tuple[int]
+    ints: tuple[Any, ...]  # the kernel's arguments after the five pointers
+    options: dict[str, Any]
+    out_dtype: torch.dtype
+
+
+# Launches by argument layout (shapes, strides, dtypes, devices, epsilon), kept when the kernel
+# read x and the residual in place: outside CUDA graphs (prefill steps above the captured sizes,
+# the trainer) the argument handling costs more host time than a decode-size kernel. Bounded.
+_plans: dict[tuple[Any, ...], _NormPlan] = {}
+_MAX_PLANS = 1024
+
+
+def _layout(t: torch.Tensor | None) -> tuple[Any, ...] | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _plan_key(op: str, x: Any, residual: Any, weight: Any, epsilon: Any) -> tuple[Any, ...] | None:
+    """The layout key of a call; ``None`` for arguments plans do not cover.
+
+    The full path's checks then name the bad argument.
+    """
+    tensors_ok = all(t is None or isinstance(t, torch.Tensor) for t in (residual, weight))
+    if not isinstance(x, torch.Tensor) or not tensors_ok or type(epsilon) is not float:
+        return None
+    return (op, _layout(x), _layout(residual), _layout(weight), epsilon)
+
+
+def _replay(
+    plan: _NormPlan,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = torch.empty(x.shape, dtype=plan.out_dtype, device=x.device)
+    r_out = (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else None
+    )
+    launch_kernel(
+        _rms_norm_kernel, plan.grid,
+        x, residual if residual is not None else x, weight if weight is not None else x,
+        out, r_out if r_out is not None else out, *plan.ints, **plan.options,
+    )  # fmt: skip
+    return out, r_out
+
+
 def _launch(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
     epsilon: float,
+    key: tuple[Any, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     out_dtype = x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
@@ -245,16 +297,27 @@ def _launch(
     block, warps, one_pass, rows_per_tile = _block_and_warps(h)
     tiles = triton.cdiv(m, rows_per_tile)
     programs = min(tiles, _platform.row_programs(x.device, tiles))
-    launch_kernel(
-        _rms_norm_kernel, (programs,),
-        xl.tensor, rl.tensor, weight if weight is not None else xl.tensor, out2, ro2,
+    grid = (programs,)
+    ints = (
         m, h, xl.b, xl.stride_a, xl.stride_b, xl.stride_h,
         rl.b, rl.stride_a, rl.stride_b, rl.stride_h,
         weight.stride(0) if weight is not None else 0,
         out2.stride(0), ro2.stride(0), float(epsilon), programs,
-        FUSED_ADD=residual is not None, HAS_WEIGHT=weight is not None, ONE_PASS=one_pass,
-        BLOCK=block, ROWS=rows_per_tile, num_warps=warps,
     )  # fmt: skip
+    options = {
+        "FUSED_ADD": residual is not None, "HAS_WEIGHT": weight is not None,
+        "ONE_PASS": one_pass, "BLOCK": block, "ROWS": rows_per_tile, "num_warps": warps,
+    }  # fmt: skip
+    launch_kernel(
+        _rms_norm_kernel, grid,
+        xl.tensor, rl.tensor, weight if weight is not None else xl.tensor, out2, ro2,
+        *ints, **options,
+    )  # fmt: skip
+    in_place = xl.tensor.data_ptr() == x.data_ptr() and (
+        residual is None or rl.tensor.data_ptr() == residual.data_ptr()
+    )
+    if key is not None and in_place and len(_plans) < _MAX_PLANS:
+        _plans[key] = _NormPlan(grid, ints, options, out_dtype)
     return out, r_out
 
 
@@ -269,8 +332,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> to
     Returns:
         ``[..., H]`` in ``promote_types(x.dtype, weight.dtype)`` (``x.dtype`` without weight).
     """
+    key = _plan_key("rms_norm", x, None, weight, epsilon)
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        return _replay(plan, x, None, weight)[0]
     _check("rms_norm", x, weight, epsilon)
-    return _launch(x, None, weight, epsilon)[0]
+    return _launch(x, None, weight, epsilon, key)[0]
 
 
 def fused_add_rms_norm(
@@ -287,6 +354,12 @@ def fused_add_rms_norm(
     Returns:
         ``(normalized, residual')``; neither aliases an input.
     """
+    key = _plan_key("fused_add_rms_norm", x, residual, weight, epsilon)
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:
+        out, r_out = _replay(plan, x, residual, weight)
+        assert r_out is not None
+        return out, r_out
     _check("fused_add_rms_norm", x, weight, epsilon)
     check_tensor("fused_add_rms_norm", "residual", residual)
     check_float("fused_add_rms_norm", "residual", residual)
@@ -295,7 +368,7 @@ def fused_add_rms_norm(
             f"fused_add_rms_norm: residual must match x's shape {tuple(x.shape)} on {x.device}; "
             f"got {tuple(residual.shape)} on {residual.device}"
         )
-    out, r_out = _launch(x, residual, weight, epsilon)
+    out, r_out = _launch(x, residual, weight, epsilon, key)
     if r_out is None:  # unreachable: residual was given
         raise RuntimeError("fused_add_rms_norm: residual output missing")
     return out, r_out
