@@ -26,23 +26,34 @@ _MAX_PLANS = 4096
 Key = tuple[Any, ...] | None
 
 
-def plan_key(op: str, *args: Any) -> Key:
-    """The key of a call of ``op``: tensors by layout, other values (scalars) as they are.
+def layout_key(op: str, *args: Any) -> Key:
+    """The key of a call of ``op``: tensors by layout, scalars by type and value.
 
-    ``None`` (no plan) under ``force_tiles`` or when an argument is neither a tensor, ``None``
-    nor a float/int: the full path's checks then name the bad argument.
+    Tensors contribute shape, strides, dtype and device; ``None`` and dtypes themselves;
+    bools, ints and floats their type with their value (``True`` and ``1`` differ); lists and
+    tuples of ints their values. Anything else gives ``None`` (no plan): the full path's checks
+    then name the bad argument.
     """
-    if gemm_config.tiles_forced():
-        return None
-    key: list[Any] = [op, gemm_config.n_independent_chain()]
+    key: list[Any] = [op]
     for arg in args:
         if isinstance(arg, torch.Tensor):
             key += (arg.shape, arg.stride(), arg.dtype, arg.device)
-        elif arg is None or type(arg) in (float, int):
+        elif arg is None or isinstance(arg, torch.dtype):
             key.append(arg)
+        elif type(arg) in (bool, int, float):
+            key.append((type(arg), arg))
+        elif type(arg) in (list, tuple) and all(type(a) is int for a in arg):
+            key.append((list, tuple(arg)))
         else:
             return None
     return tuple(key)
+
+
+def plan_key(op: str, *args: Any) -> Key:
+    """:func:`layout_key` of a GEMM op, with the chain switch; ``None`` under ``force_tiles``."""
+    if gemm_config.tiles_forced():
+        return None
+    return layout_key(op, gemm_config.n_independent_chain(), *args)
 
 
 def replay(

@@ -21,6 +21,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 from .._launch_cache import launch_kernel
+from ._plans import layout_key
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024
@@ -111,7 +112,7 @@ def mean(
     Returns:
         The mean in ``dtype`` (default ``x.dtype``); NaN for an empty reduction, like torch.
     """
-    key = _plan_key(x, dim, keepdim, dtype)
+    key = layout_key("mean", x, dim, keepdim, dtype)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
         out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
@@ -164,24 +165,6 @@ class _MeanPlan:
 # host time than the kernel. Bounded.
 _plans: dict[tuple[Any, ...], _MeanPlan] = {}
 _MAX_PLANS = 1024
-
-
-def _plan_key(x: Any, dim: Any, keepdim: Any, dtype: Any) -> tuple[Any, ...] | None:
-    """The layout key of a call; ``None`` for arguments plans do not cover.
-
-    The full path's checks then name the bad argument.
-    """
-    if not isinstance(x, torch.Tensor) or type(keepdim) is not bool:
-        return None
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        return None
-    if dim is None or type(dim) is int:
-        dims: Any = dim
-    elif isinstance(dim, (list, tuple)) and all(type(d) is int for d in dim):
-        dims = tuple(dim)
-    else:
-        return None
-    return (x.shape, x.stride(), x.dtype, x.device, dims, keepdim, dtype)
 
 
 def _launch(

@@ -29,6 +29,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_tensor
 from .._launch_cache import launch_kernel
+from ._plans import layout_key
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384
@@ -241,21 +242,6 @@ _plans: dict[tuple[Any, ...], _NormPlan] = {}
 _MAX_PLANS = 1024
 
 
-def _layout(t: torch.Tensor | None) -> tuple[Any, ...] | None:
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
-
-
-def _plan_key(op: str, x: Any, residual: Any, weight: Any, epsilon: Any) -> tuple[Any, ...] | None:
-    """The layout key of a call; ``None`` for arguments plans do not cover.
-
-    The full path's checks then name the bad argument.
-    """
-    tensors_ok = all(t is None or isinstance(t, torch.Tensor) for t in (residual, weight))
-    if not isinstance(x, torch.Tensor) or not tensors_ok or type(epsilon) is not float:
-        return None
-    return (op, _layout(x), _layout(residual), _layout(weight), epsilon)
-
-
 def _replay(
     plan: _NormPlan,
     x: torch.Tensor,
@@ -332,7 +318,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> to
     Returns:
         ``[..., H]`` in ``promote_types(x.dtype, weight.dtype)`` (``x.dtype`` without weight).
     """
-    key = _plan_key("rms_norm", x, None, weight, epsilon)
+    key = layout_key("rms_norm", x, None, weight, epsilon)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
         return _replay(plan, x, None, weight)[0]
@@ -354,7 +340,7 @@ def fused_add_rms_norm(
     Returns:
         ``(normalized, residual')``; neither aliases an input.
     """
-    key = _plan_key("fused_add_rms_norm", x, residual, weight, epsilon)
+    key = layout_key("fused_add_rms_norm", x, residual, weight, epsilon)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
         out, r_out = _replay(plan, x, residual, weight)

@@ -33,6 +33,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 from .._launch_cache import launch_kernel
+from ._plans import layout_key
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
@@ -151,22 +152,10 @@ _plans: dict[tuple[Any, ...], _RowPlan] = {}
 _MAX_PLANS = 1024
 
 
-def _plan_key(op: str, x: Any, dim: Any, dtype: Any) -> tuple[Any, ...] | None:
-    """The layout key of a call; ``None`` for arguments plans do not cover.
-
-    The full path's checks then name the bad argument.
-    """
-    if not isinstance(x, torch.Tensor) or type(dim) is not int:
-        return None
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        return None
-    return (op, x.shape, x.stride(), x.dtype, x.device, dim, dtype)
-
-
 def _softmax_impl(
     op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool
 ) -> torch.Tensor:
-    key = _plan_key(op, x, dim, dtype)
+    key = layout_key(op, x, dim, dtype)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
         out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
