@@ -143,7 +143,8 @@ def test_unmodelled_arguments_are_never_cached(table: _FakeKnobs) -> None:
     for _ in range(2):
         _launch_cache.launch_kernel(kernel, (1,), x, 16, "text")  # type not modelled
         _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0, FLAG=x)  # tensor given by name
-    assert len(kernel.triton_calls) == 4 and not kernel.direct_calls
+        _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0, FLAG=[1])  # unhashable constexpr
+    assert len(kernel.triton_calls) == 6 and not kernel.direct_calls
 
 
 def test_pre_run_hooks_keep_triton_path(table: _FakeKnobs) -> None:

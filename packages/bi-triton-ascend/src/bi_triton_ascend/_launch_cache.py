@@ -171,10 +171,10 @@ def launch_kernel(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -
     device = get_device()
     try:
         key = (kernel, device, *kwargs.items(), *map(_arg_key, args))
-    except _Uncacheable:
+        entry = _entries.get(key)
+    except (_Uncacheable, TypeError):  # an unmodelled argument, or an unhashable constexpr
         kernel[grid](*args, **kwargs)
         return
-    entry = _entries.get(key)
     if entry is None:
         _first_launch(key, kernel, grid, args, kwargs)
         return
