@@ -14,16 +14,35 @@ tensor-parallel mode is part of the key. The table is bounded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from . import gemm_config
 from .gemm import GemmLaunch, execute
 
-_plans: dict[tuple[Any, ...], tuple[GemmLaunch, torch.Size]] = {}
-_MAX_PLANS = 4096
 Key = tuple[Any, ...] | None
+P = TypeVar("P")
+
+
+class PlanTable(dict[tuple[Any, ...], P]):
+    """A bounded table of launch plans by :func:`layout_key` (each op keeps one)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def find(self, key: Key) -> P | None:
+        """The plan stored for ``key``; ``None`` without one (or for a ``None`` key)."""
+        return None if key is None else self.get(key)
+
+    def keep(self, key: Key, plan: P) -> None:
+        """Store ``plan`` for ``key`` unless ``key`` is ``None`` or the table is full."""
+        if key is not None and len(self) < self.limit:
+            self[key] = plan
+
+
+_plans: PlanTable[tuple[GemmLaunch, torch.Size]] = PlanTable(4096)
 
 
 def layout_key(op: str, *args: Any) -> Key:
@@ -60,7 +79,7 @@ def replay(
     key: Key, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """The output of the plan stored for ``key``, run on these tensors; ``None`` without one."""
-    plan = _plans.get(key) if key is not None else None
+    plan = _plans.find(key)
     if plan is None:
         return None
     launch, shape = plan
@@ -77,9 +96,8 @@ def remember(
 
     In place: each (argument, tensor launched) pair shares its data pointer.
     """
-    in_place = all(t is None or u is None or t.data_ptr() == u.data_ptr() for t, u in pairs)
-    if key is not None and in_place and len(_plans) < _MAX_PLANS:
-        _plans[key] = (launch, out.shape)
+    if all(t is None or u is None or t.data_ptr() == u.data_ptr() for t, u in pairs):
+        _plans.keep(key, (launch, out.shape))
 
 
 def clear() -> None:

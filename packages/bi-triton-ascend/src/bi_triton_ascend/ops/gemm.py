@@ -420,7 +420,8 @@ def execute(
     """Run ``launch`` on ``a``, ``b`` and ``bias``; returns the new ``[Bt, M, N]`` output.
 
     The tensors must have the shapes and strides ``launch`` was made for, or be other views of
-    the same data pointers (only pointers reach the kernel).
+    the same data pointers (only pointers reach the kernel: a bias that broadcasts needs no
+    expanding here, its strides are in ``launch``).
     """
     out = torch.empty(launch.out_shape, dtype=launch.out_dtype, device=a.device)
     if out.numel() == 0:
@@ -469,6 +470,4 @@ def batched_gemm(
     Returns:
         A new contiguous ``[Bt, M, N]`` tensor in ``out_dtype`` (default ``a.dtype``).
     """
-    launch = describe(a, b, bias, alpha, beta, out_dtype)
-    bias_view = bias.expand(launch.out_shape) if launch.has_bias and bias is not None else None
-    return execute(launch, a, b, bias_view)
+    return execute(describe(a, b, bias, alpha, beta, out_dtype), a, b, bias)

@@ -125,8 +125,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     x2 = x.unsqueeze(0) if x.dim() == 1 else x
     a3, b3, bias3 = _fold(x2, weight.t(), bias)
     launch = describe(a3, b3, bias3)
-    bias_view = bias3.expand(launch.out_shape) if launch.has_bias and bias3 is not None else None
-    out = execute(launch, a3, b3, bias_view).view(*x2.shape[:-1], n)
+    out = execute(launch, a3, b3, bias3).view(*x2.shape[:-1], n)
     out = out.squeeze(0) if x.dim() == 1 else out
-    remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias_view)))
+    remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias3)))
     return out

@@ -21,7 +21,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 from .._launch_cache import launch_kernel
-from ._plans import layout_key
+from ._plans import PlanTable, layout_key
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024
@@ -113,7 +113,7 @@ def mean(
         The mean in ``dtype`` (default ``x.dtype``); NaN for an empty reduction, like torch.
     """
     key = layout_key("mean", x, dim, keepdim, dtype)
-    plan = _plans.get(key) if key is not None else None
+    plan = _plans.find(key)
     if plan is not None:
         out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
         launch_kernel(_mean_rows_kernel, plan.grid, x, out, *plan.ints, **plan.options)
@@ -143,8 +143,8 @@ def mean(
         if x2.data_ptr() != x.data_ptr():
             one_pass = None  # the kernel read a copy: a replay could not pass x itself
     shape = [1 if d in red else x.shape[d] for d in range(x.dim())] if keepdim else kept_shape
-    if one_pass is not None and key is not None and len(_plans) < _MAX_PLANS:
-        _plans[key] = _MeanPlan(*one_pass, rows, out_dtype, tuple(shape))
+    if one_pass is not None:
+        _plans.keep(key, _MeanPlan(*one_pass, rows, out_dtype, tuple(shape)))
     return out.view(shape)
 
 
@@ -163,8 +163,7 @@ class _MeanPlan:
 # One-pass launches by input layout and arguments, kept when the kernel read the input in
 # place: at decode sizes (RMSNorm's mean over a hidden state) the argument handling costs more
 # host time than the kernel. Bounded.
-_plans: dict[tuple[Any, ...], _MeanPlan] = {}
-_MAX_PLANS = 1024
+_plans: PlanTable[_MeanPlan] = PlanTable(1024)
 
 
 def _launch(

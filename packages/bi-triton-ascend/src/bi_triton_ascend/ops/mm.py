@@ -96,8 +96,7 @@ def _run(
     ``args`` are the op's own tensors, whose pointers a replay passes.
     """
     launch = describe(a3, b3, bias3, alpha, beta)
-    bias_view = bias3.expand(launch.out_shape) if launch.has_bias and bias3 is not None else None
-    out = execute(launch, a3, b3, bias_view)
+    out = execute(launch, a3, b3, bias3)
     result = out[0] if args[0].dim() == 2 else out
-    remember(key, launch, result, ((args[0], a3), (args[1], b3), (args[2], bias_view)))
+    remember(key, launch, result, ((args[0], a3), (args[1], b3), (args[2], bias3)))
     return out

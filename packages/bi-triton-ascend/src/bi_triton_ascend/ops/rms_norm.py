@@ -29,7 +29,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_tensor
 from .._launch_cache import launch_kernel
-from ._plans import layout_key
+from ._plans import PlanTable, layout_key
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384
@@ -238,8 +238,7 @@ class _NormPlan:
 # Launches by argument layout (shapes, strides, dtypes, devices, epsilon), kept when the kernel
 # read x and the residual in place: outside CUDA graphs (prefill steps above the captured sizes,
 # the trainer) the argument handling costs more host time than a decode-size kernel. Bounded.
-_plans: dict[tuple[Any, ...], _NormPlan] = {}
-_MAX_PLANS = 1024
+_plans: PlanTable[_NormPlan] = PlanTable(1024)
 
 
 def _replay(
@@ -302,8 +301,8 @@ def _launch(
     in_place = xl.tensor.data_ptr() == x.data_ptr() and (
         residual is None or rl.tensor.data_ptr() == residual.data_ptr()
     )
-    if key is not None and in_place and len(_plans) < _MAX_PLANS:
-        _plans[key] = _NormPlan(grid, ints, options, out_dtype)
+    if in_place:
+        _plans.keep(key, _NormPlan(grid, ints, options, out_dtype))
     return out, r_out
 
 
@@ -319,7 +318,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> to
         ``[..., H]`` in ``promote_types(x.dtype, weight.dtype)`` (``x.dtype`` without weight).
     """
     key = layout_key("rms_norm", x, None, weight, epsilon)
-    plan = _plans.get(key) if key is not None else None
+    plan = _plans.find(key)
     if plan is not None:
         return _replay(plan, x, None, weight)[0]
     _check("rms_norm", x, weight, epsilon)
@@ -341,7 +340,7 @@ def fused_add_rms_norm(
         ``(normalized, residual')``; neither aliases an input.
     """
     key = layout_key("fused_add_rms_norm", x, residual, weight, epsilon)
-    plan = _plans.get(key) if key is not None else None
+    plan = _plans.find(key)
     if plan is not None:
         out, r_out = _replay(plan, x, residual, weight)
         assert r_out is not None

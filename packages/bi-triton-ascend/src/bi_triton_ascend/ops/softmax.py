@@ -33,7 +33,7 @@ import triton.language as tl
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
 from .._launch_cache import launch_kernel
-from ._plans import layout_key
+from ._plans import PlanTable, layout_key
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
@@ -148,15 +148,14 @@ class _RowPlan:
 # One-pass launches by (op, input layout, dim, dtype), kept when the kernel read the input in
 # place: at decode sizes (attention rows of a few hundred keys) the argument handling costs
 # more host time than the kernel. Bounded.
-_plans: dict[tuple[Any, ...], _RowPlan] = {}
-_MAX_PLANS = 1024
+_plans: PlanTable[_RowPlan] = PlanTable(1024)
 
 
 def _softmax_impl(
     op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool
 ) -> torch.Tensor:
     key = layout_key(op, x, dim, dtype)
-    plan = _plans.get(key) if key is not None else None
+    plan = _plans.find(key)
     if plan is not None:
         out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
         launch_kernel(_softmax_row_kernel, plan.grid, x, out, *plan.ints, **plan.options)
@@ -178,9 +177,9 @@ def _softmax_impl(
             x2 = moved.reshape(rows, length)
         one_pass = _launch(x2, out.view(rows, length), log, rounding_dtype(x.dtype, dtype))
         in_place = x2.data_ptr() == x.data_ptr()
-        if one_pass is not None and key is not None and in_place and len(_plans) < _MAX_PLANS:
+        if one_pass is not None and in_place:
             grid, ints, options = one_pass
-            _plans[key] = _RowPlan(grid, ints, options, out.shape, out_dtype, d, x.dim() == 0)
+            _plans.keep(key, _RowPlan(grid, ints, options, out.shape, out_dtype, d, x.dim() == 0))
     result = out.movedim(-1, d)
     return result.squeeze(0) if x.dim() == 0 else result
 
