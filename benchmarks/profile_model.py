@@ -6,7 +6,11 @@
 records per mode: the wall time of the profiled steps, the GPU time summed over all kernels
 (less than the wall time when the host is the bottleneck), the kernels that cost most GPU time
 with their call counts, and (from a second run under cProfile) the Python functions that cost
-most host time. A diagnostic, not a target: no ratio is asserted.
+most host time. Outside any profiler it also records the unprofiled wall time, the host time
+to enqueue the steps (``host_ms``, no synchronize), how many calls synchronized with the GPU
+(``torch.cuda.set_sync_debug_mode``), and how often ``bi_triton_ascend``'s launch table and
+launch plans missed (``launch_counts``): a miss on every step would mean the host path is not
+the cached one. A diagnostic, not a target: no ratio is asserted.
 
     source scripts/gpu/env.sh && python benchmarks/profile_model.py --shape 0.6b
 """
@@ -14,8 +18,11 @@ most host time. A diagnostic, not a target: no ratio is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,86 @@ def python_profile(run: Any, top: int) -> list[str]:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
     return [line for line in buf.getvalue().splitlines() if line.strip()]
+
+
+class _Counter:
+    """Counts table and plan hits/misses by wrapping the lookups (restored afterwards)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def bump(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
+@contextlib.contextmanager
+def launch_counts() -> Iterator[dict[str, int]]:
+    """Launch-table and plan hits and misses inside the block (CUDA only; empty elsewhere)."""
+    from bi_triton_ascend import _launch_cache
+    from bi_triton_ascend.ops import _plans
+
+    counter = _Counter()
+    entries, first_launch, find = (
+        _launch_cache._entries,
+        _launch_cache._first_launch,
+        _plans.PlanTable.find,
+    )
+
+    class CountingEntries(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            hit = super().get(key, default)
+            counter.bump("table_hit" if hit is not None else "table_miss")
+            return hit
+
+    def counting_first_launch(*args: Any) -> None:
+        counter.bump("first_launch")
+        first_launch(*args)
+
+    def counting_find(self: Any, key: Any) -> Any:
+        plan = find(self, key)
+        counter.bump(("plan_hit" if plan is not None else "plan_miss") + f"_{self.limit}")
+        return plan
+
+    _launch_cache._entries = CountingEntries(entries)
+    _launch_cache._first_launch = counting_first_launch
+    _plans.PlanTable.find = counting_find  # type: ignore[method-assign]
+    try:
+        yield counter.counts
+    finally:
+        entries.update(_launch_cache._entries)
+        _launch_cache._entries = entries
+        _launch_cache._first_launch = first_launch
+        _plans.PlanTable.find = find  # type: ignore[method-assign]
+
+
+def host_diagnostics(run: Any, setup: Any) -> dict[str, Any]:
+    """Unprofiled wall and enqueue time of ``run``, GPU synchronizations, table/plan counts."""
+    if setup:
+        setup()
+    md.sync()
+    started = time.perf_counter()
+    run()
+    host_ms = (time.perf_counter() - started) * 1e3
+    md.sync()
+    wall_ms = (time.perf_counter() - started) * 1e3
+    if setup:
+        setup()
+    syncs: list[str] = []
+    if torch.cuda.is_available():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message)[:200] for w in caught if "synchroniz" in str(w.message)]
+    if setup:
+        setup()
+    with launch_counts() as counts:
+        run()
+    return {"wall_unprofiled_ms": wall_ms, "host_ms": host_ms, "gpu_syncs": len(syncs),
+            "gpu_sync_examples": sorted(set(syncs))[:5], "launch_counts": dict(counts)}  # fmt: skip
 
 
 def kernel_table(prof: Any, top: int) -> tuple[float, list[dict[str, Any]]]:
@@ -76,6 +163,7 @@ def profile_case(
             if setup:
                 setup()
             run()
+        diagnostics = host_diagnostics(run, setup)
         if setup:
             setup()
         md.sync()
@@ -91,7 +179,7 @@ def profile_case(
     return {"phase": case.phase, "batch": case.batch, "seq": case.seq, "mode": mode,
             "steps": steps if case.phase == "decode" else 1, "wall_ms": wall_ms,
             "gpu_ms": gpu_ms, "gpu_busy": gpu_ms / wall_ms, "top_kernels": kernels,
-            "python_top": python_top}  # fmt: skip
+            "python_top": python_top, **diagnostics}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(row)
             print(f"{shape.name} {case.phase} b{case.batch} {mode}: wall {row['wall_ms']:.2f} ms, "
-                  f"GPU {row['gpu_ms']:.2f} ms ({row['gpu_busy']:.0%} busy)")  # fmt: skip
+                  f"GPU {row['gpu_ms']:.2f} ms ({row['gpu_busy']:.0%} busy); unprofiled "
+                  f"{row['wall_unprofiled_ms']:.2f} ms, host {row['host_ms']:.2f} ms, "
+                  f"{row['gpu_syncs']} syncs, {row['launch_counts']}")  # fmt: skip
+            for example in row["gpu_sync_examples"]:
+                print(f"    sync: {example}")
             for k in row["top_kernels"]:
                 print(f"    {k['gpu_ms']:8.3f} ms {k['calls']:6d}x  {k['kernel'][:90]}")
             print("\n".join(row["python_top"][:30]))

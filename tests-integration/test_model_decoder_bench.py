@@ -127,3 +127,6 @@ def test_profile_model_tiny_writes_kernels_per_mode(tmp_path: Path) -> None:
     for row in rows:
         assert row["wall_ms"] > 0 and row["reps"] == [row["wall_ms"]]
         assert math.isfinite(row["ratio_vs_default"]) and isinstance(row["top_kernels"], list)
+        assert row["host_ms"] > 0 and row["wall_unprofiled_ms"] >= row["host_ms"]
+        assert row["gpu_syncs"] == 0  # no GPU here: nothing can be counted
+        assert isinstance(row["launch_counts"], dict)

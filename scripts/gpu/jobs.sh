@@ -497,3 +497,12 @@ job_plans06() {
   python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile,graphs --rounds 2 \
     --out "$JOB_DIR/model_decoder_0.6b_plans.json"
 }
+
+# #4: why eager decode is slower than the per-call host costs predict: the 0.6B profile with
+# the unprofiled wall and enqueue time, GPU synchronizations and launch-table/plan hit counts;
+# then the RMSNorm tests on CUDA (its launch plans had run on the CPU only).
+job_decodediag() {
+  python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
+  python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_rms_norm_plans_cuda.junit.xml"
+}
