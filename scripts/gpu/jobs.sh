@@ -506,3 +506,16 @@ job_decodediag() {
   python3 -m pytest packages/bi-triton-ascend/tests/test_rms_norm.py -q -p no:cacheprovider -rs \
     --junitxml="$JOB_DIR/bi_triton_rms_norm_plans_cuda.junit.xml"
 }
+
+# #4: the fast lane (selection remembered per layout, prepared launches through Triton's C
+# launcher): the CUDA tests of the table, plans and remembered calls, then the 0.6B profile
+# with its host diagnostics.
+job_fastlane() {
+  python3 -m pytest packages/bi-triton-ascend/tests/test_prepared.py \
+    packages/bi-triton-ascend/tests/test_launch_cache.py packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_mean.py packages/bi-triton-ascend/tests/test_softmax.py \
+    packages/bi-triton-ascend/tests/test_rms_norm.py packages/bi-triton-ascend/tests/test_gemm.py \
+    packages/ir-dispatch/tests/test_cuda.py packages/ir-dispatch/tests/test_remembered.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/fast_lane_cuda.junit.xml"
+  python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
+}

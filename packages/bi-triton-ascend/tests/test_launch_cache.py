@@ -181,3 +181,95 @@ def test_table_off_restores_the_switch(table: _FakeKnobs) -> None:
 def test_env_name_matches_the_plugin_info() -> None:
     """``vllm-bi info`` names this switch without importing the package: keep them equal."""
     assert _launch_cache.ENV == "BI_TRITON_LAUNCH_CACHE"
+
+
+class _CudaLauncher:
+    """Triton 3.6's ``CudaLauncher``: a C ``launch`` behind a Python ``__call__``."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], scratch: int = 0) -> None:
+        self.calls = calls
+        self.global_scratch_size = scratch
+        self.profile_scratch_size = 0
+        self.launch_cooperative_grid = False
+        self.launch_pdl = True
+        self.python_calls = 0
+
+    def launch(self, *args: Any) -> None:
+        self.calls.append(args)
+
+    def __call__(self, gx: int, gy: int, gz: int, stream: Any, function: Any, *args: Any) -> None:
+        self.python_calls += 1
+        self.launch(gx, gy, gz, stream, function, False, True, "scratch", None, *args)
+
+
+def _with_cuda_launcher(kernel: _FakeKernel, scratch: int = 0) -> _CudaLauncher:
+    launcher = _CudaLauncher(kernel.direct_calls, scratch)
+    kernel.compiled.run = launcher  # type: ignore[method-assign]
+    return launcher
+
+
+def test_hit_calls_the_c_launch_as_the_launcher_would(table: _FakeKnobs) -> None:
+    """No scratch memory: the C function gets what ``CudaLauncher.__call__`` would pass it."""
+    kernel, x = _FakeKernel(), _aligned()
+    launcher = _with_cuda_launcher(kernel)
+    _launch_cache.launch_kernel(kernel, (3, 2), x, 32, 0.5, FLAG=True)
+    _launch_cache.launch_kernel(kernel, (5,), x, 48, 2.0, FLAG=True)
+    assert launcher.python_calls == 0
+    assert kernel.direct_calls == [
+        (5, 1, 1, 77, "fn-handle", False, True, None, None, ("meta",), None, None, None,
+         x, 48, 2.0, True, 16)
+    ]  # fmt: skip
+
+
+def test_scratch_memory_keeps_the_launchers_own_call(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    launcher = _with_cuda_launcher(kernel, scratch=128)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    _launch_cache.launch_kernel(kernel, (1,), x, 16, 1.0)
+    assert launcher.python_calls == 1 and kernel.direct_calls[0][7] == "scratch"
+
+
+def test_prepared_launch_matches_launch_kernel(table: _FakeKnobs) -> None:
+    """Same launcher arguments as :func:`launch_kernel`; the first call goes through Triton."""
+    kernel, x, y = _FakeKernel(), _aligned(), _aligned()
+    prepared = _launch_cache.PreparedLaunch(kernel, (4,), (32, 0.5), {"FLAG": True})
+    prepared(x)
+    assert len(kernel.triton_calls) == 1 and not kernel.direct_calls
+    prepared(y)
+    _launch_cache.launch_kernel(kernel, (4,), y, 32, 0.5, FLAG=True)
+    assert len(kernel.triton_calls) == 1
+    assert kernel.direct_calls[0] == kernel.direct_calls[1]
+    assert kernel.direct_calls[0][9] is y
+
+
+def test_prepared_launch_misses_on_alignment_and_dtype(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    prepared = _launch_cache.PreparedLaunch(kernel, (1,), (16, 1.0), {})
+    prepared(x)
+    prepared(x[1:])  # 4-byte aligned: another specialization
+    prepared(x.to(torch.float16))
+    assert len(kernel.triton_calls) == 3 and not kernel.direct_calls
+    prepared(x[1:])
+    assert len(kernel.triton_calls) == 3 and len(kernel.direct_calls) == 1
+
+
+def test_prepared_launch_takes_tritons_path_with_hooks_or_table_off(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    prepared = _launch_cache.PreparedLaunch(kernel, (1,), (16, 1.0), {})
+    prepared(x)
+    table.launch_enter_hook.calls.append(print)
+    prepared(x)
+    table.launch_enter_hook.calls.clear()
+    with _launch_cache.table_off():
+        prepared(x)
+    assert len(kernel.triton_calls) == 3 and not kernel.direct_calls
+    prepared(x)
+    assert len(kernel.direct_calls) == 1
+
+
+def test_prepared_launch_keeps_tritons_path_for_unmodelled_arguments(table: _FakeKnobs) -> None:
+    kernel, x = _FakeKernel(), _aligned()
+    prepared = _launch_cache.PreparedLaunch(kernel, (1,), (16, "text"), {})
+    prepared(x)
+    prepared(x)
+    assert len(kernel.triton_calls) == 2 and not kernel.direct_calls

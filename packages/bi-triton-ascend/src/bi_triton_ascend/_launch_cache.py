@@ -80,15 +80,50 @@ def _supported() -> bool:
 
 
 class _Entry:
-    """A compiled kernel's launcher and the trailing arguments (constexprs, defaults)."""
+    """A compiled kernel's launcher and the trailing arguments (constexprs, defaults).
 
-    __slots__ = ("function", "metadata", "run", "tail")
+    ``launch`` is the launcher's C function when the kernel needs no scratch memory (all of
+    this package's kernels): calling it skips ``CudaLauncher.__call__``, a Python frame that
+    only allocates scratch. Other launchers (another Triton, scratch memory) keep ``run``.
+    """
+
+    __slots__ = ("function", "launch", "metadata", "prefix", "run", "tail")
 
     def __init__(self, compiled: Any, tail: tuple[Any, ...]) -> None:
         self.run = compiled.run
         self.function = compiled.function
         self.metadata = compiled.packed_metadata
         self.tail = tail
+        self.launch, self.prefix = _direct_launch(compiled.run)
+
+    def __call__(self, grid: Sequence[int], stream: Any, args: Sequence[Any]) -> None:
+        g0, g1, g2 = grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1
+        if self.launch is not None:
+            self.launch(
+                g0, g1, g2, stream, self.function, *self.prefix, self.metadata, None, None, None,
+                *args, *self.tail,
+            )  # fmt: skip
+        else:
+            self.run(
+                g0, g1, g2, stream, self.function, self.metadata, None, None, None,
+                *args, *self.tail,
+            )  # fmt: skip
+
+
+def _direct_launch(launcher: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(C launch function, its arguments before the metadata)``, or ``(None, ())``.
+
+    Triton 3.6's ``CudaLauncher.__call__`` passes ``(grid, stream, function,
+    launch_cooperative_grid, launch_pdl, global_scratch, profile_scratch, *args)`` to
+    ``self.launch``; scratch is ``None`` when its size is 0. Anything else keeps ``run``.
+    """
+    try:
+        launch = launcher.launch
+        if launcher.global_scratch_size or launcher.profile_scratch_size:
+            return None, ()
+        return launch, (launcher.launch_cooperative_grid, launcher.launch_pdl, None, None)
+    except AttributeError:
+        return None, ()
 
 
 _entries: dict[tuple[Any, ...], _Entry] = {}
@@ -178,27 +213,89 @@ def launch_kernel(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -
     if entry is None:
         _first_launch(key, kernel, grid, args, kwargs)
         return
-    entry.run(
-        grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-        get_stream(device), entry.function, entry.metadata, None, None, None,
-        *args, *entry.tail,
-    )  # fmt: skip
+    entry(grid, get_stream(device), args)
 
 
 def _first_launch(
     key: tuple[Any, ...], kernel: Any, grid: Sequence[int], args: tuple, kwargs: dict[str, Any]
-) -> None:
-    """Launch through Triton (compiling if needed) and keep the compiled kernel for the key."""
+) -> _Entry | None:
+    """Launch through Triton (compiling if needed); keep and return the compiled kernel's entry.
+
+    ``None`` when it cannot be kept (pre-run hooks, tensor keyword arguments, another launcher).
+    """
     compiled = kernel[grid](*args, **kwargs)
     if compiled is None or kernel.pre_run_hooks:
-        return
+        return None
     if hasattr(compiled, "result"):  # Triton's asynchronous compile mode
         compiled = compiled.result()
     if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
-        return  # tensors are keyed by identity: never worth a table entry
+        return None  # tensors are keyed by identity: never worth a table entry
     if getattr(compiled, "packed_metadata", None) is None:
-        return
-    _entries[key] = _Entry(compiled, _tail(kernel, len(args), kwargs))
+        return None
+    entry = _Entry(compiled, _tail(kernel, len(args), kwargs))
+    _entries[key] = entry
+    return entry
+
+
+class PreparedLaunch:
+    """One kernel with its grid, trailing arguments and options fixed; called with tensors.
+
+    Launch plans replay the same launch with new tensors at every step. Everything but the
+    tensors is fixed here, so the table key of a call reduces to the device and each tensor's
+    dtype and 16-byte alignment (the only properties of a pointer Triton specializes on), and
+    a hit goes straight to the compiled kernel. Anything the table does not serve (interpreter,
+    NPU, hooks, table off) goes through :func:`launch_kernel`.
+    """
+
+    __slots__ = ("_entries", "grid", "kernel", "options", "trailing")
+
+    def __init__(
+        self, kernel: Any, grid: Sequence[int], trailing: Sequence[Any], options: dict[str, Any]
+    ) -> None:
+        self.kernel = kernel
+        self.grid = tuple(grid)
+        self.trailing = tuple(trailing)  # the arguments after the tensors, in kernel order
+        self.options = options  # constexprs and launch options, by name
+        self._entries: dict[tuple[Any, ...], _Entry | None] = {}
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        """``kernel[grid](*tensors, *trailing, **options)``."""
+        if not (_enabled[0] and _supported()) or _hooks_set():
+            self.kernel[self.grid](*tensors, *self.trailing, **self.options)
+            return
+        get_device, get_stream = _driver_calls()
+        device = get_device()
+        key = (device, *[(t.dtype, not t.data_ptr() & 15) for t in tensors])
+        entry = self._entries.get(key)
+        args = (*tensors, *self.trailing)
+        if entry is None:
+            entry = self._first(key, device, args)
+            if entry is None:
+                return
+        entry(self.grid, get_stream(device), args)
+
+    def _first(self, key: tuple[Any, ...], device: Any, args: tuple[Any, ...]) -> _Entry | None:
+        """Launch through :func:`launch_kernel` now; the table's entry for later calls.
+
+        Returns ``None`` after launching (the call is done); later calls find the entry.
+        """
+        try:
+            table_key = (self.kernel, device, *self.options.items(), *map(_arg_key, args))
+            found = _entries.get(table_key)
+        except (_Uncacheable, TypeError):
+            self.kernel[self.grid](*args, **self.options)
+            return None
+        if found is None:
+            found = _first_launch(table_key, self.kernel, self.grid, args, self.options)
+            if found is not None and len(self._entries) < _PREPARED_LIMIT:
+                self._entries[key] = found
+            return None
+        if len(self._entries) < _PREPARED_LIMIT:
+            self._entries[key] = found
+        return found
+
+
+_PREPARED_LIMIT = 64  # (device, alignment) combinations kept per prepared launch
 
 
 def cached_kernels() -> int:
@@ -206,4 +303,7 @@ def cached_kernels() -> int:
     return len(_entries)
 
 
-__all__ = ["ENV", "cached_kernels", "enabled", "launch_kernel", "set_enabled", "table_off"]
+__all__ = [
+    "ENV", "PreparedLaunch", "cached_kernels", "enabled", "launch_kernel", "set_enabled",
+    "table_off",
+]  # fmt: skip

@@ -134,31 +134,78 @@ def _token_logprobs_accepts(logits: object, token_ids: object) -> bool | str:
     return True
 
 
-def _table() -> list[tuple[Any, Callable[..., Any], Callable[..., bool | str], str]]:
+Entry = tuple[Any, Callable[..., Any], Callable[..., bool | str], str, Callable[..., Any] | None]
+
+
+def _table() -> list[Entry]:
+    """(op, kernel function, argument check, note, launch-plan hook) per op."""
     from . import ops
+    from .ops.matmul import prepare_linear, prepare_matmul
+    from .ops.mean import prepare_mean
+    from .ops.mm import prepare_addmm, prepare_bmm, prepare_mm
+    from .ops.rms_norm import prepare_fused_add_rms_norm, prepare_rms_norm
+    from .ops.softmax import prepare_log_softmax, prepare_softmax
 
     return [
-        (ir_ops.mm, ops.mm, _two_accepts, _GEMM_NOTE),
-        (ir_ops.addmm, ops.addmm, _addmm_accepts, _GEMM_NOTE),
-        (ir_ops.bmm, ops.bmm, _two_accepts, _GEMM_NOTE),
-        (ir_ops.matmul, ops.matmul, _two_accepts, _GEMM_NOTE + "; one launch per call"),
-        (ir_ops.linear, ops.linear, _linear_accepts, _GEMM_NOTE + "; one launch per call"),
-        (ir_ops.rms_norm, ops.rms_norm, _rms_accepts, _ROW_NOTE),
-        (ir_ops.fused_add_rms_norm, ops.fused_add_rms_norm, _fused_accepts, _ROW_NOTE),
+        (ir_ops.mm, ops.mm, _two_accepts, _GEMM_NOTE, prepare_mm),
+        (ir_ops.addmm, ops.addmm, _addmm_accepts, _GEMM_NOTE, prepare_addmm),
+        (ir_ops.bmm, ops.bmm, _two_accepts, _GEMM_NOTE, prepare_bmm),
+        (
+            ir_ops.matmul,
+            ops.matmul,
+            _two_accepts,
+            _GEMM_NOTE + "; one launch per call",
+            prepare_matmul,
+        ),
+        (
+            ir_ops.linear,
+            ops.linear,
+            _linear_accepts,
+            _GEMM_NOTE + "; one launch per call",
+            prepare_linear,
+        ),
+        (ir_ops.rms_norm, ops.rms_norm, _rms_accepts, _ROW_NOTE, prepare_rms_norm),
+        (
+            ir_ops.fused_add_rms_norm,
+            ops.fused_add_rms_norm,
+            _fused_accepts,
+            _ROW_NOTE,
+            prepare_fused_add_rms_norm,
+        ),
         (
             ir_ops.qk_norm_rope,
             ops.qk_norm_rope,
             _qk_norm_rope_accepts,
             _ROW_NOTE + "; rms_norm's bits, then fp32 RoPE rounded once, one launch for q and k",
+            None,
         ),
-        (ir_ops.softmax, ops.softmax, _softmax_accepts, _ROW_NOTE + "; long rows in fixed chunks"),
-        (ir_ops.log_softmax, ops.log_softmax, _softmax_accepts, _ROW_NOTE + "; long rows chunked"),
-        (ir_ops.mean, ops.mean, _mean_accepts, "fixed-order sum per row; chunking from length"),
+        (
+            ir_ops.softmax,
+            ops.softmax,
+            _softmax_accepts,
+            _ROW_NOTE + "; long rows in fixed chunks",
+            prepare_softmax,
+        ),
+        (
+            ir_ops.log_softmax,
+            ops.log_softmax,
+            _softmax_accepts,
+            _ROW_NOTE + "; long rows chunked",
+            prepare_log_softmax,
+        ),
+        (
+            ir_ops.mean,
+            ops.mean,
+            _mean_accepts,
+            "fixed-order sum per row; chunking from length",
+            prepare_mean,
+        ),
         (
             ir_ops.token_logprobs,
             ops.token_logprobs,
             _token_logprobs_accepts,
             _ROW_NOTE + "; log_softmax's chunk statistics and combine, only the ids' entries",
+            None,
         ),
     ]
 
@@ -173,14 +220,16 @@ def register() -> list[str]:
         logger.debug("bi_triton_ascend: triton is not importable; nothing registered")
         return []
     names = []
-    for op, fn, accepts, note in _table():
+    for op, fn, accepts, note, prepare in _table():
         op.register_impl(
             PROVIDER,
             batch_invariant=True,
             platforms=_platform.supported_platforms(),
-            supports_args=accepts,
+            supports_args=accepts,  # mode, dtypes, devices, shapes: a function of the layout
             priority=PRIORITY,
             note=note,
+            layout_only=True,
+            prepare=prepare,
         )(fn)
         names.append(op.name)
     return names

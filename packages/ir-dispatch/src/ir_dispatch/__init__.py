@@ -13,6 +13,7 @@ cannot. Quick tour::
 
 from . import ops
 from .explain import Candidate, Explanation, explain
+from .layout import layout_key
 from .mode import batch_invariant, is_batch_invariant, reload_from_env, set_batch_invariant
 from .overrides import (
     DEFAULT_OVERRIDES,
@@ -54,6 +55,7 @@ __all__ = [
     "install_aten_overrides",
     "installed_overrides",
     "is_batch_invariant",
+    "layout_key",
     "list_ops",
     "ops",
     "platform_of",

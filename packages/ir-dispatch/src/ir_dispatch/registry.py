@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .layout import LayoutKey, layout_key
 from .mode import is_batch_invariant
 from .platform import PlatformKind, platform_of
 
@@ -33,6 +34,8 @@ NATIVE = "native"
 RESERVED_PROVIDERS = frozenset({NATIVE})
 DEFAULT_PRIORITY = 10
 NATIVE_PRIORITY = 0
+REMEMBERED_LAYOUTS = 4096
+"""Bound of the layouts whose implementation each op remembers (models use a few dozen)."""
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 SupportCheck = Callable[..., "bool | str"]
@@ -53,6 +56,11 @@ class Impl:
         priority: higher runs first; ties keep registration order.
         variant_on: platforms where it is batch-variant despite ``batch_invariant``, with why.
         note: why it is (or is not) batch-invariant, shown by :func:`explain`.
+        layout_only: ``supports_args`` depends only on the arguments' :func:`layout_key`
+            (shapes, strides, dtypes, devices, scalar values) and the mode, so its verdict may
+            be remembered per layout.
+        prepare: given a call's arguments after a successful call, a function that serves
+            every later call with the same layout (``None``: call ``fn``), e.g. a launch plan.
     """
 
     op_name: str
@@ -64,6 +72,8 @@ class Impl:
     priority: int = DEFAULT_PRIORITY
     variant_on: Mapping[PlatformKind, str] = field(default_factory=dict)
     note: str = ""
+    layout_only: bool = False
+    prepare: Callable[..., Callable[..., Any] | None] | None = None
 
     def is_batch_invariant_on(self, platform: PlatformKind) -> bool:
         return self.batch_invariant and platform not in self.variant_on
@@ -177,6 +187,8 @@ class IrOp:
         self._impls: dict[str, Impl] = {}
         self._sorted: list[Impl] = []
         self._explicit_order: list[str] | None = None
+        self._remembered: dict[LayoutKey, tuple[Impl, Callable[..., Any]]] = {}
+        self._rememberable: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._add(
             Impl(
@@ -203,6 +215,8 @@ class IrOp:
         supports_args: SupportCheck | None = None,
         priority: int = DEFAULT_PRIORITY,
         note: str = "",
+        layout_only: bool = False,
+        prepare: Callable[..., Callable[..., Any] | None] | None = None,
     ) -> Callable[[Fn], Fn]:
         """Decorator registering ``fn`` as ``provider``'s implementation of this op.
 
@@ -216,6 +230,12 @@ class IrOp:
                 or a reason string to decline.
             priority: higher is tried first; the native reference has priority 0.
             note: why it is batch-invariant (fixed reduction order, ...), shown by ``explain``.
+            layout_only: ``supports_args`` looks only at shapes, strides, dtypes, devices,
+                scalar values and the mode (never at contents, addresses or global state), so
+                dispatch may remember the choice per argument layout.
+            prepare: called once per layout after a successful call with its arguments;
+                returns a function with ``fn``'s signature that serves later calls with that
+                layout (a launch plan), or ``None`` to keep calling ``fn``.
         """
         if provider in RESERVED_PROVIDERS:
             raise ValueError(f"provider name {provider!r} is reserved; choose another name")
@@ -234,6 +254,8 @@ class IrOp:
                     supports_args=supports_args,
                     priority=priority,
                     note=note,
+                    layout_only=layout_only,
+                    prepare=prepare,
                 )
             )
             return fn
@@ -276,6 +298,8 @@ class IrOp:
             rank = {p: n for n, p in enumerate(self._explicit_order)}
             order.sort(key=lambda i: rank.get(i.provider, len(rank)))
         self._sorted = order
+        self._rememberable = _rememberable(order)
+        self._remembered = {}
 
     @property
     def impls(self) -> list[Impl]:
@@ -330,8 +354,37 @@ class IrOp:
         return NoBatchInvariantImplError("\n".join(lines))
 
     def call_selected(self, *args: Any, **kwargs: Any) -> Any:
-        """Select and run an implementation directly (no custom-op boundary)."""
-        return self.call_impl(self.select(*args, **kwargs), *args, **kwargs)
+        """Select and run an implementation directly (no custom-op boundary).
+
+        The choice is remembered per argument layout and mode when every implementation tried
+        up to it declared ``layout_only``; a remembered call skips selection and runs what the
+        implementation's ``prepare`` returned (its launch plan) or its ``fn``.
+        """
+        key = None
+        if not kwargs:
+            key = layout_key(is_batch_invariant(), *args)
+            remembered = self._remembered.get(key) if key is not None else None
+            if remembered is not None:
+                impl, run = remembered
+                if _recorders or logger.isEnabledFor(logging.DEBUG):
+                    self._note(impl, args)
+                return run(*args)
+        impl = self.select(*args, **kwargs)
+        result = self.call_impl(impl, *args, **kwargs)
+        if key is not None and impl.provider in self._rememberable:
+            self._remember(key, impl, args)
+        return result
+
+    def _remember(self, key: LayoutKey, impl: Impl, args: tuple) -> None:
+        """Keep ``impl`` (and what its ``prepare`` gives) for calls with this layout."""
+        run = impl.prepare(*args) if impl.prepare is not None else None
+        remembered = self._remembered  # a registration since may have replaced it: harmless
+        if len(remembered) < REMEMBERED_LAYOUTS:
+            remembered[key] = (impl, run or impl.fn)
+
+    def remembered_layouts(self) -> int:
+        """How many argument layouts have their implementation remembered (tests, ``info``)."""
+        return len(self._remembered)
 
     def call_impl(self, impl: Impl, *args: Any, **kwargs: Any) -> Any:
         """Run an implementation the caller already got from :meth:`select`, recorded and logged.
@@ -339,12 +392,16 @@ class IrOp:
         For callers that inspect the choice first (e.g. to keep another library's kernel when
         only the native reference would serve) without paying for selection twice.
         """
+        self._note(impl, args)
+        return impl.fn(*args, **kwargs)
+
+    def _note(self, impl: Impl, args: tuple) -> None:
+        """Count the call for :func:`recording` and log it at DEBUG."""
         if _recorders:
             for rec in list(_recorders):
                 rec.counts[(self.name, impl.provider)] += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s -> %s %s", self.name, impl.provider, describe_args(args))
-        return impl.fn(*args, **kwargs)
 
     # ----------------------------------------------------------------- torch custom op
     def _make_custom_op(self) -> torch._ops.OpOverload:
@@ -391,6 +448,20 @@ class IrOp:
     def __repr__(self) -> str:
         providers = ", ".join(f"{i.provider}({i.priority})" for i in self._sorted)
         return f"IrOp({self.name!r}, has_reduction={self.has_reduction}, impls=[{providers}])"
+
+
+def _rememberable(order: list[Impl]) -> frozenset[str]:
+    """Providers whose selection depends on the argument layout only.
+
+    Those are the ones where every implementation tried before them (and they themselves)
+    declared ``layout_only`` or has no ``supports_args``.
+    """
+    providers = set()
+    for impl in order:
+        if not (impl.layout_only or impl.supports_args is None):
+            break
+        providers.add(impl.provider)
+    return frozenset(providers)
 
 
 def _normalize_outputs(result: Any, args: tuple) -> Any:

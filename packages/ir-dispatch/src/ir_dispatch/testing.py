@@ -85,4 +85,6 @@ def providers_removed(
                 supports_args=impl.supports_args,
                 priority=impl.priority,
                 note=impl.note,
+                layout_only=impl.layout_only,
+                prepare=impl.prepare,
             )(impl.fn)

@@ -14,15 +14,19 @@ tensor-parallel mode is part of the key. The table is bounded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+
+from ir_dispatch.layout import layout_key
 
 from . import gemm_config
 from .gemm import GemmLaunch, execute
 
 Key = tuple[Any, ...] | None
 P = TypeVar("P")
+Operands = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 class PlanTable(dict[tuple[Any, ...], P]):
@@ -45,29 +49,6 @@ class PlanTable(dict[tuple[Any, ...], P]):
 _plans: PlanTable[tuple[GemmLaunch, torch.Size]] = PlanTable(4096)
 
 
-def layout_key(op: str, *args: Any) -> Key:
-    """The key of a call of ``op``: tensors by layout, scalars by type and value.
-
-    Tensors contribute shape, strides, dtype and device; ``None`` and dtypes themselves;
-    bools, ints and floats their type with their value (``True`` and ``1`` differ); lists and
-    tuples of ints their values. Anything else gives ``None`` (no plan): the full path's checks
-    then name the bad argument.
-    """
-    key: list[Any] = [op]
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            key += (arg.shape, arg.stride(), arg.dtype, arg.device)
-        elif arg is None or isinstance(arg, torch.dtype):
-            key.append(arg)
-        elif type(arg) in (bool, int, float):
-            key.append((type(arg), arg))
-        elif type(arg) in (list, tuple) and all(type(a) is int for a in arg):
-            key.append((list, tuple(arg)))
-        else:
-            return None
-    return tuple(key)
-
-
 def plan_key(op: str, *args: Any) -> Key:
     """:func:`layout_key` of a GEMM op, with the chain switch; ``None`` under ``force_tiles``."""
     if gemm_config.tiles_forced():
@@ -84,6 +65,30 @@ def replay(
         return None
     launch, shape = plan
     return execute(launch, a, b, bias).view(shape)
+
+
+def prepared(
+    op: str, full: Callable[..., Any], operands: Callable[..., Operands], *args: Any
+) -> Callable[..., Any] | None:
+    """What serves later calls of ``op`` with ``args``' layout: the stored plan, or ``None``.
+
+    For ir-dispatch's ``prepare`` hook, which remembers it per layout and calls it with the op's
+    own arguments; ``operands`` picks ``(a, b, bias)`` from them. If the chain switch or forced
+    tiles changed since, the call goes through ``full``, the op itself.
+    """
+    plan = _plans.find(plan_key(op, *args))
+    if plan is None:
+        return None
+    launch, shape = plan
+    made_in = gemm_config.generation()
+
+    def run(*call_args: Any) -> torch.Tensor:
+        if gemm_config.generation() != made_in:
+            return full(*call_args)  # type: ignore[no-any-return]
+        a, b, bias = operands(*call_args)
+        return execute(launch, a, b, bias).view(shape)
+
+    return run
 
 
 def remember(

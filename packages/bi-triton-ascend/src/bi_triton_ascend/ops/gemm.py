@@ -18,7 +18,7 @@ Both produce the same bits for a given ``(N, K, dtype)``, whatever M or the batc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from .._launch_cache import launch_kernel
+from .._launch_cache import PreparedLaunch
 from .gemm_config import cdiv, chain_for, fit_shared_memory, select_tiles
 
 
@@ -346,6 +346,12 @@ class GemmLaunch:
     split_kernel: bool  # the split kernel's two extra pointers (partials, counters)
     partials: int  # fp32 partial sums to allocate (0: none)
     tiles: int  # split-K arrival counters needed
+    prepared: PreparedLaunch = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The tensors change from call to call; the kernel, grid, ints and options do not.
+        prepared = PreparedLaunch(self.kernel, self.grid, self.ints, self.options)
+        object.__setattr__(self, "prepared", prepared)
 
 
 def describe(
@@ -415,32 +421,33 @@ def describe(
 
 
 def execute(
-    launch: GemmLaunch, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
+    launch: GemmLaunch,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run ``launch`` on ``a``, ``b`` and ``bias``; returns the new ``[Bt, M, N]`` output.
+    """Run ``launch`` on ``a``, ``b`` and ``bias``; returns the ``[Bt, M, N]`` output.
 
     The tensors must have the shapes and strides ``launch`` was made for, or be other views of
     the same data pointers (only pointers reach the kernel: a bias that broadcasts needs no
-    expanding here, its strides are in ``launch``).
+    expanding here, its strides are in ``launch``). ``out``, when given, must be contiguous
+    with ``launch``'s output shape (any view of it) and dtype; the result is written there.
     """
-    out = torch.empty(launch.out_shape, dtype=launch.out_dtype, device=a.device)
+    if out is None:
+        out = torch.empty(launch.out_shape, dtype=launch.out_dtype, device=a.device)
     if out.numel() == 0:
         return out
-    bias_arg = bias if launch.has_bias else out
+    bias_arg = bias if launch.has_bias and bias is not None else out
     if launch.split_kernel:
         if launch.partials:
             part = torch.empty(launch.partials, dtype=torch.float32, device=a.device)
             counters = _arrival_counters(a.device, launch.tiles)
         else:
             part, counters = out, out  # never touched
-        launch_kernel(
-            launch.kernel, launch.grid, a, b, out, bias_arg, part, counters, *launch.ints,
-            **launch.options,
-        )  # fmt: skip
+        launch.prepared(a, b, out, bias_arg, part, counters)
     else:
-        launch_kernel(
-            launch.kernel, launch.grid, a, b, out, bias_arg, *launch.ints, **launch.options
-        )
+        launch.prepared(a, b, out, bias_arg)
     return out
 
 

@@ -56,6 +56,15 @@ class Chain:
 
 
 _n_independent: list[bool] = [False]
+_generation: list[int] = [0]
+
+
+def generation() -> int:
+    """A number that changes with the chain switch and :class:`force_tiles` blocks.
+
+    Launches prepared earlier compare it before replaying.
+    """
+    return _generation[0]
 
 
 def set_n_independent_chain(on: bool) -> None:
@@ -70,6 +79,7 @@ def set_n_independent_chain(on: bool) -> None:
     if not isinstance(on, bool):
         raise TypeError(f"set_n_independent_chain: on must be a bool, got {type(on).__name__}")
     _n_independent[0] = on
+    _generation[0] += 1
 
 
 def n_independent_chain() -> bool:
@@ -228,10 +238,12 @@ class force_tiles:
 
     def __enter__(self) -> Tiles:
         _forced.append(self.tiles)
+        _generation[0] += 1
         return self.tiles
 
     def __exit__(self, *exc: object) -> None:
         _forced.pop()
+        _generation[0] += 1
 
 
 def tiles_forced() -> bool:

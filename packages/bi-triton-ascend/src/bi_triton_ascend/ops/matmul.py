@@ -10,11 +10,13 @@ batch-invariant and equal to :func:`~.mm.mm` on the same rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import plan_key, remember, replay
+from ._plans import Operands, plan_key, prepared, remember, replay
 from .gemm import describe, execute
 
 
@@ -129,3 +131,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = out.squeeze(0) if x.dim() == 1 else out
     remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias3)))
     return out
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> Operands:
+    return a, b, None
+
+
+def _linear_operands(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> Operands:
+    return x, weight, bias
+
+
+def prepare_matmul(*args: Any) -> Callable[..., Any] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return prepared("matmul", matmul, _pair, *args)
+
+
+def prepare_linear(*args: Any) -> Callable[..., Any] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return prepared("linear", linear, _linear_operands, *args)

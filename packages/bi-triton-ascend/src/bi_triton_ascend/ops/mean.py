@@ -11,17 +11,20 @@ long row (a global mean) is spread over the device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from ir_dispatch.layout import layout_key
+
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import launch_kernel
-from ._plans import PlanTable, layout_key
+from .._launch_cache import PreparedLaunch, launch_kernel
+from ._plans import PlanTable
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024
@@ -115,9 +118,7 @@ def mean(
     key = layout_key("mean", x, dim, keepdim, dtype)
     plan = _plans.find(key)
     if plan is not None:
-        out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
-        launch_kernel(_mean_rows_kernel, plan.grid, x, out, *plan.ints, **plan.options)
-        return out.view(plan.shape)
+        return _replay(plan, x)
     check_tensor("mean", "x", x)
     check_float("mean", "x", x)
     out_dtype = check_out_dtype("mean", dtype) or x.dtype
@@ -158,6 +159,32 @@ class _MeanPlan:
     rows: int
     out_dtype: torch.dtype
     shape: tuple[int, ...]
+
+    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        prepared = PreparedLaunch(_mean_rows_kernel, self.grid, self.ints, self.options)
+        object.__setattr__(self, "launch", prepared)
+
+
+def _replay(plan: _MeanPlan, x: torch.Tensor) -> torch.Tensor:
+    """``plan``'s launch on ``x`` (the layout it was made for)."""
+    out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
+    plan.launch(x, out)
+    return out.view(plan.shape)
+
+
+def prepare_mean(
+    x: torch.Tensor,
+    dim: list[int] | None = None,
+    keepdim: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Callable[..., torch.Tensor] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    plan = _plans.find(layout_key("mean", x, dim, keepdim, dtype))
+    if plan is None:
+        return None
+    return lambda x, *layout: _replay(plan, x)
 
 
 # One-pass launches by input layout and arguments, kept when the kernel read the input in

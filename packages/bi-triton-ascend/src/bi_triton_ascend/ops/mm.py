@@ -6,10 +6,13 @@ Batch-invariant: each output element follows the accumulation chain fixed by ``(
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import Key, plan_key, remember, replay
+from ._plans import Key, Operands, plan_key, prepared, remember, replay
 from .gemm import describe, execute
 
 
@@ -100,3 +103,28 @@ def _run(
     result = out[0] if args[0].dim() == 2 else out
     remember(key, launch, result, ((args[0], a3), (args[1], b3), (args[2], bias3)))
     return out
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> Operands:
+    return a, b, None
+
+
+def _addmm_operands(
+    bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float = 1.0, alpha: float = 1.0
+) -> Operands:
+    return a, b, bias
+
+
+def prepare_mm(*args: Any) -> Callable[..., Any] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return prepared("mm", mm, _pair, *args)
+
+
+def prepare_addmm(*args: Any) -> Callable[..., Any] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return prepared("addmm", addmm, _addmm_operands, *args)
+
+
+def prepare_bmm(*args: Any) -> Callable[..., Any] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return prepared("bmm", bmm, _pair, *args)

@@ -19,17 +19,20 @@ reads in place instead of copying them first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ir_dispatch.layout import layout_key
+
 from .. import _platform
 from .._checks import check_float, check_tensor
-from .._launch_cache import launch_kernel
-from ._plans import PlanTable, layout_key
+from .._launch_cache import PreparedLaunch, launch_kernel
+from ._plans import PlanTable
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384
@@ -234,6 +237,12 @@ class _NormPlan:
     options: dict[str, Any]
     out_dtype: torch.dtype
 
+    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        prepared = PreparedLaunch(_rms_norm_kernel, self.grid, self.ints, self.options)
+        object.__setattr__(self, "launch", prepared)
+
 
 # Launches by argument layout (shapes, strides, dtypes, devices, epsilon), kept when the kernel
 # read x and the residual in place: outside CUDA graphs (prefill steps above the captured sizes,
@@ -251,10 +260,9 @@ def _replay(
     r_out = (
         torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else None
     )
-    launch_kernel(
-        _rms_norm_kernel, plan.grid,
+    plan.launch(
         x, residual if residual is not None else x, weight if weight is not None else x,
-        out, r_out if r_out is not None else out, *plan.ints, **plan.options,
+        out, r_out if r_out is not None else out,
     )  # fmt: skip
     return out, r_out
 
@@ -304,6 +312,26 @@ def _launch(
     if in_place:
         _plans.keep(key, _NormPlan(grid, ints, options, out_dtype))
     return out, r_out
+
+
+def prepare_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, epsilon: float
+) -> Callable[..., torch.Tensor] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    plan = _plans.find(layout_key("rms_norm", x, None, weight, epsilon))
+    if plan is None:
+        return None
+    return lambda x, weight, epsilon: _replay(plan, x, None, weight)[0]
+
+
+def prepare_fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, epsilon: float
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    plan = _plans.find(layout_key("fused_add_rms_norm", x, residual, weight, epsilon))
+    if plan is None:
+        return None
+    return lambda x, residual, weight, epsilon: _replay(plan, x, residual, weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> torch.Tensor:

@@ -23,17 +23,20 @@ over many programs (decode-time logprobs) while keeping the same bits at any bat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from ir_dispatch.layout import layout_key
+
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import launch_kernel
-from ._plans import PlanTable, layout_key
+from .._launch_cache import PreparedLaunch, launch_kernel
+from ._plans import PlanTable
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
@@ -144,11 +147,46 @@ class _RowPlan:
     dim: int
     zero_dim: bool
 
+    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        prepared = PreparedLaunch(_softmax_row_kernel, self.grid, self.ints, self.options)
+        object.__setattr__(self, "launch", prepared)
+
 
 # One-pass launches by (op, input layout, dim, dtype), kept when the kernel read the input in
 # place: at decode sizes (attention rows of a few hundred keys) the argument handling costs
 # more host time than the kernel. Bounded.
 _plans: PlanTable[_RowPlan] = PlanTable(1024)
+
+
+def _replay(plan: _RowPlan, x: torch.Tensor) -> torch.Tensor:
+    """``plan``'s launch on ``x`` (the layout it was made for)."""
+    out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
+    plan.launch(x, out)
+    result = out.movedim(-1, plan.dim)
+    return result.squeeze(0) if plan.zero_dim else result
+
+
+def _prepared(op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> Any:
+    plan = _plans.find(layout_key(op, x, dim, dtype))
+    if plan is None:
+        return None
+    return lambda x, dim, dtype=None: _replay(plan, x)
+
+
+def prepare_softmax(
+    x: torch.Tensor, dim: int, dtype: torch.dtype | None = None
+) -> Callable[..., torch.Tensor] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return _prepared("softmax", x, dim, dtype)  # type: ignore[no-any-return]
+
+
+def prepare_log_softmax(
+    x: torch.Tensor, dim: int, dtype: torch.dtype | None = None
+) -> Callable[..., torch.Tensor] | None:
+    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
+    return _prepared("log_softmax", x, dim, dtype)  # type: ignore[no-any-return]
 
 
 def _softmax_impl(
@@ -157,10 +195,7 @@ def _softmax_impl(
     key = layout_key(op, x, dim, dtype)
     plan = _plans.find(key)
     if plan is not None:
-        out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
-        launch_kernel(_softmax_row_kernel, plan.grid, x, out, *plan.ints, **plan.options)
-        result = out.movedim(-1, plan.dim)
-        return result.squeeze(0) if plan.zero_dim else result
+        return _replay(plan, x)
     check_tensor(op, "x", x)
     check_float(op, "x", x)
     out_dtype = check_out_dtype(op, dtype) or x.dtype

@@ -1,0 +1,38 @@
+"""One hashable summary of a call's arguments: what selection and launch plans may depend on.
+
+Selection (``supports_args``) and the providers' launch plans look at shapes, strides, dtypes,
+devices and scalar values, never at tensor contents or addresses. Two calls with equal keys
+therefore get the same implementation and the same launch, which lets both be remembered
+(host time per op is what eager models and the trainer pay at decode sizes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+LayoutKey = tuple[Any, ...]
+
+
+def layout_key(tag: Any, *args: Any) -> LayoutKey | None:
+    """``(tag, ...)`` with each argument summarized, or ``None`` for an argument not modelled.
+
+    Tensors contribute shape, strides, dtype and device; ``None`` and dtypes themselves;
+    bools, ints and floats their type with their value (``True`` and ``1`` differ); lists and
+    tuples of ints their values. Anything else (strings, nested lists, objects) gives ``None``:
+    such calls are never remembered.
+    """
+    key: list[Any] = [tag]
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            key += (arg.shape, arg.stride(), arg.dtype, arg.device)
+        elif arg is None or isinstance(arg, torch.dtype):
+            key.append(arg)
+        elif type(arg) in (bool, int, float):
+            key.append((type(arg), arg))
+        elif type(arg) in (list, tuple) and all(type(a) is int for a in arg):
+            key.append((list, tuple(arg)))
+        else:
+            return None
+    return tuple(key)

@@ -1,0 +1,132 @@
+"""Selection remembered per argument layout: only where every check tried is layout-only, and
+forgotten whenever the registry changes; ``prepare`` supplies what serves later calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import ir_dispatch as ird
+from ir_dispatch import IrOp
+
+
+class _Counting:
+    """A support check that counts its calls and accepts fp32 only."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> bool | str:
+        self.calls += 1
+        return x.dtype == torch.float32 or "fp32 only"
+
+
+def _invariant_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.double().sum(dim=-1).to(x.dtype)
+
+
+def test_layout_only_choice_is_remembered_per_layout_and_mode(row_sum_op: IrOp) -> None:
+    check = _Counting()
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
+    )(_invariant_sum)
+    x = torch.randn(3, 5)
+    with ird.batch_invariant():
+        for _ in range(3):
+            torch.testing.assert_close(row_sum_op.call_selected(x), x.sum(-1))
+        row_sum_op.call_selected(torch.randn(3, 5))  # new data, same layout
+        assert check.calls == 1
+        row_sum_op.call_selected(torch.randn(4, 5))  # another shape
+        row_sum_op.call_selected(x.t().contiguous().t())  # other strides
+        assert check.calls == 3
+    row_sum_op.call_selected(x)  # default mode is another key
+    assert check.calls == 4
+    assert row_sum_op.remembered_layouts() == 4
+
+
+def test_the_remembered_choice_gives_the_same_rejections(row_sum_op: IrOp) -> None:
+    """A layout the check declined keeps being declined: bad input never slips through."""
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, supports_args=_Counting(), layout_only=True
+    )(_invariant_sum)
+    x64 = torch.randn(3, 5, dtype=torch.float64)
+    with ird.batch_invariant():
+        for _ in range(2):
+            with pytest.raises(ird.NoBatchInvariantImplError, match="fp32 only"):
+                row_sum_op.call_selected(x64)
+
+
+def test_checks_not_declared_layout_only_are_asked_every_call(row_sum_op: IrOp) -> None:
+    check = _Counting()
+    row_sum_op.register_impl("stateful", batch_invariant=True, priority=30, supports_args=check)(
+        _invariant_sum
+    )
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, supports_args=_Counting(), layout_only=True
+    )(_invariant_sum)
+    x = torch.randn(2, 4)
+    with ird.batch_invariant():
+        for _ in range(3):
+            row_sum_op.call_selected(x)
+    assert check.calls == 3 and row_sum_op.remembered_layouts() == 0
+
+
+def test_a_registration_forgets_every_layout(row_sum_op: IrOp) -> None:
+    row_sum_op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True)(
+        _invariant_sum
+    )
+    x = torch.randn(2, 4)
+    with ird.batch_invariant():
+        row_sum_op.call_selected(x)
+        assert row_sum_op.remembered_layouts() == 1
+        calls: list[torch.Tensor] = []
+        row_sum_op.register_impl("newer", batch_invariant=True, priority=50)(
+            lambda t: calls.append(t) or _invariant_sum(t)
+        )
+        assert row_sum_op.remembered_layouts() == 0
+        row_sum_op.call_selected(x)
+        assert len(calls) == 1  # the new provider serves at once
+
+
+def test_prepare_serves_later_calls_and_recording_still_counts(row_sum_op: IrOp) -> None:
+    prepared_for: list[torch.Size] = []
+
+    def prepare(x: torch.Tensor) -> Callable[..., Any]:
+        prepared_for.append(x.shape)
+        return lambda t: _invariant_sum(t) + 0  # a plan: same result, other path
+
+    fn_calls: list[int] = []
+    row_sum_op.register_impl(
+        "planned", batch_invariant=True, priority=20, layout_only=True, prepare=prepare
+    )(lambda t: fn_calls.append(1) or _invariant_sum(t))
+    x = torch.randn(3, 6)
+    with ird.batch_invariant(), ird.recording() as rec:
+        first = row_sum_op.call_selected(x)
+        again = row_sum_op.call_selected(x.clone())
+    assert torch.equal(first, again)
+    assert prepared_for == [x.shape] and len(fn_calls) == 1
+    assert rec.counts[(row_sum_op.name, "planned")] == 2
+
+
+def test_unmodelled_arguments_and_keywords_are_never_remembered(row_sum_op: IrOp) -> None:
+    row_sum_op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True)(
+        lambda x, tag="a": _invariant_sum(x)
+    )
+    with ird.batch_invariant():
+        row_sum_op.call_selected(torch.ones(2, 2), "text")
+        row_sum_op.call_selected(torch.ones(2, 2), tag="b")
+    assert row_sum_op.remembered_layouts() == 0
+
+
+def test_layout_key_models_layout_and_scalars() -> None:
+    x = torch.randn(4, 6)
+    key = ird.layout_key("op", x, None, 3, 2.0, True, [1, 2], torch.float16)
+    assert key == ird.layout_key("op", torch.randn(4, 6), None, 3, 2.0, True, [1, 2], torch.float16)
+    assert key != ird.layout_key("op", x.t(), None, 3, 2.0, True, [1, 2], torch.float16)
+    assert ird.layout_key("op", 1) != ird.layout_key("op", True)
+    assert ird.layout_key("op", 1) != ird.layout_key("op", 1.0)
+    assert ird.layout_key("op", "text") is None
+    assert ird.layout_key("op", [[1]]) is None
