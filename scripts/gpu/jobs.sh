@@ -520,3 +520,18 @@ job_fastlane() {
     -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/ir_dispatch_fast_lane_cuda.junit.xml"
   python3 benchmarks/profile_model.py --shape 0.6b --out "$JOB_DIR"
 }
+
+# #4: the fast lane with in-place out= GEMMs: its CUDA tests, then the model level at both
+# widths (0.6B two rounds, 8B one), eager and compile. Each step has its own time limit.
+job_fastlane2() {
+  timeout 100 python3 -m pytest packages/bi-triton-ascend/tests/test_prepared.py \
+    packages/bi-triton-ascend/tests/test_launch_cache.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_fast_lane_out_cuda.junit.xml"
+  timeout 40 python3 -m pytest packages/ir-dispatch/tests/test_remembered.py \
+    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_fast_lane_out_cuda.junit.xml"
+  timeout 230 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_fast_lane_out.json"
+  timeout 200 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
+    --out "$JOB_DIR/model_decoder_8b_fast_lane_out.json"
+}

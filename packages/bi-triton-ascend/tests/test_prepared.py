@@ -65,7 +65,7 @@ def test_remembered_plan_gives_the_ops_own_bits(
             args = make_args()
             assert _same(op.call_selected(*args), own(*args))
         assert op.remembered_layouts() >= 1
-        impl, run = next(iter(op._remembered.values()))
+        impl, run, _ = next(iter(op._remembered.values()))
         assert impl.provider == "triton" and run is not impl.fn  # the prepared plan serves
 
 
@@ -87,3 +87,35 @@ def test_remembered_linear_follows_the_chain_switch(
             gemm_config.set_n_independent_chain(False)
         assert torch.equal(ir_ops.linear.call_selected(x, w), default_chain)
     assert not torch.equal(k_only, default_chain)  # the switch changes these bits
+
+
+def test_out_overloads_write_in_place_with_the_ops_bits(
+    device: torch.device, prefer_triton: None
+) -> None:
+    """``torch.mm(a, b, out=buf)`` (what Inductor's extern GEMMs call) writes the remembered
+    plan's result into ``buf`` itself, with ``mm``'s bits; an ``out`` that overlaps an input,
+    has another dtype or is strided still gets the right values (through a copy)."""
+    a, w = rand(5, 200, dtype=bf16, device=device), rand(200, 48, dtype=bf16, device=device)
+    bias = rand(48, dtype=bf16, device=device)
+    want_mm, want_addmm = bta.mm(a, w), bta.addmm(bias, a, w)
+    with ird.aten_overrides(), ird.batch_invariant():
+        for _ in range(3):  # the first call selects and remembers; later ones write in place
+            buf = torch.empty(5, 48, dtype=bf16, device=device)
+            pointer = buf.data_ptr()
+            assert torch.mm(a, w, out=buf) is buf and buf.data_ptr() == pointer
+            assert torch.equal(buf, want_mm)
+            buf2 = torch.empty(5, 48, dtype=bf16, device=device)
+            torch.addmm(bias, a, w, out=buf2)
+            assert torch.equal(buf2, want_addmm)
+        square = rand(48, 48, dtype=bf16, device=device)
+        want_square = bta.mm(square, square)
+        for _ in range(2):
+            alias = square.clone()
+            torch.mm(alias, alias, out=alias)  # overlaps both inputs
+            assert torch.equal(alias, want_square)
+        strided = torch.empty(48, 5, dtype=bf16, device=device).t()
+        torch.mm(a, w, out=strided)
+        assert torch.equal(strided, want_mm)
+        wide = torch.empty(5, 48, dtype=torch.float32, device=device)
+        torch.mm(a, w, out=wide)
+        assert torch.equal(wide, want_mm.float())

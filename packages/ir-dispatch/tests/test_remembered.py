@@ -130,3 +130,71 @@ def test_layout_key_models_layout_and_scalars() -> None:
     assert ird.layout_key("op", 1) != ird.layout_key("op", 1.0)
     assert ird.layout_key("op", "text") is None
     assert ird.layout_key("op", [[1]]) is None
+
+
+def test_a_check_for_another_platform_does_not_block_remembering(row_sum_op: IrOp) -> None:
+    """A provider for other devices (ir-dispatch's ``cpu`` beside ``triton`` on CUDA) is
+    rejected by the devices, which the layout holds: it never stops remembering."""
+    elsewhere = _Counting()
+    row_sum_op.register_impl(
+        "npu_only",
+        batch_invariant=True,
+        priority=30,
+        platforms=[ird.PlatformKind.NPU],
+        supports_args=elsewhere,
+    )(_invariant_sum)
+    check = _Counting()
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
+    )(_invariant_sum)
+    x = torch.randn(2, 4)
+    with ird.batch_invariant():
+        for _ in range(3):
+            row_sum_op.call_selected(x)
+    assert elsewhere.calls == 0 and check.calls == 1
+
+
+class _WritesOut:
+    """A prepared function that can write into ``out`` (like bi-triton-ascend's GEMM plans)."""
+
+    writes_out = True
+
+    def __init__(self) -> None:
+        self.in_place = 0
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        result = _invariant_sum(x)
+        if out is not None and out.shape == result.shape and out.dtype == result.dtype:
+            self.in_place += 1
+            return out.copy_(result)
+        return result
+
+
+def test_call_into_writes_in_place_when_the_prepared_function_can(row_sum_op: IrOp) -> None:
+    prepared = _WritesOut()
+    row_sum_op.register_impl(
+        "planned", batch_invariant=True, priority=20, layout_only=True,
+        prepare=lambda x: prepared,
+    )(_invariant_sum)  # fmt: skip
+    x = torch.randn(3, 6)
+    with ird.batch_invariant():
+        first = torch.empty(3)
+        assert row_sum_op.call_into(first, x) is first  # selected, then copied
+        again = torch.empty(3)
+        assert row_sum_op.call_into(again, x) is again
+        assert prepared.in_place == 1 and torch.equal(first, again)
+        resized = torch.empty(0, dtype=torch.float64)  # wrong shape and dtype: resized, cast
+        row_sum_op.call_into(resized, x)
+        assert resized.shape == (3,) and torch.equal(resized, first.double())
+
+
+def test_call_into_copies_for_functions_without_writes_out(row_sum_op: IrOp) -> None:
+    row_sum_op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True)(
+        _invariant_sum
+    )
+    x = torch.randn(2, 5)
+    with ird.batch_invariant():
+        outs = [torch.empty(2) for _ in range(2)]
+        for out in outs:
+            assert row_sum_op.call_into(out, x) is out
+    assert torch.equal(outs[0], _invariant_sum(x)) and torch.equal(outs[1], outs[0])

@@ -184,9 +184,17 @@ def _runtime_knobs() -> Any:
 
 @functools.cache
 def _driver_calls() -> tuple[Any, Any]:
+    """Triton's current-device and current-stream functions (what ``JITFunction.run`` asks).
+
+    The device one is ``torch.cuda.current_device``, whose Python wrapper only makes sure CUDA
+    is initialized: it is, once a CUDA tensor exists, so torch's C function is asked directly.
+    """
     from triton.runtime import driver
 
-    return driver.active.get_current_device, driver.active.get_current_stream
+    get_device = driver.active.get_current_device
+    if get_device is torch.cuda.current_device:
+        get_device = getattr(torch._C, "_cuda_getDevice", get_device)
+    return get_device, driver.active.get_current_stream
 
 
 def launch_kernel(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:

@@ -37,22 +37,24 @@ def _into(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     return out.copy_(result)
 
 
+# The GEMM ``out=`` overloads (Inductor's extern kernels call them) write in place when the
+# provider's remembered launch plan can: no copy kernel per GEMM. The rest copy via ``_into``.
 # aten overload -> function of the aten arguments that calls the registry op.
 _HANDLERS: dict[str, Handler] = {
     "mm": lambda a, b: ops.mm.call_selected(a, b),
-    "mm.out": lambda a, b, *, out: _into(out, ops.mm.call_selected(a, b)),
+    "mm.out": lambda a, b, *, out: ops.mm.call_into(out, a, b),
     "addmm": lambda bias, a, b, *, beta=1, alpha=1: ops.addmm.call_selected(
         bias, a, b, float(beta), float(alpha)
     ),
-    "addmm.out": lambda bias, a, b, *, beta=1, alpha=1, out: _into(
-        out, ops.addmm.call_selected(bias, a, b, float(beta), float(alpha))
+    "addmm.out": lambda bias, a, b, *, beta=1, alpha=1, out: ops.addmm.call_into(
+        out, bias, a, b, float(beta), float(alpha)
     ),
     "bmm": lambda a, b: ops.bmm.call_selected(a, b),
-    "bmm.out": lambda a, b, *, out: _into(out, ops.bmm.call_selected(a, b)),
+    "bmm.out": lambda a, b, *, out: ops.bmm.call_into(out, a, b),
     "matmul": lambda a, b: ops.matmul.call_selected(a, b),
-    "matmul.out": lambda a, b, *, out: _into(out, ops.matmul.call_selected(a, b)),
+    "matmul.out": lambda a, b, *, out: ops.matmul.call_into(out, a, b),
     "linear": lambda x, w, bias=None: ops.linear.call_selected(x, w, bias),
-    "linear.out": lambda x, w, bias=None, *, out: _into(out, ops.linear.call_selected(x, w, bias)),
+    "linear.out": lambda x, w, bias=None, *, out: ops.linear.call_into(out, x, w, bias),
     "_log_softmax": lambda x, dim, half_to_float: ops.log_softmax.call_selected(
         x, dim, _dtype_for(half_to_float)
     ),

@@ -187,8 +187,8 @@ class IrOp:
         self._impls: dict[str, Impl] = {}
         self._sorted: list[Impl] = []
         self._explicit_order: list[str] | None = None
-        self._remembered: dict[LayoutKey, tuple[Impl, Callable[..., Any]]] = {}
-        self._rememberable: frozenset[str] = frozenset()
+        self._remembered: dict[LayoutKey, tuple[Impl, Callable[..., Any], bool]] = {}
+        self._rememberable: dict[PlatformKind, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._add(
             Impl(
@@ -365,13 +365,13 @@ class IrOp:
             key = layout_key(is_batch_invariant(), *args)
             remembered = self._remembered.get(key) if key is not None else None
             if remembered is not None:
-                impl, run = remembered
+                impl, run, _ = remembered
                 if _recorders or logger.isEnabledFor(logging.DEBUG):
                     self._note(impl, args)
                 return run(*args)
         impl = self.select(*args, **kwargs)
         result = self.call_impl(impl, *args, **kwargs)
-        if key is not None and impl.provider in self._rememberable:
+        if key is not None and impl.provider in self._rememberable[platform_of(*args)]:
             self._remember(key, impl, args)
         return result
 
@@ -380,7 +380,29 @@ class IrOp:
         run = impl.prepare(*args) if impl.prepare is not None else None
         remembered = self._remembered  # a registration since may have replaced it: harmless
         if len(remembered) < REMEMBERED_LAYOUTS:
-            remembered[key] = (impl, run or impl.fn)
+            remembered[key] = (impl, run or impl.fn, bool(getattr(run, "writes_out", False)))
+
+    def call_into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
+        """:meth:`call_selected` with the result in ``out`` (aten's ``out=`` overloads).
+
+        Written in place when the remembered function can (its ``prepare`` result has
+        ``writes_out``: called with ``out=``, it returns ``out`` when it wrote there), else
+        copied, ``out`` resized first if its shape differs (as aten does).
+        """
+        key = layout_key(is_batch_invariant(), *args)
+        remembered = self._remembered.get(key) if key is not None else None
+        if remembered is not None and remembered[2]:
+            impl, run, _ = remembered
+            if _recorders or logger.isEnabledFor(logging.DEBUG):
+                self._note(impl, args)
+            result = run(*args, out=out)
+        else:
+            result = self.call_selected(*args)
+        if result is out:
+            return out
+        if out.shape != result.shape:
+            out.resize_(result.shape)
+        return out.copy_(result)
 
     def remembered_layouts(self) -> int:
         """How many argument layouts have their implementation remembered (tests, ``info``)."""
@@ -450,18 +472,24 @@ class IrOp:
         return f"IrOp({self.name!r}, has_reduction={self.has_reduction}, impls=[{providers}])"
 
 
-def _rememberable(order: list[Impl]) -> frozenset[str]:
-    """Providers whose selection depends on the argument layout only.
+def _rememberable(order: list[Impl]) -> dict[PlatformKind, frozenset[str]]:
+    """Per platform, the providers whose selection there depends on the argument layout only.
 
     Those are the ones where every implementation tried before them (and they themselves)
-    declared ``layout_only`` or has no ``supports_args``.
+    runs elsewhere (the devices are in the layout), declared ``layout_only`` or has no
+    ``supports_args``.
     """
-    providers = set()
-    for impl in order:
-        if not (impl.layout_only or impl.supports_args is None):
-            break
-        providers.add(impl.provider)
-    return frozenset(providers)
+    table = {}
+    for platform in PlatformKind:
+        providers = set()
+        for impl in order:
+            if platform not in impl.platforms:
+                continue
+            if not (impl.layout_only or impl.supports_args is None):
+                break
+            providers.add(impl.provider)
+        table[platform] = frozenset(providers)
+    return table
 
 
 def _normalize_outputs(result: Any, args: tuple) -> Any:

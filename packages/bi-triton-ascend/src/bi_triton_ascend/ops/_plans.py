@@ -67,28 +67,58 @@ def replay(
     return execute(launch, a, b, bias).view(shape)
 
 
+class PreparedGemm:
+    """A stored GEMM plan, as ir-dispatch's ``prepare`` hook hands it out.
+
+    Called with the op's own arguments, optionally writing into ``out`` (aten's ``mm.out``,
+    which Inductor's extern GEMMs call). ``operands`` picks ``(a, b, bias)`` from the op's
+    arguments. If the chain switch or forced tiles changed since the plan was made, the call
+    goes through ``full``, the op itself.
+    """
+
+    writes_out = True  # ir-dispatch passes ``out=`` (else it copies the result into it)
+
+    def __init__(
+        self,
+        plan: tuple[GemmLaunch, torch.Size],
+        full: Callable[..., Any],
+        operands: Callable[..., Operands],
+    ) -> None:
+        self.launch, self.shape = plan
+        self.full, self.operands = full, operands
+        self.made_in = gemm_config.generation()
+
+    def __call__(self, *args: Any, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The product as a new tensor, or written into ``out`` (and ``out`` returned).
+
+        ``out`` is used when it has the result's shape and dtype, is contiguous and shares
+        storage with no input.
+        """
+        if gemm_config.generation() != self.made_in:
+            return self.full(*args)  # type: ignore[no-any-return]
+        a, b, bias = self.operands(*args)
+        if out is not None and self._fits(out, a, b, bias):
+            execute(self.launch, a, b, bias, out)
+            return out
+        return execute(self.launch, a, b, bias).view(self.shape)
+
+    def _fits(
+        self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None
+    ) -> bool:
+        if out.shape != self.shape or out.dtype != self.launch.out_dtype:
+            return False
+        if out.device != a.device or not out.is_contiguous():
+            return False
+        storage = out.untyped_storage().data_ptr()
+        return all(t is None or t.untyped_storage().data_ptr() != storage for t in (a, b, bias))
+
+
 def prepared(
     op: str, full: Callable[..., Any], operands: Callable[..., Operands], *args: Any
-) -> Callable[..., Any] | None:
-    """What serves later calls of ``op`` with ``args``' layout: the stored plan, or ``None``.
-
-    For ir-dispatch's ``prepare`` hook, which remembers it per layout and calls it with the op's
-    own arguments; ``operands`` picks ``(a, b, bias)`` from them. If the chain switch or forced
-    tiles changed since, the call goes through ``full``, the op itself.
-    """
+) -> PreparedGemm | None:
+    """ir-dispatch's ``prepare`` hook for ``op``: the plan stored for ``args``' layout, if any."""
     plan = _plans.find(plan_key(op, *args))
-    if plan is None:
-        return None
-    launch, shape = plan
-    made_in = gemm_config.generation()
-
-    def run(*call_args: Any) -> torch.Tensor:
-        if gemm_config.generation() != made_in:
-            return full(*call_args)  # type: ignore[no-any-return]
-        a, b, bias = operands(*call_args)
-        return execute(launch, a, b, bias).view(shape)
-
-    return run
+    return None if plan is None else PreparedGemm(plan, full, operands)
 
 
 def remember(

@@ -36,6 +36,7 @@ def _composite(op: IrOp, note: str) -> Callable[[Fn], Fn]:
         supports_args=_only_in_batch_invariant_mode,
         priority=5,
         note=note,
+        layout_only=True,  # the mode only
     )
 
 

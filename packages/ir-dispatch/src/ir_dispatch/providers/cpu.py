@@ -125,9 +125,10 @@ def register() -> None:
             PROVIDER,
             batch_invariant=True,
             platforms=[PlatformKind.CPU],
-            supports_args=accepts,
+            supports_args=accepts,  # mode and dtypes: a function of the layout
             priority=PRIORITY,
             note=note,
+            layout_only=True,
         )(fn)
 
 
