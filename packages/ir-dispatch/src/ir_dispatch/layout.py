@@ -25,13 +25,14 @@ def layout_key(tag: Any, *args: Any) -> LayoutKey | None:
     """
     key: list[Any] = [tag]
     for arg in args:
-        if isinstance(arg, torch.Tensor):
+        kind = type(arg)
+        if kind is torch.Tensor or isinstance(arg, torch.Tensor):
             key += (arg.shape, arg.stride(), arg.dtype, arg.device)
-        elif arg is None or isinstance(arg, torch.dtype):
+        elif arg is None or kind is torch.dtype:
             key.append(arg)
-        elif type(arg) in (bool, int, float):
-            key.append((type(arg), arg))
-        elif type(arg) in (list, tuple) and all(type(a) is int for a in arg):
+        elif kind is int or kind is float or kind is bool:
+            key.append((kind, arg))
+        elif (kind is list or kind is tuple) and all(type(a) is int for a in arg):
             key.append((list, tuple(arg)))
         else:
             return None

@@ -97,10 +97,10 @@ class PreparedGemm:
         if gemm_config.generation() != self.made_in:
             return self.full(*args)  # type: ignore[no-any-return]
         a, b, bias = self.operands(*args)
-        if out is not None and self._fits(out, a, b, bias):
-            execute(self.launch, a, b, bias, out)
-            return out
-        return execute(self.launch, a, b, bias).view(self.shape)
+        if out is None or not self._fits(out, a, b, bias):
+            # The result's own shape: contiguous like the kernel's [Bt, M, N], no view needed.
+            out = torch.empty(self.shape, dtype=self.launch.out_dtype, device=a.device)
+        return execute(self.launch, a, b, bias, out)
 
     def _fits(
         self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None

@@ -169,9 +169,9 @@ class _MeanPlan:
 
 def _replay(plan: _MeanPlan, x: torch.Tensor) -> torch.Tensor:
     """``plan``'s launch on ``x`` (the layout it was made for)."""
-    out = torch.empty(plan.rows, dtype=plan.out_dtype, device=x.device)
+    out = torch.empty(plan.shape, dtype=plan.out_dtype, device=x.device)  # rows, contiguous
     plan.launch(x, out)
-    return out.view(plan.shape)
+    return out
 
 
 def prepare_mean(

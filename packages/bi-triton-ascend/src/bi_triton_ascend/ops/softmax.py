@@ -164,8 +164,9 @@ def _replay(plan: _RowPlan, x: torch.Tensor) -> torch.Tensor:
     """``plan``'s launch on ``x`` (the layout it was made for)."""
     out = torch.empty(plan.alloc_shape, dtype=plan.out_dtype, device=x.device)
     plan.launch(x, out)
-    result = out.movedim(-1, plan.dim)
-    return result.squeeze(0) if plan.zero_dim else result
+    if plan.zero_dim:
+        return out.squeeze(0)
+    return out if plan.dim == len(plan.alloc_shape) - 1 else out.movedim(-1, plan.dim)
 
 
 def _prepared(op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> Any:
