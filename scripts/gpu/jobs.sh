@@ -535,3 +535,12 @@ job_fastlane2() {
   timeout 200 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
     --out "$JOB_DIR/model_decoder_8b_fast_lane_out.json"
 }
+
+# #4: the final fast-lane tree: its CUDA tests, then the 0.6B model level (two rounds).
+job_fastlane3() {
+  timeout 100 python3 -m pytest packages/bi-triton-ascend/tests/test_prepared.py \
+    packages/bi-triton-ascend/tests/test_launch_cache.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_fast_lane_final_cuda.junit.xml"
+  timeout 200 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_fast_lane_final.json"
+}
