@@ -62,7 +62,14 @@ class _Counter:
 
 @contextlib.contextmanager
 def launch_counts() -> Iterator[dict[str, int]]:
-    """Launch-table and plan hits and misses inside the block (CUDA only; empty elsewhere)."""
+    """How the launches inside the block went (CUDA only; empty elsewhere).
+
+    ``direct_launch``: kernels launched through a compiled launcher without Triton's binding;
+    ``table_hit``/``table_miss``: lookups of :func:`launch_kernel`'s table; ``prepared_miss``:
+    prepared launches (the plans') that went through Triton; ``plan_hit_N``/``plan_miss_N``:
+    lookups of the ops' own plan tables (bound ``N``), which calls remembered by ir-dispatch
+    skip.
+    """
     from bi_triton_ascend import _launch_cache
     from bi_triton_ascend.ops import _plans
 
@@ -72,6 +79,7 @@ def launch_counts() -> Iterator[dict[str, int]]:
         _launch_cache._first_launch,
         _plans.PlanTable.find,
     )
+    entry_call, prepared_first = _launch_cache._Entry.__call__, _launch_cache.PreparedLaunch._first
 
     class CountingEntries(dict):  # type: ignore[type-arg]
         def get(self, key: Any, default: Any = None) -> Any:
@@ -79,18 +87,28 @@ def launch_counts() -> Iterator[dict[str, int]]:
             counter.bump("table_hit" if hit is not None else "table_miss")
             return hit
 
-    def counting_first_launch(*args: Any) -> None:
+    def counting_first_launch(*args: Any) -> Any:
         counter.bump("first_launch")
-        first_launch(*args)
+        return first_launch(*args)
 
     def counting_find(self: Any, key: Any) -> Any:
         plan = find(self, key)
         counter.bump(("plan_hit" if plan is not None else "plan_miss") + f"_{self.limit}")
         return plan
 
+    def counting_entry_call(self: Any, *args: Any) -> None:
+        counter.bump("direct_launch")
+        entry_call(self, *args)
+
+    def counting_prepared_first(self: Any, *args: Any) -> Any:
+        counter.bump("prepared_miss")
+        return prepared_first(self, *args)
+
     _launch_cache._entries = CountingEntries(entries)
     _launch_cache._first_launch = counting_first_launch
     _plans.PlanTable.find = counting_find  # type: ignore[method-assign]
+    _launch_cache._Entry.__call__ = counting_entry_call  # type: ignore[method-assign]
+    _launch_cache.PreparedLaunch._first = counting_prepared_first  # type: ignore[method-assign]
     try:
         yield counter.counts
     finally:
@@ -98,6 +116,8 @@ def launch_counts() -> Iterator[dict[str, int]]:
         _launch_cache._entries = entries
         _launch_cache._first_launch = first_launch
         _plans.PlanTable.find = find  # type: ignore[method-assign]
+        _launch_cache._Entry.__call__ = entry_call  # type: ignore[method-assign]
+        _launch_cache.PreparedLaunch._first = prepared_first  # type: ignore[method-assign]
 
 
 def host_diagnostics(run: Any, setup: Any) -> dict[str, Any]:
