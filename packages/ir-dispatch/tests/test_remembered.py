@@ -198,3 +198,35 @@ def test_call_into_copies_for_functions_without_writes_out(row_sum_op: IrOp) -> 
         for out in outs:
             assert row_sum_op.call_into(out, x) is out
     assert torch.equal(outs[0], _invariant_sum(x)) and torch.equal(outs[1], outs[0])
+
+
+def test_remembering_can_be_switched_off(row_sum_op: IrOp) -> None:
+    check = _Counting()
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
+    )(_invariant_sum)
+    x = torch.randn(2, 4)
+    with ird.batch_invariant():
+        row_sum_op.call_selected(x)
+        assert row_sum_op.remembered_layouts() == 1
+        ird.set_remembering(False)
+        try:
+            assert not ird.remembering() and row_sum_op.remembered_layouts() == 0
+            for _ in range(2):
+                row_sum_op.call_selected(x)
+                row_sum_op.call_into(torch.empty(2), x)
+            assert check.calls == 5 and row_sum_op.remembered_layouts() == 0
+        finally:
+            ird.set_remembering(True)
+        row_sum_op.call_selected(x)
+        row_sum_op.call_selected(x)
+        assert check.calls == 6
+    with pytest.raises(TypeError, match="on must be a bool"):
+        ird.set_remembering(1)  # type: ignore[arg-type]
+
+
+def test_env_name_matches_the_plugin_info() -> None:
+    """``vllm-bi info`` names this switch without importing the registry: keep them equal."""
+    from ir_dispatch import registry
+
+    assert registry.REMEMBER_ENV == "IR_DISPATCH_REMEMBER"

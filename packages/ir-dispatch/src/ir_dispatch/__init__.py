@@ -33,6 +33,8 @@ from .registry import (
     list_ops,
     recording,
     register_op,
+    remembering,
+    set_remembering,
 )
 
 __version__ = "0.1.0"
@@ -62,7 +64,9 @@ __all__ = [
     "recording",
     "register_op",
     "reload_from_env",
+    "remembering",
     "reset_platform_cache",
     "set_batch_invariant",
+    "set_remembering",
     "uninstall_aten_overrides",
 ]

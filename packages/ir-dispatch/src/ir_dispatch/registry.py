@@ -12,6 +12,7 @@ batch-variant kernel.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,6 +37,28 @@ DEFAULT_PRIORITY = 10
 NATIVE_PRIORITY = 0
 REMEMBERED_LAYOUTS = 4096
 """Bound of the layouts whose implementation each op remembers (models use a few dozen)."""
+REMEMBER_ENV = "IR_DISPATCH_REMEMBER"
+"""``0`` turns remembered selection off (read at import; :func:`set_remembering` at run time)."""
+_remembering = [os.environ.get(REMEMBER_ENV, "1").strip().lower() not in ("0", "false")]
+
+
+def set_remembering(on: bool) -> None:
+    """Turn remembered selection on or off (off: every call selects, as :meth:`IrOp.select`).
+
+    Either way every op forgets what it remembered. For debugging a provider whose
+    ``layout_only`` promise is in doubt, and for comparing host costs.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"set_remembering: on must be a bool, got {type(on).__name__}")
+    _remembering[0] = on
+    for op in _OPS.values():
+        op._remembered = {}
+
+
+def remembering() -> bool:
+    """Whether ops remember their selection per argument layout in this process."""
+    return _remembering[0]
+
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 SupportCheck = Callable[..., "bool | str"]
@@ -361,7 +384,7 @@ class IrOp:
         implementation's ``prepare`` returned (its launch plan) or its ``fn``.
         """
         key = None
-        if not kwargs:
+        if not kwargs and _remembering[0]:
             key = layout_key(is_batch_invariant(), *args)
             remembered = self._remembered.get(key) if key is not None else None
             if remembered is not None:
@@ -389,7 +412,7 @@ class IrOp:
         ``writes_out``: called with ``out=``, it returns ``out`` when it wrote there), else
         copied, ``out`` resized first if its shape differs (as aten does).
         """
-        key = layout_key(is_batch_invariant(), *args)
+        key = layout_key(is_batch_invariant(), *args) if _remembering[0] else None
         remembered = self._remembered.get(key) if key is not None else None
         if remembered is not None and remembered[2]:
             impl, run, _ = remembered

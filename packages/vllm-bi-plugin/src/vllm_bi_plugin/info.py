@@ -101,6 +101,8 @@ def dry_run() -> dict[str, Any]:
 # bi-triton-ascend's switch of its launch table (``_launch_cache``); named here, not imported,
 # since the plugin runs without that package on other platforms.
 LAUNCH_TABLE_ENV = "BI_TRITON_LAUNCH_CACHE"
+# ir-dispatch's switch of remembered selection (``registry.REMEMBER_ENV``).
+REMEMBER_ENV = "IR_DISPATCH_REMEMBER"
 
 
 def gather(run_dry: bool = True) -> dict[str, Any]:
@@ -122,6 +124,7 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
             _qk_fusion.ENV: os.environ.get(_qk_fusion.ENV),
             TP_INVARIANT_ENV: os.environ.get(TP_INVARIANT_ENV),
             LAUNCH_TABLE_ENV: os.environ.get(LAUNCH_TABLE_ENV),
+            REMEMBER_ENV: os.environ.get(REMEMBER_ENV),
         },
         "provider_packages": [
             {"module": r.package.module, "ok": r.ok, "message": r.message} for r in results
@@ -165,6 +168,12 @@ def format_info(info: dict[str, Any]) -> str:
         f"{LAUNCH_TABLE_ENV}: {table or 'unset'} "
         "(bi-triton-ascend relaunches compiled kernels without Triton's per-call binding; "
         "CUDA; on unless 0)"
+    )
+    remember = info["switch"].get(REMEMBER_ENV)
+    lines.append(
+        f"{REMEMBER_ENV}: {remember or 'unset'} "
+        "(ir-dispatch remembers each op's provider and launch plan per argument layout; "
+        "on unless 0)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
