@@ -128,6 +128,7 @@ def test_layout_key_models_layout_and_scalars() -> None:
     assert key != ird.layout_key("op", x.t(), None, 3, 2.0, True, [1, 2], torch.float16)
     assert ird.layout_key("op", 1) != ird.layout_key("op", True)
     assert ird.layout_key("op", 1) != ird.layout_key("op", 1.0)
+    assert ird.layout_key("op", torch.nn.Parameter(x)) != ird.layout_key("op", x)
     assert ird.layout_key("op", "text") is None
     assert ird.layout_key("op", [[1]]) is None
 

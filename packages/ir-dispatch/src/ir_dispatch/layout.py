@@ -18,16 +18,18 @@ LayoutKey = tuple[Any, ...]
 def layout_key(tag: Any, *args: Any) -> LayoutKey | None:
     """``(tag, ...)`` with each argument summarized, or ``None`` for an argument not modelled.
 
-    Tensors contribute shape, strides, dtype and device; ``None`` and dtypes themselves;
-    bools, ints and floats their type with their value (``True`` and ``1`` differ); lists and
-    tuples of ints their values. Anything else (strings, nested lists, objects) gives ``None``:
-    such calls are never remembered.
+    Tensors contribute shape, strides, dtype and device (subclasses their type too); ``None``
+    and dtypes themselves; bools, ints and floats their type with their value (``True`` and
+    ``1`` differ); lists and tuples of ints their values. Anything else (strings, nested lists,
+    objects) gives ``None``: such calls are never remembered.
     """
     key: list[Any] = [tag]
     for arg in args:
         kind = type(arg)
-        if kind is torch.Tensor or isinstance(arg, torch.Tensor):
+        if kind is torch.Tensor:
             key += (arg.shape, arg.stride(), arg.dtype, arg.device)
+        elif isinstance(arg, torch.Tensor):  # a subclass (Parameter, ...) keys by its type too
+            key += (kind, arg.shape, arg.stride(), arg.dtype, arg.device)
         elif arg is None or kind is torch.dtype:
             key.append(arg)
         elif kind is int or kind is float or kind is bool:
