@@ -231,3 +231,25 @@ def test_env_name_matches_the_plugin_info() -> None:
     from ir_dispatch import registry
 
     assert registry.REMEMBER_ENV == "IR_DISPATCH_REMEMBER"
+
+
+def test_a_failing_prepare_hook_leaves_the_layout_to_fn(
+    row_sum_op: IrOp, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(x: torch.Tensor) -> None:
+        raise RuntimeError("no plan")
+
+    row_sum_op.register_impl(
+        "fast", batch_invariant=True, priority=20, layout_only=True, prepare=broken
+    )(_invariant_sum)
+    x = torch.randn(2, 3)
+    with ird.batch_invariant(), caplog.at_level("WARNING", logger="ir_dispatch"):
+        first = row_sum_op.call_selected(x)
+        again = row_sum_op.call_selected(x)
+    assert torch.equal(first, again)
+    remembered = row_sum_op.remembered_for(x)
+    assert remembered is None  # default mode now: another key
+    with ird.batch_invariant():
+        remembered = row_sum_op.remembered_for(x)
+    assert remembered is not None and remembered[1] is _invariant_sum
+    assert "prepare hook failed" in caplog.text

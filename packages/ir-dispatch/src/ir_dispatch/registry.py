@@ -52,7 +52,7 @@ def set_remembering(on: bool) -> None:
         raise TypeError(f"set_remembering: on must be a bool, got {type(on).__name__}")
     _remembering[0] = on
     for op in _OPS.values():
-        op._remembered = {}
+        op.forget_layouts()
 
 
 def remembering() -> bool:
@@ -210,8 +210,12 @@ class IrOp:
         self._impls: dict[str, Impl] = {}
         self._sorted: list[Impl] = []
         self._explicit_order: list[str] | None = None
-        self._remembered: dict[LayoutKey, tuple[Impl, Callable[..., Any], bool]] = {}
-        self._rememberable: dict[PlatformKind, frozenset[str]] = {}
+        # (what is remembered per layout, who may be remembered per platform): replaced as one
+        # whenever the registry changes, so a call never mixes an old choice into a new table.
+        self._memo: tuple[dict[LayoutKey, Remembered], dict[PlatformKind, frozenset[str]]] = (
+            {},
+            {},
+        )
         self._lock = threading.Lock()
         self._add(
             Impl(
@@ -321,8 +325,7 @@ class IrOp:
             rank = {p: n for n, p in enumerate(self._explicit_order)}
             order.sort(key=lambda i: rank.get(i.provider, len(rank)))
         self._sorted = order
-        self._rememberable = _rememberable(order)
-        self._remembered = {}
+        self._memo = ({}, _rememberable(order))
 
     @property
     def impls(self) -> list[Impl]:
@@ -384,26 +387,20 @@ class IrOp:
         implementation's ``prepare`` returned (its launch plan) or its ``fn``.
         """
         key = None
+        remembered, rememberable = self._memo
         if not kwargs and _remembering[0]:
             key = layout_key(is_batch_invariant(), *args)
-            remembered = self._remembered.get(key) if key is not None else None
-            if remembered is not None:
-                impl, run, _ = remembered
+            found = remembered.get(key) if key is not None else None
+            if found is not None:
+                impl, run, _ = found
                 if _recorders or logger.isEnabledFor(logging.DEBUG):
                     self._note(impl, args)
                 return run(*args)
         impl = self.select(*args, **kwargs)
         result = self.call_impl(impl, *args, **kwargs)
-        if key is not None and impl.provider in self._rememberable[platform_of(*args)]:
-            self._remember(key, impl, args)
+        if key is not None and impl.provider in rememberable[platform_of(*args)]:
+            _remember(remembered, key, impl, args)
         return result
-
-    def _remember(self, key: LayoutKey, impl: Impl, args: tuple) -> None:
-        """Keep ``impl`` (and what its ``prepare`` gives) for calls with this layout."""
-        run = impl.prepare(*args) if impl.prepare is not None else None
-        remembered = self._remembered  # a registration since may have replaced it: harmless
-        if len(remembered) < REMEMBERED_LAYOUTS:
-            remembered[key] = (impl, run or impl.fn, bool(getattr(run, "writes_out", False)))
 
     def call_into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """:meth:`call_selected` with the result in ``out`` (aten's ``out=`` overloads).
@@ -413,9 +410,9 @@ class IrOp:
         copied, ``out`` resized first if its shape differs (as aten does).
         """
         key = layout_key(is_batch_invariant(), *args) if _remembering[0] else None
-        remembered = self._remembered.get(key) if key is not None else None
-        if remembered is not None and remembered[2]:
-            impl, run, _ = remembered
+        found = self._memo[0].get(key) if key is not None else None
+        if found is not None and found[2]:
+            impl, run, _ = found
             if _recorders or logger.isEnabledFor(logging.DEBUG):
                 self._note(impl, args)
             result = run(*args, out=out)
@@ -429,7 +426,17 @@ class IrOp:
 
     def remembered_layouts(self) -> int:
         """How many argument layouts have their implementation remembered (tests, ``info``)."""
-        return len(self._remembered)
+        return len(self._memo[0])
+
+    def remembered_for(self, *args: Any) -> tuple[Impl, Callable[..., Any]] | None:
+        """What serves a call with ``args``' layout in the current mode, if it is remembered."""
+        key = layout_key(is_batch_invariant(), *args)
+        found = self._memo[0].get(key) if key is not None else None
+        return None if found is None else (found[0], found[1])
+
+    def forget_layouts(self) -> None:
+        """Forget every remembered layout (the next call of each selects again)."""
+        self._memo = ({}, self._memo[1])
 
     def call_impl(self, impl: Impl, *args: Any, **kwargs: Any) -> Any:
         """Run an implementation the caller already got from :meth:`select`, recorded and logged.
@@ -493,6 +500,29 @@ class IrOp:
     def __repr__(self) -> str:
         providers = ", ".join(f"{i.provider}({i.priority})" for i in self._sorted)
         return f"IrOp({self.name!r}, has_reduction={self.has_reduction}, impls=[{providers}])"
+
+
+Remembered = tuple[Impl, Callable[..., Any], bool]
+"""A remembered choice: the implementation, what runs the call, whether it can write ``out=``."""
+
+
+def _remember(table: dict[LayoutKey, Remembered], key: LayoutKey, impl: Impl, args: tuple) -> None:
+    """Keep ``impl`` (and what its ``prepare`` gives) for calls with this layout.
+
+    A ``prepare`` hook that fails leaves the layout to ``fn`` (logged): the call it followed
+    already succeeded, and ``fn`` is what selection chose.
+    """
+    run = None
+    if impl.prepare is not None:
+        try:
+            run = impl.prepare(*args)
+        except Exception:
+            logger.warning(
+                "%s: provider %s's prepare hook failed; calls keep its fn",
+                impl.op_name, impl.provider, exc_info=True,
+            )  # fmt: skip
+    if len(table) < REMEMBERED_LAYOUTS:
+        table[key] = (impl, run or impl.fn, bool(getattr(run, "writes_out", False)))
 
 
 def _rememberable(order: list[Impl]) -> dict[PlatformKind, frozenset[str]]:
