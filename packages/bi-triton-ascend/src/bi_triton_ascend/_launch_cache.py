@@ -15,6 +15,9 @@ through Triton's own path, which compiles (or finds) the kernel that is then kep
 do Triton's interpreter, non-CUDA devices (triton-ascend's runtime differs), and any process
 with Triton launch hooks (profilers) set.
 
+:class:`PreparedLaunch` serves the launch plans: its kernel, grid, trailing arguments and
+options are fixed, so only the device and each tensor's dtype and alignment are looked up.
+
 What is not re-checked on a hit: Triton's guard that global values a kernel read at compile
 time have not changed (this package's kernels read none), and changes of
 ``knobs.runtime.debug`` after the first launch. ``BI_TRITON_LAUNCH_CACHE=0`` (read at import)
@@ -264,7 +267,7 @@ class PreparedLaunch:
         self.grid = tuple(grid)
         self.trailing = tuple(trailing)  # the arguments after the tensors, in kernel order
         self.options = options  # constexprs and launch options, by name
-        self._entries: dict[tuple[Any, ...], _Entry | None] = {}
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
 
     def __call__(self, *tensors: torch.Tensor) -> None:
         """``kernel[grid](*tensors, *trailing, **options)``."""
