@@ -11,6 +11,8 @@ that time goes, for each op, in batch-invariant mode:
                 goes through Triton's ``JITFunction.run`` (its per-call argument binding);
 ``aten``        the torch op itself with ``ir_dispatch.aten_overrides()`` installed, the path
                 of eager models (``model_decoder.py``); not for the norms (no aten op);
+``aten_select_every_call``  the same with ir-dispatch's remembered selection off
+                (``IR_DISPATCH_REMEMBER=0``): selection and the op's own plan lookup per call;
 ``select``      ``IrOp.call_selected``: choosing the implementation, then calling it;
 ``ir_op``       ``ir_dispatch.ops.<op>``, the registered torch op vLLM's graphs call;
 ``graph``       the same op captured in a CUDA graph and replayed: the GPU time alone.
@@ -124,6 +126,13 @@ def path_context(path: str) -> Iterator[None]:
     if path == "aten":
         with ird.aten_overrides():
             yield
+    elif path == "aten_select_every_call":
+        ird.set_remembering(False)
+        try:
+            with ird.aten_overrides():
+                yield
+        finally:
+            ird.set_remembering(True)
     elif path == "kernel_triton_run":
         with _launch_cache.table_off():
             yield
@@ -221,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             timed = {"torch": baseline, **paths, "kernel_triton_run": paths["kernel"]}
             if op in ("linear", "log_softmax", "mean", "softmax"):
                 timed["aten"] = baseline
+                timed["aten_select_every_call"] = baseline
             base_reps: list[float] = []
             for path, fn in timed.items():
                 with path_context(path):

@@ -44,6 +44,8 @@ def test_tiny_run_writes_every_path_with_reps_and_ratio(tmp_path: Path) -> None:
     assert {r["op"] for r in rows} == OPS
     for op in OPS:
         assert {r["path"] for r in rows if r["op"] == op} >= PATHS
+    for op in ("linear", "mean", "softmax", "log_softmax"):  # ops with an aten overload
+        assert {"aten", "aten_select_every_call"} <= {r["path"] for r in rows if r["op"] == op}
     for r in rows:
         assert len(r["reps"]) == 2 and r["value"] > 0
         assert r["ratio_vs_default"] > 0
