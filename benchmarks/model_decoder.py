@@ -400,6 +400,7 @@ def versions() -> dict[str, Any]:
         found["launch_table"] = _launch_cache.enabled()  # BI_TRITON_LAUNCH_CACHE=0 turns it off
     except ImportError:
         found["launch_table"] = None
+    found["remembered_selection"] = ird.remembering()  # IR_DISPATCH_REMEMBER=0 turns it off
     return found
 
 
