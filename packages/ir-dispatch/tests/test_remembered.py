@@ -28,11 +28,16 @@ def _invariant_sum(x: torch.Tensor) -> torch.Tensor:
     return x.double().sum(dim=-1).to(x.dtype)
 
 
+def _register_fast(op: IrOp, **options: Any) -> None:
+    """Provider ``fast``: priority 20, layout-only, serving :func:`_invariant_sum`."""
+    op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True, **options)(
+        _invariant_sum
+    )
+
+
 def test_layout_only_choice_is_remembered_per_layout_and_mode(row_sum_op: IrOp) -> None:
     check = _Counting()
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
-    )(_invariant_sum)
+    _register_fast(row_sum_op, supports_args=check)
     x = torch.randn(3, 5)
     with ird.batch_invariant():
         for _ in range(3):
@@ -49,9 +54,7 @@ def test_layout_only_choice_is_remembered_per_layout_and_mode(row_sum_op: IrOp) 
 
 def test_the_remembered_choice_gives_the_same_rejections(row_sum_op: IrOp) -> None:
     """A layout the check declined keeps being declined: bad input never slips through."""
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, supports_args=_Counting(), layout_only=True
-    )(_invariant_sum)
+    _register_fast(row_sum_op, supports_args=_Counting())
     x64 = torch.randn(3, 5, dtype=torch.float64)
     with ird.batch_invariant():
         for _ in range(2):
@@ -64,9 +67,7 @@ def test_checks_not_declared_layout_only_are_asked_every_call(row_sum_op: IrOp) 
     row_sum_op.register_impl("stateful", batch_invariant=True, priority=30, supports_args=check)(
         _invariant_sum
     )
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, supports_args=_Counting(), layout_only=True
-    )(_invariant_sum)
+    _register_fast(row_sum_op, supports_args=_Counting())
     x = torch.randn(2, 4)
     with ird.batch_invariant():
         for _ in range(3):
@@ -75,9 +76,7 @@ def test_checks_not_declared_layout_only_are_asked_every_call(row_sum_op: IrOp) 
 
 
 def test_a_registration_forgets_every_layout(row_sum_op: IrOp) -> None:
-    row_sum_op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True)(
-        _invariant_sum
-    )
+    _register_fast(row_sum_op)
     x = torch.randn(2, 4)
     with ird.batch_invariant():
         row_sum_op.call_selected(x)
@@ -145,9 +144,7 @@ def test_a_check_for_another_platform_does_not_block_remembering(row_sum_op: IrO
         supports_args=elsewhere,
     )(_invariant_sum)
     check = _Counting()
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
-    )(_invariant_sum)
+    _register_fast(row_sum_op, supports_args=check)
     x = torch.randn(2, 4)
     with ird.batch_invariant():
         for _ in range(3):
@@ -190,9 +187,7 @@ def test_call_into_writes_in_place_when_the_prepared_function_can(row_sum_op: Ir
 
 
 def test_call_into_copies_for_functions_without_writes_out(row_sum_op: IrOp) -> None:
-    row_sum_op.register_impl("fast", batch_invariant=True, priority=20, layout_only=True)(
-        _invariant_sum
-    )
+    _register_fast(row_sum_op)
     x = torch.randn(2, 5)
     with ird.batch_invariant():
         outs = [torch.empty(2) for _ in range(2)]
@@ -203,9 +198,7 @@ def test_call_into_copies_for_functions_without_writes_out(row_sum_op: IrOp) -> 
 
 def test_remembering_can_be_switched_off(row_sum_op: IrOp) -> None:
     check = _Counting()
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, supports_args=check, layout_only=True
-    )(_invariant_sum)
+    _register_fast(row_sum_op, supports_args=check)
     x = torch.randn(2, 4)
     with ird.batch_invariant():
         row_sum_op.call_selected(x)
@@ -239,9 +232,7 @@ def test_a_failing_prepare_hook_leaves_the_layout_to_fn(
     def broken(x: torch.Tensor) -> None:
         raise RuntimeError("no plan")
 
-    row_sum_op.register_impl(
-        "fast", batch_invariant=True, priority=20, layout_only=True, prepare=broken
-    )(_invariant_sum)
+    _register_fast(row_sum_op, prepare=broken)
     x = torch.randn(2, 3)
     with ird.batch_invariant(), caplog.at_level("WARNING", logger="ir_dispatch"):
         first = row_sum_op.call_selected(x)

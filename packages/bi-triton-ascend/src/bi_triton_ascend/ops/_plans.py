@@ -67,6 +67,11 @@ def replay(
     return execute(launch, a, b, bias).view(shape)
 
 
+def pair_operands(a: torch.Tensor, b: torch.Tensor) -> Operands:
+    """``(a, b, no bias)`` from the arguments of ``mm``, ``bmm`` and ``matmul``."""
+    return a, b, None
+
+
 class PreparedGemm:
     """A stored GEMM plan, as ir-dispatch's ``prepare`` hook hands it out.
 

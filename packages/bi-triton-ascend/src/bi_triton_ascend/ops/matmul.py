@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import Operands, plan_key, prepared, remember, replay
+from ._plans import Operands, pair_operands, plan_key, prepared, remember, replay
 from .gemm import describe, execute
 
 
@@ -133,10 +133,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
-def _pair(a: torch.Tensor, b: torch.Tensor) -> Operands:
-    return a, b, None
-
-
 def _linear_operands(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> Operands:
@@ -145,7 +141,7 @@ def _linear_operands(
 
 def prepare_matmul(*args: Any) -> Callable[..., Any] | None:
     """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("matmul", matmul, _pair, *args)
+    return prepared("matmul", matmul, pair_operands, *args)
 
 
 def prepare_linear(*args: Any) -> Callable[..., Any] | None:

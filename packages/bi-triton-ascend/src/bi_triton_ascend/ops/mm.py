@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import Key, Operands, plan_key, prepared, remember, replay
+from ._plans import Key, Operands, pair_operands, plan_key, prepared, remember, replay
 from .gemm import describe, execute
 
 
@@ -105,10 +105,6 @@ def _run(
     return out
 
 
-def _pair(a: torch.Tensor, b: torch.Tensor) -> Operands:
-    return a, b, None
-
-
 def _addmm_operands(
     bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float = 1.0, alpha: float = 1.0
 ) -> Operands:
@@ -117,7 +113,7 @@ def _addmm_operands(
 
 def prepare_mm(*args: Any) -> Callable[..., Any] | None:
     """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("mm", mm, _pair, *args)
+    return prepared("mm", mm, pair_operands, *args)
 
 
 def prepare_addmm(*args: Any) -> Callable[..., Any] | None:
@@ -127,4 +123,4 @@ def prepare_addmm(*args: Any) -> Callable[..., Any] | None:
 
 def prepare_bmm(*args: Any) -> Callable[..., Any] | None:
     """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("bmm", bmm, _pair, *args)
+    return prepared("bmm", bmm, pair_operands, *args)
