@@ -212,10 +212,7 @@ class IrOp:
         self._explicit_order: list[str] | None = None
         # (what is remembered per layout, who may be remembered per platform): replaced as one
         # whenever the registry changes, so a call never mixes an old choice into a new table.
-        self._memo: tuple[dict[LayoutKey, Remembered], dict[PlatformKind, frozenset[str]]] = (
-            {},
-            {},
-        )
+        self._memo: Memo = ({}, {})
         self._lock = threading.Lock()
         self._add(
             Impl(
@@ -387,20 +384,16 @@ class IrOp:
         implementation's ``prepare`` returned (its launch plan) or its ``fn``.
         """
         key = None
-        remembered, rememberable = self._memo
+        memo = self._memo
         if not kwargs and _remembering[0]:
             key = layout_key(is_batch_invariant(), *args)
-            found = remembered.get(key) if key is not None else None
+            found = memo[0].get(key) if key is not None else None
             if found is not None:
                 impl, run, _ = found
                 if _recorders or logger.isEnabledFor(logging.DEBUG):
                     self._note(impl, args)
                 return run(*args)
-        impl = self.select(*args, **kwargs)
-        result = self.call_impl(impl, *args, **kwargs)
-        if key is not None and impl.provider in rememberable[platform_of(*args)]:
-            _remember(remembered, key, impl, args)
-        return result
+        return self._select_and_remember(memo, key, args, kwargs)
 
     def call_into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """:meth:`call_selected` with the result in ``out`` (aten's ``out=`` overloads).
@@ -409,20 +402,36 @@ class IrOp:
         ``writes_out``: called with ``out=``, it returns ``out`` when it wrote there), else
         copied, ``out`` resized first if its shape differs (as aten does).
         """
+        memo = self._memo
         key = layout_key(is_batch_invariant(), *args) if _remembering[0] else None
-        found = self._memo[0].get(key) if key is not None else None
-        if found is not None and found[2]:
-            impl, run, _ = found
+        found = memo[0].get(key) if key is not None else None
+        if found is not None:
+            impl, run, writes_out = found
             if _recorders or logger.isEnabledFor(logging.DEBUG):
                 self._note(impl, args)
-            result = run(*args, out=out)
+            result = run(*args, out=out) if writes_out else run(*args)
         else:
-            result = self.call_selected(*args)
+            result = self._select_and_remember(memo, key, args, {})
         if result is out:
             return out
         if out.shape != result.shape:
             out.resize_(result.shape)
         return out.copy_(result)
+
+    def _select_and_remember(
+        self, memo: Memo, key: LayoutKey | None, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
+        """Select, call, and remember the choice under ``key`` when that is allowed.
+
+        ``memo`` is the table read before the call: a registration meanwhile replaced it, so a
+        choice made under the old registry never lands in the new table.
+        """
+        impl = self.select(*args, **kwargs)
+        result = self.call_impl(impl, *args, **kwargs)
+        remembered, rememberable = memo
+        if key is not None and impl.provider in rememberable[platform_of(*args)]:
+            _remember(remembered, key, impl, args)
+        return result
 
     def remembered_layouts(self) -> int:
         """How many argument layouts have their implementation remembered (tests, ``info``)."""
@@ -504,6 +513,10 @@ class IrOp:
 
 Remembered = tuple[Impl, Callable[..., Any], bool]
 """A remembered choice: the implementation, what runs the call, whether it can write ``out=``."""
+
+
+Memo = tuple[dict[LayoutKey, Remembered], dict[PlatformKind, frozenset[str]]]
+"""What an op remembers per layout, and which providers may be remembered per platform."""
 
 
 def _remember(table: dict[LayoutKey, Remembered], key: LayoutKey, impl: Impl, args: tuple) -> None:
