@@ -15,12 +15,14 @@ tensor-parallel mode is part of the key. The table is bounded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from ir_dispatch.layout import layout_key
 
+from .._launch_cache import PreparedLaunch
 from . import gemm_config
 from .gemm import GemmLaunch, execute
 
@@ -47,6 +49,24 @@ class PlanTable(dict[tuple[Any, ...], P]):
 
 
 _plans: PlanTable[tuple[GemmLaunch, torch.Size]] = PlanTable(4096)
+
+
+@dataclass(frozen=True)
+class OneLaunchPlan:
+    """A row op's single launch for one argument layout, replayed with a new call's tensors.
+
+    Subclasses name their ``kernel`` and add what their replay needs (output shape, dtype).
+    """
+
+    kernel: ClassVar[Any]
+    grid: tuple[int, ...]
+    ints: tuple[Any, ...]  # the kernel's arguments after the tensors
+    options: dict[str, Any]  # constexprs and launch options
+    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        prepared = PreparedLaunch(self.kernel, self.grid, self.ints, self.options)
+        object.__setattr__(self, "launch", prepared)
 
 
 def plan_key(op: str, *args: Any) -> Key:
@@ -118,12 +138,20 @@ class PreparedGemm:
         return all(t is None or t.untyped_storage().data_ptr() != storage for t in (a, b, bias))
 
 
-def prepared(
-    op: str, full: Callable[..., Any], operands: Callable[..., Operands], *args: Any
-) -> PreparedGemm | None:
-    """ir-dispatch's ``prepare`` hook for ``op``: the plan stored for ``args``' layout, if any."""
-    plan = _plans.find(plan_key(op, *args))
-    return None if plan is None else PreparedGemm(plan, full, operands)
+def prepare_hook(
+    op: str, full: Callable[..., Any], operands: Callable[..., Operands]
+) -> Callable[..., PreparedGemm | None]:
+    """ir-dispatch's ``prepare`` hook for the GEMM op ``op``.
+
+    Given a call's arguments, it returns the plan stored for their layout as a
+    :class:`PreparedGemm`, or ``None`` without one.
+    """
+
+    def prepare(*args: Any) -> PreparedGemm | None:
+        plan = _plans.find(plan_key(op, *args))
+        return None if plan is None else PreparedGemm(plan, full, operands)
+
+    return prepare
 
 
 def remember(

@@ -10,13 +10,11 @@ batch-invariant and equal to :func:`~.mm.mm` on the same rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import Operands, pair_operands, plan_key, prepared, remember, replay
+from ._plans import Operands, pair_operands, plan_key, prepare_hook, remember, replay
 from .gemm import describe, execute
 
 
@@ -139,11 +137,6 @@ def _linear_operands(
     return x, weight, bias
 
 
-def prepare_matmul(*args: Any) -> Callable[..., Any] | None:
-    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("matmul", matmul, pair_operands, *args)
-
-
-def prepare_linear(*args: Any) -> Callable[..., Any] | None:
-    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("linear", linear, _linear_operands, *args)
+# ir-dispatch's ``prepare`` hooks: the launch plan of a layout, if one was stored.
+prepare_matmul = prepare_hook("matmul", matmul, pair_operands)
+prepare_linear = prepare_hook("linear", linear, _linear_operands)

@@ -12,7 +12,7 @@ long row (a global mean) is spread over the device.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,8 +23,8 @@ from ir_dispatch.layout import layout_key
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import PreparedLaunch, launch_kernel
-from ._plans import PlanTable
+from .._launch_cache import launch_kernel
+from ._plans import OneLaunchPlan, PlanTable
 
 ONE_PASS_MAX = 16384
 BLOCK = 1024
@@ -150,21 +150,14 @@ def mean(
 
 
 @dataclass(frozen=True)
-class _MeanPlan:
+class _MeanPlan(OneLaunchPlan):
     """A one-pass mean launch for one input layout: replayed with a new call's pointers."""
 
-    grid: tuple[int]
-    ints: tuple[int, ...]  # the kernel's arguments after the two pointers
-    options: dict[str, Any]
+    kernel = _mean_rows_kernel
+
     rows: int
     out_dtype: torch.dtype
     shape: tuple[int, ...]
-
-    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        prepared = PreparedLaunch(_mean_rows_kernel, self.grid, self.ints, self.options)
-        object.__setattr__(self, "launch", prepared)
 
 
 def _replay(plan: _MeanPlan, x: torch.Tensor) -> torch.Tensor:

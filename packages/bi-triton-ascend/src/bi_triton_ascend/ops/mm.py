@@ -6,13 +6,10 @@ Batch-invariant: each output element follows the accumulation chain fixed by ``(
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from .._checks import check_dim, check_float, check_same, check_tensor
-from ._plans import Key, Operands, pair_operands, plan_key, prepared, remember, replay
+from ._plans import Key, Operands, pair_operands, plan_key, prepare_hook, remember, replay
 from .gemm import describe, execute
 
 
@@ -111,16 +108,7 @@ def _addmm_operands(
     return a, b, bias
 
 
-def prepare_mm(*args: Any) -> Callable[..., Any] | None:
-    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("mm", mm, pair_operands, *args)
-
-
-def prepare_addmm(*args: Any) -> Callable[..., Any] | None:
-    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("addmm", addmm, _addmm_operands, *args)
-
-
-def prepare_bmm(*args: Any) -> Callable[..., Any] | None:
-    """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    return prepared("bmm", bmm, pair_operands, *args)
+# ir-dispatch's ``prepare`` hooks: the launch plan of a layout, if one was stored.
+prepare_mm = prepare_hook("mm", mm, pair_operands)
+prepare_addmm = prepare_hook("addmm", addmm, _addmm_operands)
+prepare_bmm = prepare_hook("bmm", bmm, pair_operands)

@@ -20,7 +20,7 @@ reads in place instead of copying them first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -31,8 +31,8 @@ from ir_dispatch.layout import layout_key
 
 from .. import _platform
 from .._checks import check_float, check_tensor
-from .._launch_cache import PreparedLaunch, launch_kernel
-from ._plans import PlanTable
+from .._launch_cache import launch_kernel
+from ._plans import OneLaunchPlan, PlanTable
 
 # Rows up to this long are held in registers (one read); longer rows take two passes.
 ONE_PASS_MAX = 16384
@@ -229,19 +229,12 @@ def _check(op: str, x: torch.Tensor, weight: torch.Tensor | None, epsilon: float
 
 
 @dataclass(frozen=True)
-class _NormPlan:
+class _NormPlan(OneLaunchPlan):
     """One RMSNorm launch for one argument layout: replayed with a new call's pointers."""
 
-    grid: tuple[int]
-    ints: tuple[Any, ...]  # the kernel's arguments after the five pointers
-    options: dict[str, Any]
+    kernel = _rms_norm_kernel
+
     out_dtype: torch.dtype
-
-    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        prepared = PreparedLaunch(_rms_norm_kernel, self.grid, self.ints, self.options)
-        object.__setattr__(self, "launch", prepared)
 
 
 # Launches by argument layout (shapes, strides, dtypes, devices, epsilon), kept when the kernel

@@ -24,7 +24,7 @@ over many programs (decode-time logprobs) while keeping the same bits at any bat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,8 +35,8 @@ from ir_dispatch.layout import layout_key
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import PreparedLaunch, launch_kernel
-from ._plans import PlanTable
+from .._launch_cache import launch_kernel
+from ._plans import OneLaunchPlan, PlanTable
 
 ONE_PASS_MAX = 8192
 CHUNK = 4096
@@ -136,22 +136,15 @@ def rounding_dtype(x_dtype: torch.dtype, dtype: torch.dtype | None) -> tl.dtype:
 
 
 @dataclass(frozen=True)
-class _RowPlan:
+class _RowPlan(OneLaunchPlan):
     """A one-pass softmax launch for one input layout: replayed with a new call's pointers."""
 
-    grid: tuple[int]
-    ints: tuple[int, ...]  # the kernel's arguments after the two pointers
-    options: dict[str, Any]
+    kernel = _softmax_row_kernel
+
     alloc_shape: torch.Size  # the output as allocated (reduced dimension last)
     out_dtype: torch.dtype
     dim: int
     zero_dim: bool
-
-    launch: PreparedLaunch = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        prepared = PreparedLaunch(_softmax_row_kernel, self.grid, self.ints, self.options)
-        object.__setattr__(self, "launch", prepared)
 
 
 # One-pass launches by (op, input layout, dim, dtype), kept when the kernel read the input in
