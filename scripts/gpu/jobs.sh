@@ -544,3 +544,21 @@ job_fastlane3() {
   timeout 200 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_fast_lane_final.json"
 }
+
+# #4: GEMMs that Inductor launches itself (ir-dispatch's lowering pass): their CUDA tests, then
+# the 0.6B model level (two rounds).
+job_lowering() {
+  timeout 200 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered_cuda.junit.xml"
+  timeout 60 python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
+    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_lowering_cuda.junit.xml"
+  timeout 230 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered.json"
+}
+
+# #4: the 8B model level with the lowering, two rounds (engine drift cancelled).
+job_lowering8() {
+  timeout 400 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowered.json"
+}

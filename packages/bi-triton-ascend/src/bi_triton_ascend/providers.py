@@ -210,6 +210,17 @@ def _table() -> list[Entry]:
     ]
 
 
+def _lowerings() -> dict[str, Callable[..., Any]]:
+    """The GEMMs' ``torch.compile`` lowerings, where Inductor can launch them (CUDA)."""
+    if _platform.interpreting() or torch.version.cuda is None or torch.version.hip:
+        return {}
+    if not hasattr(torch.library, "triton_op"):  # torch < 2.6
+        return {}
+    from .ops.lowered import LOWERINGS
+
+    return LOWERINGS
+
+
 def register() -> list[str]:
     """Register every op's ``triton`` implementation; safe to call repeatedly.
 
@@ -220,6 +231,7 @@ def register() -> list[str]:
         logger.debug("bi_triton_ascend: triton is not importable; nothing registered")
         return []
     names = []
+    lowerings = _lowerings()
     for op, fn, accepts, note, prepare in _table():
         op.register_impl(
             PROVIDER,
@@ -230,6 +242,7 @@ def register() -> list[str]:
             note=note,
             layout_only=True,
             prepare=prepare,
+            lowering=lowerings.get(op.name),
         )(fn)
         names.append(op.name)
     return names

@@ -14,6 +14,7 @@ cannot. Quick tour::
 from . import ops
 from .explain import Candidate, Explanation, explain
 from .layout import layout_key
+from .lowering import install_lowering, lower_graph, lowering_installed, uninstall_lowering
 from .mode import batch_invariant, is_batch_invariant, reload_from_env, set_batch_invariant
 from .overrides import (
     DEFAULT_OVERRIDES,
@@ -55,10 +56,13 @@ __all__ = [
     "explain",
     "get_op",
     "install_aten_overrides",
+    "install_lowering",
     "installed_overrides",
     "is_batch_invariant",
     "layout_key",
     "list_ops",
+    "lower_graph",
+    "lowering_installed",
     "ops",
     "platform_of",
     "recording",
@@ -69,4 +73,5 @@ __all__ = [
     "set_batch_invariant",
     "set_remembering",
     "uninstall_aten_overrides",
+    "uninstall_lowering",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import ops
+from .lowering import install_lowering, uninstall_lowering
 from .platform import current_platform
 
 Handler = Callable[..., Any]
@@ -158,6 +159,7 @@ def install_aten_overrides(
                     **allow,
                 )
         _installed = _Installed(library, key, wanted)
+    install_lowering()  # compiled graphs: GEMMs launched by Inductor itself (see .lowering)
 
 
 def uninstall_aten_overrides() -> None:
@@ -168,6 +170,7 @@ def uninstall_aten_overrides() -> None:
             return
         _installed.library._destroy()
         _installed = None
+    uninstall_lowering()
 
 
 def installed_overrides() -> tuple[str, tuple[str, ...]] | None:

@@ -84,6 +84,10 @@ class Impl:
             be remembered per layout.
         prepare: given a call's arguments after a successful call, a function that serves
             every later call with the same layout (``None``: call ``fn``), e.g. a launch plan.
+        lowering: ``fn`` as ``torch.compile`` can trace it (torch ops and
+            ``torch.library.triton_op`` calls), put in compiled graphs in its place
+            (:mod:`ir_dispatch.lowering`); ``None``: compiled graphs reach ``fn`` through the
+            aten overrides.
     """
 
     op_name: str
@@ -97,6 +101,7 @@ class Impl:
     note: str = ""
     layout_only: bool = False
     prepare: Callable[..., Callable[..., Any] | None] | None = None
+    lowering: Callable[..., Any] | None = None
 
     def is_batch_invariant_on(self, platform: PlatformKind) -> bool:
         return self.batch_invariant and platform not in self.variant_on
@@ -241,6 +246,7 @@ class IrOp:
         note: str = "",
         layout_only: bool = False,
         prepare: Callable[..., Callable[..., Any] | None] | None = None,
+        lowering: Callable[..., Any] | None = None,
     ) -> Callable[[Fn], Fn]:
         """Decorator registering ``fn`` as ``provider``'s implementation of this op.
 
@@ -260,6 +266,8 @@ class IrOp:
             prepare: called once per layout after a successful call with its arguments;
                 returns a function with ``fn``'s signature that serves later calls with that
                 layout (a launch plan), or ``None`` to keep calling ``fn``.
+            lowering: ``fn`` in a form ``torch.compile`` traces, which compiled graphs run in
+                its place (see :mod:`ir_dispatch.lowering`).
         """
         if provider in RESERVED_PROVIDERS:
             raise ValueError(f"provider name {provider!r} is reserved; choose another name")
@@ -280,6 +288,7 @@ class IrOp:
                     note=note,
                     layout_only=layout_only,
                     prepare=prepare,
+                    lowering=lowering,
                 )
             )
             return fn

@@ -10,6 +10,7 @@ batch-invariant and equal to :func:`~.mm.mm` on the same rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -46,6 +47,55 @@ def _fold(
     return a3, b3, bias3
 
 
+Finish = Callable[[torch.Tensor], torch.Tensor]
+
+
+def matmul_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Finish]:
+    """``matmul``'s 3-D GEMM operands, and what turns the ``[Bt, M, N]`` product into its result.
+
+    Shared by the eager op and its ``torch.compile`` lowering, so both launch the same GEMM.
+    """
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    n = b2.shape[-1]
+    if b2.dim() == 2:
+        a3, b3, _ = _fold(a2, b2, None)
+        lead: tuple[int, ...] = tuple(a2.shape[:-1])
+    else:
+        batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        m, k = a2.shape[-2], a2.shape[-1]
+        a3 = _as_batched(a2.expand(*batch, m, k))
+        b3 = _as_batched(b2.expand(*batch, k, n))
+        lead = (*batch, m)
+    squeeze_n, squeeze_m = b.dim() == 1, a.dim() == 1
+
+    def finish(out: torch.Tensor) -> torch.Tensor:
+        out = out.view(*lead, n)
+        if squeeze_n:
+            out = out.squeeze(-1)
+        if squeeze_m:
+            out = out.squeeze(-2 if not squeeze_n else -1)
+        return out
+
+    return a3, b3, finish
+
+
+def linear_operands(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Finish]:
+    """``linear``'s 3-D GEMM operands (``weight`` read in place as ``[K, N]``) and its finish."""
+    x2 = x.unsqueeze(0) if x.dim() == 1 else x
+    a3, b3, bias3 = _fold(x2, weight.t(), bias)
+    shape = (*x2.shape[:-1], weight.shape[0])
+    one_d = x.dim() == 1
+
+    def finish(out: torch.Tensor) -> torch.Tensor:
+        out = out.view(shape)
+        return out.squeeze(0) if one_d else out
+
+    return a3, b3, bias3, finish
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.matmul``: 1-D operands, folded or broadcast batch dimensions, one launch.
 
@@ -74,21 +124,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied"
         )
-    if b2.dim() == 2:
-        a3, b3, _ = _fold(a2, b2, None)
-        lead: tuple[int, ...] = tuple(a2.shape[:-1])
-    else:
-        batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-        m, k = a2.shape[-2], a2.shape[-1]
-        a3 = _as_batched(a2.expand(*batch, m, k))
-        b3 = _as_batched(b2.expand(*batch, k, b2.shape[-1]))
-        lead = (*batch, m)
+    a3, b3, finish = matmul_operands(a, b)
     launch = describe(a3, b3)
-    out = execute(launch, a3, b3, None).view(*lead, b2.shape[-1])
-    if b.dim() == 1:
-        out = out.squeeze(-1)
-    if a.dim() == 1:
-        out = out.squeeze(-2 if b.dim() > 1 else -1)
+    out = finish(execute(launch, a3, b3, None))
     remember(key, launch, out, ((a, a3), (b, b3)))
     return out
 
@@ -122,11 +160,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         check_same("linear", "x", x, "bias", bias)
         if bias.dim() > 1 or bias.numel() not in (1, n):
             raise ValueError(f"linear: bias must have shape [{n}] or []; got {tuple(bias.shape)}")
-    x2 = x.unsqueeze(0) if x.dim() == 1 else x
-    a3, b3, bias3 = _fold(x2, weight.t(), bias)
+    a3, b3, bias3, finish = linear_operands(x, weight, bias)
     launch = describe(a3, b3, bias3)
-    out = execute(launch, a3, b3, bias3).view(*x2.shape[:-1], n)
-    out = out.squeeze(0) if x.dim() == 1 else out
+    out = finish(execute(launch, a3, b3, bias3))
     remember(key, launch, out, ((x, a3), (weight, b3), (bias, bias3)))
     return out
 

@@ -1,0 +1,127 @@
+"""The GEMMs as ``torch.compile`` traces them: one ``triton_op`` that Inductor launches itself.
+
+The eager ops run a launch plan from Python at every call, and under ``torch.compile`` they are
+reached the same way, through Inductor's extern ATen call and the aten overrides. ir-dispatch's
+lowering pass (:mod:`ir_dispatch.lowering`) puts these functions in compiled graphs instead:
+each folds its arguments as its eager op does (the same helpers) and calls
+``bi_triton::batched_gemm``, a ``torch.library.triton_op`` whose launch comes from the same
+:func:`~.gemm.describe`. Inductor traces through it and launches the kernel from its own
+generated code, with the kernel, chain, tiles and arguments of the eager call: the same bits
+(checked by ``tests/test_lowered.py`` here and ``test_lowered_cuda.py`` on a GPU).
+
+Inductor gives a Triton kernel's inputs the exact strides they had when traced, which the
+launch's stride arguments assume. CUDA only: Inductor does not launch user kernels elsewhere,
+and Triton's interpreter is not a ``triton.jit`` function ``wrap_triton`` accepts.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .gemm import _gemm_persistent_kernel, _gemm_split_kernel, describe
+from .matmul import linear_operands, matmul_operands
+
+
+def launch_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    alpha: float,
+    beta: float,
+    wrap: Callable[[Any], Any],
+) -> torch.Tensor:
+    """:func:`~.gemm.batched_gemm` with each kernel passed through ``wrap`` before its launch.
+
+    ``wrap`` is ``wrap_triton`` inside the ``triton_op``; tests pass the identity to run the
+    same body in Triton's interpreter. Fresh partials and zeroed split-K counters come from
+    ``torch.empty``/``torch.zeros`` (a traced graph owns its buffers), where the eager path
+    reuses a per-stream counter pool that its kernels leave zeroed.
+    """
+    launch = describe(a, b, bias, alpha, beta)
+    out = torch.empty(launch.out_shape, dtype=launch.out_dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    bias_arg = bias if launch.has_bias and bias is not None else out
+    if not launch.split_kernel:
+        wrap(_gemm_persistent_kernel)[launch.grid](
+            a, b, out, bias_arg, *launch.ints, **launch.options
+        )
+        return out
+    if launch.partials:
+        part = torch.empty(launch.partials, dtype=torch.float32, device=a.device)
+        counters = torch.zeros(launch.tiles, dtype=torch.int32, device=a.device)
+    else:
+        part, counters = out, out  # never touched
+    wrap(_gemm_split_kernel)[launch.grid](
+        a, b, out, bias_arg, part, counters, *launch.ints, **launch.options
+    )
+    return out
+
+
+def _register() -> Any:
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("bi_triton::batched_gemm", mutates_args=())
+    def batched_gemm_op(
+        a: torch.Tensor,
+        b: torch.Tensor,
+        bias: torch.Tensor | None,
+        alpha: float,
+        beta: float,
+    ) -> torch.Tensor:
+        return launch_gemm(a, b, bias, alpha, beta, wrap_triton)
+
+    return batched_gemm_op
+
+
+_op: list[Any] = []
+
+
+def batched_gemm_op() -> Any:
+    """The ``bi_triton::batched_gemm`` op (defined on first use)."""
+    if not _op:
+        _op.append(_register())
+    return _op[0]
+
+
+def lowered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mm`` for compiled graphs."""
+    return batched_gemm_op()(a.unsqueeze(0), b.unsqueeze(0), None, 1.0, 1.0)[0]
+
+
+def lowered_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``bmm`` for compiled graphs."""
+    return batched_gemm_op()(a, b, None, 1.0, 1.0)  # type: ignore[no-any-return]
+
+
+def lowered_addmm(
+    bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float = 1.0, alpha: float = 1.0
+) -> torch.Tensor:
+    """``addmm`` for compiled graphs."""
+    bias3 = bias.expand(a.shape[0], b.shape[1]).unsqueeze(0)
+    return batched_gemm_op()(a.unsqueeze(0), b.unsqueeze(0), bias3, alpha, beta)[0]
+
+
+def lowered_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``matmul`` for compiled graphs."""
+    a3, b3, finish = matmul_operands(a, b)
+    return finish(batched_gemm_op()(a3, b3, None, 1.0, 1.0))
+
+
+def lowered_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``linear`` for compiled graphs."""
+    a3, b3, bias3, finish = linear_operands(x, weight, bias)
+    return finish(batched_gemm_op()(a3, b3, bias3, 1.0, 1.0))
+
+
+LOWERINGS: dict[str, Callable[..., torch.Tensor]] = {
+    "mm": lowered_mm,
+    "bmm": lowered_bmm,
+    "addmm": lowered_addmm,
+    "matmul": lowered_matmul,
+    "linear": lowered_linear,
+}
+"""Registry op name -> its lowering (registered on CUDA by :mod:`..providers`)."""

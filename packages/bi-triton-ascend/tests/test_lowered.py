@@ -1,0 +1,131 @@
+"""The GEMMs' ``torch.compile`` lowerings give the eager ops' bits.
+
+Called directly (``bi_triton::batched_gemm`` runs its body eagerly, here and in Triton's
+interpreter) and, on a GPU, compiled by Inductor, which then launches the kernel from its own
+generated code instead of calling ATen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from bi_testutils import rand
+
+import bi_triton_ascend as bta
+import ir_dispatch as ird
+from bi_triton_ascend.ops import lowered
+from bi_triton_ascend.ops.gemm import batched_gemm
+
+bf16 = torch.bfloat16
+F = torch.nn.functional
+
+
+def _cases(
+    device: torch.device, m: int
+) -> list[tuple[str, Callable[..., Any], Callable[..., Any], tuple[Any, ...]]]:
+    """(name, eager op, its lowering, arguments) with ``m`` rows; odd K and N, views."""
+
+    def r(*shape: int) -> torch.Tensor:
+        return rand(*shape, dtype=bf16, device=device)
+
+    w, bias = r(48, 200), r(48)
+    x = r(m, 200)
+    return [
+        ("linear", bta.linear, lowered.lowered_linear, (x, w, bias)),
+        ("linear 3-D, no bias", bta.linear, lowered.lowered_linear, (r(2, m, 200), w, None)),
+        ("linear 1-D", bta.linear, lowered.lowered_linear, (r(200), w, bias)),
+        ("linear, strided x", bta.linear, lowered.lowered_linear, (r(m, 400)[:, ::2], w, None)),
+        ("mm, transposed b", bta.mm, lowered.lowered_mm, (x, w.t())),
+        ("mm, transposed a", bta.mm, lowered.lowered_mm, (r(200, m).t(), w.t())),
+        ("addmm", bta.addmm, lowered.lowered_addmm, (bias, x, w.t(), 0.5, 2.0)),
+        ("addmm, column bias", bta.addmm, lowered.lowered_addmm, (r(m, 1), x, w.t(), 1.0, 1.0)),
+        ("bmm", bta.bmm, lowered.lowered_bmm, (r(3, m, 200), w.t().expand(3, 200, 48))),
+        ("matmul 4-D", bta.matmul, lowered.lowered_matmul, (r(2, 4, m, 24), r(2, 4, 24, 40))),
+        ("matmul broadcast", bta.matmul, lowered.lowered_matmul, (r(2, m, 24), r(24, 40))),
+        ("matmul 1-D", bta.matmul, lowered.lowered_matmul, (r(24), r(3, 24, 40))),
+    ]
+
+
+@pytest.mark.parametrize("m", [1, 17, 65])
+def test_lowerings_called_eagerly_give_the_ops_bits(device: torch.device, m: int) -> None:
+    for name, op, lowering, args in _cases(device, m):
+        expected = op(*args)
+        got = lowering(*args)
+        assert got.shape == expected.shape, name
+        assert torch.equal(got, expected), name
+
+
+def test_the_lowered_launch_is_the_eager_launch(device: torch.device) -> None:
+    """The traced body (``launch_gemm`` with wrap_triton) and batched_gemm run the same kernel."""
+    a = rand(1, 5, 300, dtype=bf16, device=device)
+    b = rand(1, 300, 72, dtype=bf16, device=device)
+    expected = batched_gemm(a, b)
+    assert torch.equal(lowered.launch_gemm(a, b, None, 1.0, 1.0, lambda k: k), expected)
+
+
+# ------------------------------------------------------------------------- compiled (CUDA)
+
+
+def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
+    """``fn`` compiled by Inductor in batch-invariant mode: its result and generated code."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, dynamic=False, fullgraph=True)
+    with ird.aten_overrides(), ird.batch_invariant():
+        result, codes = run_and_get_code(compiled, *args)
+    return result, "\n".join(codes)
+
+
+def _eager(fn: Callable[..., Any], *args: Any) -> Any:
+    with ird.aten_overrides(), ird.batch_invariant():
+        return fn(*args)
+
+
+def _compiled_cases(device: torch.device, m: int) -> list[tuple[str, Callable[..., Any], tuple]]:
+    def r(*shape: int) -> torch.Tensor:
+        return rand(*shape, dtype=bf16, device=device)
+
+    w, bias = r(48, 200), r(48)
+    return [
+        ("linear", lambda x, w, b: F.linear(x * 2, w, b), (r(m, 200), w, bias)),
+        ("linear 3-D", lambda x, w: F.linear(x * 2, w), (r(2, m, 200), w)),
+        ("matmul", lambda a, b: torch.matmul(a * 2, b), (r(2, 4, m, 24), r(2, 4, 24, 40))),
+        ("mm", lambda x, w: torch.mm(x * 2, w.t()), (r(m, 200), w)),
+        ("bmm", lambda a, b: torch.bmm(a * 2, b), (r(3, m, 200), r(3, 200, 48))),
+        ("addmm", lambda b, x, w: torch.addmm(b, x * 2, w.t(), beta=0.5), (bias, r(m, 200), w)),
+    ]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m", [1, 3, 17, 64, 129, 257])
+def test_compiled_gemms_launch_the_kernel_and_keep_the_bits(device: torch.device, m: int) -> None:
+    """No extern ATen GEMM in Inductor's code; the eager bits (``x * 2`` is exact, and makes
+    the GEMM's input a buffer of Inductor's own, whose strides it must keep)."""
+    for name, fn, args in _compiled_cases(device, m):
+        result, code = _compiled(fn, *args)
+        assert "_gemm_" in code, f"{name}: no kernel of ours in\n{code}"
+        assert "extern_kernels.mm" not in code and "extern_kernels.bmm" not in code, name
+        assert "extern_kernels.addmm" not in code, name
+        assert torch.equal(result, _eager(fn, *args)), name
+
+
+@pytest.mark.cuda
+def test_compiled_linear_is_batch_invariant(device: torch.device) -> None:
+    """A probe row's bits alone equal its bits at every position of every batch size."""
+    w = rand(4096, 1024, dtype=bf16, device=device)
+    probe = rand(1, 1024, dtype=bf16, device=device)
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)
+
+    alone, _ = _compiled(fn, probe, w)
+    for m in (2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257):
+        batch = rand(m, 1024, dtype=bf16, device=device)
+        for at in {0, m // 2, m - 1}:
+            batch[at] = probe[0]
+            out, _ = _compiled(fn, batch, w)
+            assert torch.equal(out[at], alone[0]), (m, at)

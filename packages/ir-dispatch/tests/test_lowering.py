@@ -1,0 +1,179 @@
+"""The compile lowering pass: GEMM calls in a Dynamo graph become the selected implementation's
+lowering, only in batch-invariant mode, only where that implementation has one, and never where
+autograd needs the aten op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import ir_dispatch as ird
+from ir_dispatch import ops
+
+F = torch.nn.functional
+
+
+def _lowered_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, w, bias) + 1  # distinguishable from the aten call
+
+
+def _lowered_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a, b) + 1
+
+
+def _lowered_addmm(
+    bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float
+) -> torch.Tensor:
+    return torch.addmm(bias, a, b, beta=beta, alpha=alpha) + 1
+
+
+_LOWERINGS: dict[str, Callable[..., Any]] = {
+    "linear": _lowered_linear,
+    "matmul": _lowered_pair,
+    "mm": _lowered_pair,
+    "bmm": _lowered_pair,
+    "addmm": _lowered_addmm,
+}
+
+
+@pytest.fixture
+def lowering_provider() -> Iterator[None]:
+    """Provider ``lowtest`` on the five GEMM ops: batch-invariant, first, with a lowering."""
+    for name, lowering in _LOWERINGS.items():
+        getattr(ops, name).register_impl(
+            "lowtest", batch_invariant=True, priority=1000, lowering=lowering
+        )(getattr(ops, name).impls[-1].fn)  # the native reference serves eager calls
+    try:
+        yield
+    finally:
+        for name in _LOWERINGS:
+            getattr(ops, name).unregister_impl("lowtest")
+
+
+def _compiled_graph(fn: Callable[..., Any], *args: Any) -> tuple[torch.fx.GraphModule, Any]:
+    """Run ``fn`` through Dynamo with a backend that applies the pass; the graph and result."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        ird.lower_graph(gm.graph)
+        gm.recompile()
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    result = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return graphs[0], result
+
+
+def _targets(gm: torch.fx.GraphModule) -> set[Any]:
+    return {n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")}
+
+
+def _cases() -> list[tuple[str, Callable[..., Any], tuple[torch.Tensor, ...]]]:
+    x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+    a3, b3 = torch.randn(2, 3, 8), torch.randn(2, 8, 4)
+    return [
+        ("linear", lambda x, w, b: F.linear(x, w, b), (x, w, b)),
+        ("linear, bias keyword", lambda x, w, b: F.linear(x, w, bias=b), (x, w, b)),
+        ("linear, no bias", lambda x, w: F.linear(x, w), (x, w)),
+        ("matmul", lambda x, w: torch.matmul(x, w.t()), (x, w)),
+        ("@", lambda x, w: x @ w.t(), (x, w)),
+        ("Tensor.matmul", lambda x, w: x.matmul(w.t()), (x, w)),
+        ("mm", lambda x, w: torch.mm(x, w.t()), (x, w)),
+        ("Tensor.mm", lambda x, w: x.mm(w.t()), (x, w)),
+        ("bmm", lambda a, b: torch.bmm(a, b), (a3, b3)),
+        ("addmm", lambda b, x, w: torch.addmm(b, x, w.t(), beta=0.5, alpha=2.0), (b, x, w)),
+    ]
+
+
+@pytest.mark.parametrize("name, fn, args", _cases(), ids=[c[0] for c in _cases()])
+def test_gemm_calls_become_the_lowering_in_batch_invariant_mode(
+    lowering_provider: None, name: str, fn: Callable[..., Any], args: tuple[torch.Tensor, ...]
+) -> None:
+    expected = fn(*args) + 1
+    with ird.batch_invariant():
+        gm, result = _compiled_graph(fn, *args)
+    assert set(_LOWERINGS.values()) & _targets(gm), gm.code
+    torch.testing.assert_close(result, expected)
+
+
+def test_default_mode_leaves_the_graph_alone(lowering_provider: None) -> None:
+    x, w = torch.randn(3, 8), torch.randn(5, 8)
+    gm, result = _compiled_graph(lambda x, w: F.linear(x, w), x, w)
+    assert not set(_LOWERINGS.values()) & _targets(gm)
+    assert torch.equal(result, F.linear(x, w))
+
+
+def test_inputs_that_require_grad_keep_the_aten_op(lowering_provider: None) -> None:
+    x, w = torch.randn(3, 8), torch.randn(5, 8, requires_grad=True)
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(lambda x, w: F.linear(x, w), x, w)
+    assert not set(_LOWERINGS.values()) & _targets(gm)
+
+
+def test_implementations_without_a_lowering_keep_the_aten_op() -> None:
+    x, w = torch.randn(3, 8), torch.randn(5, 8)
+    with ird.batch_invariant():  # the cpu provider serves linear on CPU, with no lowering
+        gm, _ = _compiled_graph(lambda x, w: F.linear(x, w), x, w)
+    assert torch._C._nn.linear in _targets(gm)
+    assert not set(_LOWERINGS.values()) & _targets(gm)
+
+
+def test_out_keyword_is_left_alone(lowering_provider: None) -> None:
+    x, w = torch.randn(3, 8), torch.randn(8, 5)
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(3, 5)
+        torch.mm(x, w, out=out)
+        return out
+
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(fn, x, w)
+    assert not set(_LOWERINGS.values()) & _targets(gm)
+
+
+def test_install_chains_the_previous_pass_and_uninstall_restores_it() -> None:
+    from torch._inductor import config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    seen: list[int] = []
+
+    class Previous(CustomGraphPass):  # type: ignore[misc]
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            seen.append(len(graph.nodes))
+
+        def uuid(self) -> Any:
+            return "previous"
+
+    previous = Previous()
+    config.pre_grad_custom_pass = previous
+    try:
+        assert ird.install_lowering()
+        installed = config.pre_grad_custom_pass
+        assert installed is not previous and ird.lowering_installed()
+        installed(torch.fx.Graph())
+        assert seen == [0]
+        default_key = installed.uuid()
+        with ird.batch_invariant():
+            assert installed.uuid() != default_key  # the mode changes what the pass does
+        ird.uninstall_lowering()
+        assert config.pre_grad_custom_pass is previous and not ird.lowering_installed()
+    finally:
+        ird.uninstall_lowering()
+        config.pre_grad_custom_pass = None
+
+
+def test_overrides_install_the_pass_and_the_switch_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch._inductor import config
+
+    with ird.aten_overrides():
+        assert ird.lowering_installed() and config.pre_grad_custom_pass is not None
+    assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "0")
+    with ird.aten_overrides():
+        assert not ird.lowering_installed()
