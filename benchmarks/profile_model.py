@@ -166,18 +166,25 @@ def kernel_table(prof: Any, top: int) -> tuple[float, list[dict[str, Any]]]:
 
 @torch.inference_mode()
 def profile_case(
-    model: torch.nn.Module, case: md.Case, mode: str, steps: int, vocab: int, top: int
+    model: torch.nn.Module,
+    case: md.Case,
+    mode: str,
+    steps: int,
+    vocab: int,
+    top: int,
+    compile_mode: str = "eager",
 ) -> dict[str, Any]:
     """Profile ``steps`` decode steps (or one prefill) of ``case`` in ``mode``."""
     from torch.profiler import ProfilerActivity, profile
 
     with md.run_mode(mode):
+        fn = md.forward_fn(model, compile_mode)  # compiled in the warm-up, inside the mode
         if case.phase == "prefill":
             ids = md.random_ids(case.batch, case.seq, vocab)
-            run = md.prefill_step(model, ids)
+            run = md.prefill_step(fn, ids)
             setup = None
         else:
-            runner = md.DecodeRunner(model, model, case, steps, vocab)
+            runner = md.DecodeRunner(model, fn, case, steps, vocab)
             run, setup = runner.steps, runner.prefill
         for _ in range(2):  # JIT compiles and autotuning outside the profile
             if setup:
@@ -197,6 +204,7 @@ def profile_case(
         python_top = python_profile(run, 3 * top)
     gpu_ms, kernels = kernel_table(prof, top)
     return {"phase": case.phase, "batch": case.batch, "seq": case.seq, "mode": mode,
+            "compile": compile_mode,
             "steps": steps if case.phase == "decode" else 1, "wall_ms": wall_ms,
             "gpu_ms": gpu_ms, "gpu_busy": gpu_ms / wall_ms, "top_kernels": kernels,
             "python_top": python_top, **diagnostics}  # fmt: skip
@@ -208,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, help="default: model_decoder's per shape")
     p.add_argument("--steps", type=int, default=8, help="decode steps profiled")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--compile", default="eager", choices=md.COMPILE_MODES)
     p.add_argument("--out", type=Path, help="default: $OUT or benchmarks/results")
     args = p.parse_args(argv)
     import bi_triton_ascend  # noqa: F401  (registers the batch-invariant kernels)
@@ -225,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "shape": shape.name,
                 "layers": layers,
-                **profile_case(model, case, mode, args.steps, shape.vocab_size, args.top),
+                **profile_case(
+                    model, case, mode, args.steps, shape.vocab_size, args.top, args.compile
+                ),
             }
             rows.append(row)
             print(f"{shape.name} {case.phase} b{case.batch} {mode}: wall {row['wall_ms']:.2f} ms, "
@@ -245,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                     and r["batch"] == row["batch"])  # fmt: skip
         row["ratio_vs_default"] = base["wall_ms"] / row["wall_ms"]
         row["value"], row["unit"], row["reps"] = row["wall_ms"], "ms (profiled)", [row["wall_ms"]]
-    _report.write_results(out / f"profile_model_{shape.name}.json", head, rows)
+    suffix = "" if args.compile == "eager" else f"_{args.compile}"
+    _report.write_results(out / f"profile_model_{shape.name}{suffix}.json", head, rows)
     return 0
 
 

@@ -562,3 +562,14 @@ job_lowering8() {
   timeout 400 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowered.json"
 }
+
+# #4: the lowering after the traced-view fix: its CUDA tests, the 0.6B compiled level (two
+# rounds) and the compiled decode profile (which kernels a compiled step launches).
+job_lowering2() {
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered2_cuda.junit.xml"
+  timeout 200 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  timeout 150 python3 benchmarks/profile_model.py --shape 0.6b --compile compile \
+    --out "$JOB_DIR"
+}

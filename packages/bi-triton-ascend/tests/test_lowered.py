@@ -46,6 +46,12 @@ def _cases(
         ("matmul 4-D", bta.matmul, lowered.lowered_matmul, (r(2, 4, m, 24), r(2, 4, 24, 40))),
         ("matmul broadcast", bta.matmul, lowered.lowered_matmul, (r(2, m, 24), r(24, 40))),
         ("matmul 1-D", bta.matmul, lowered.lowered_matmul, (r(24), r(3, 24, 40))),
+        (
+            "matmul, heads transposed (no folding view)",
+            bta.matmul,
+            lowered.lowered_matmul,
+            (r(2, m, 4, 24).transpose(1, 2), r(2, 4, 24, 40)),
+        ),
     ]
 
 
@@ -94,6 +100,11 @@ def _compiled_cases(device: torch.device, m: int) -> list[tuple[str, Callable[..
         ("linear", lambda x, w, b: F.linear(x * 2, w, b), (r(m, 200), w, bias)),
         ("linear 3-D", lambda x, w: F.linear(x * 2, w), (r(2, m, 200), w)),
         ("matmul", lambda a, b: torch.matmul(a * 2, b), (r(2, 4, m, 24), r(2, 4, 24, 40))),
+        (  # attention's q @ k^T after the heads' transpose: no view folds q's batches
+            "matmul, heads transposed",
+            lambda q, k: torch.matmul((q * 2).transpose(1, 2), k),
+            (r(2, m, 4, 24), r(2, 4, 24, 40)),
+        ),
         ("mm", lambda x, w: torch.mm(x * 2, w.t()), (r(m, 200), w)),
         ("bmm", lambda a, b: torch.bmm(a * 2, b), (r(3, m, 200), r(3, 200, 48))),
         ("addmm", lambda b, x, w: torch.addmm(b, x * 2, w.t(), beta=0.5), (bias, r(m, 200), w)),

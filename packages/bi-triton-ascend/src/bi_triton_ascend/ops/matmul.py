@@ -21,11 +21,7 @@ from .gemm import describe, execute
 
 def _as_batched(t: torch.Tensor) -> torch.Tensor:
     """``t [..., r, c]`` as ``[Bt, r, c]``: a view when strides allow, else a copy."""
-    shape = (math.prod(t.shape[:-2]), t.shape[-2], t.shape[-1])
-    try:
-        return t.view(shape)
-    except RuntimeError:
-        return t.reshape(shape)
+    return t.reshape(math.prod(t.shape[:-2]), t.shape[-2], t.shape[-1])
 
 
 def _fold(
@@ -39,7 +35,7 @@ def _fold(
     bias3 = None if bias is None else bias.reshape(1, 1, -1).expand(1, 1, n)
     try:  # fold every leading dimension into M
         a3 = a.view(1, math.prod(lead), k)
-    except RuntimeError:  # keep the batch dimensions, broadcast b over them
+    except (RuntimeError, ValueError):  # no such view (traced: ValueError); keep the batches
         a3 = _as_batched(a)
     b3 = b.unsqueeze(0).expand(a3.shape[0], k, n)
     if bias3 is not None:
