@@ -140,3 +140,16 @@ def test_compiled_linear_is_batch_invariant(device: torch.device) -> None:
             batch[at] = probe[0]
             out, _ = _compiled(fn, batch, w)
             assert torch.equal(out[at], alone[0]), (m, at)
+
+
+@pytest.mark.cuda
+def test_parameters_of_a_model_traced_without_grad_are_lowered(device: torch.device) -> None:
+    """A model's weights require grad; an inference step compiled under ``inference_mode``
+    still launches the kernel, with the eager bits."""
+    layer = torch.nn.Linear(200, 48, dtype=bf16, device=device)
+    x = rand(5, 200, dtype=bf16, device=device)
+    with torch.inference_mode():
+        result, code = _compiled(layer, x)
+        expected = _eager(layer, x)
+    assert "_gemm_" in code and "extern_kernels" not in code, code
+    assert torch.equal(result, expected)

@@ -114,6 +114,23 @@ def test_inputs_that_require_grad_keep_the_aten_op(lowering_provider: None) -> N
     assert not set(_LOWERINGS.values()) & _targets(gm)
 
 
+def test_weights_that_require_grad_are_lowered_under_no_grad(lowering_provider: None) -> None:
+    """A model's parameters require grad; an inference step traced without grad still lowers."""
+    x, w = torch.randn(3, 8), torch.nn.Parameter(torch.randn(5, 8))
+    with ird.batch_invariant(), torch.no_grad():
+        gm, _ = _compiled_graph(lambda x, w: F.linear(x, w), x, w)
+    assert set(_LOWERINGS.values()) & _targets(gm)
+
+
+def test_the_pass_pickles_for_inductors_cache_key() -> None:
+    import pickle
+
+    from ir_dispatch._inductor_pass import LoweringPass
+
+    restored = pickle.loads(pickle.dumps(LoweringPass(None)))
+    assert restored.uuid() == LoweringPass(None).uuid()
+
+
 def test_implementations_without_a_lowering_keep_the_aten_op() -> None:
     x, w = torch.randn(3, 8), torch.randn(5, 8)
     with ird.batch_invariant():  # the cpu provider serves linear on CPU, with no lowering

@@ -13,8 +13,9 @@ arguments in the mode active at compile time, and rewrites a call only when the 
 selected has a lowering. So a graph compiled in batch-invariant mode keeps those kernels when
 it later runs outside the mode (its results stay batch-invariant); a graph compiled outside the
 mode is left alone and reaches the overrides at run time as before. The pass runs before
-autograd tracing (Inductor's pre-grad pass): calls whose inputs require grad are left alone
-(lowerings have no backward). ``IR_DISPATCH_LOWER=0`` turns the pass off.
+autograd tracing (Inductor's pre-grad pass): a call whose result requires grad is left alone
+(lowerings have no backward); under ``no_grad``/``inference_mode`` weights that require grad
+do not matter. ``IR_DISPATCH_LOWER=0`` turns the pass off.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ def lower_graph(graph: torch.fx.Graph) -> int:
         values = [_traced_value(a) for a in args]
         if any(v is _MISSING for v in values) or not isinstance(values[0], torch.Tensor):
             continue
-        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in values):
-            continue  # lowerings have no backward: autograd keeps the aten op
+        result = _traced_value(node)
+        if not isinstance(result, torch.Tensor) or result.requires_grad:
+            continue  # traced with autograd (lowerings have no backward): keep the aten op
         try:
             impl = op.select(*values)
         except Exception as error:
@@ -136,7 +138,7 @@ def lower_graph(graph: torch.fx.Graph) -> int:
     return rewritten
 
 
-def _lowerings_fingerprint() -> str:
+def lowerings_fingerprint() -> str:
     """What the pass would do, for Inductor's cache key: the mode and every lowering's source."""
     parts: list[str] = [f"bi={is_batch_invariant()}"]
     for name in sorted({n for n, _ in (*_FUNCTIONS.values(), *_METHODS.values())}):
@@ -149,32 +151,6 @@ def _lowerings_fingerprint() -> str:
                     source = repr(impl.lowering)
                 parts.append(f"{name}:{impl.provider}:{impl.priority}:{source}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _pass_class() -> type:
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    class LoweringPass(CustomGraphPass):  # type: ignore[misc]
-        """Inductor's pre-grad pass running :func:`lower_graph`, then the passes set before."""
-
-        def __init__(self, previous: Any) -> None:
-            self.previous = previous  # restored by uninstall_lowering
-            chained = () if previous is None else previous
-            self.chained = tuple(chained) if isinstance(chained, list | tuple) else (chained,)
-
-        def __call__(self, graph: torch.fx.Graph) -> None:
-            lower_graph(graph)
-            for chained in self.chained:
-                chained(graph)
-
-        def uuid(self) -> Any:
-            """The cache key; ``None`` (no caching) when a chained pass has none."""
-            keys = [getattr(p, "uuid", lambda: None)() for p in self.chained]
-            if any(key is None for key in keys):
-                return None
-            return (_lowerings_fingerprint(), *keys)
-
-    return LoweringPass
 
 
 _installed: list[Any] = []  # the pass object while installed
@@ -199,7 +175,9 @@ def install_lowering() -> bool:
         from torch._inductor import config
     except ImportError:  # a torch without Inductor
         return False
-    lowering = _pass_class()(config.pre_grad_custom_pass)
+    from ._inductor_pass import LoweringPass
+
+    lowering = LoweringPass(config.pre_grad_custom_pass)
     config.pre_grad_custom_pass = lowering
     _installed.append(lowering)
     return True
