@@ -577,10 +577,11 @@ job_lowering2() {
 # #4: the lowering with parameters (traced without grad) and a picklable pass: its CUDA tests,
 # the 0.6B compiled level (two rounds), the compiled decode profile.
 job_lowering3() {
-  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q -x \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered3_cuda.junit.xml"
+  timeout 60 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q -x \
+    -k "parameters or eagerly or lowered_launch" -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_lowered3_cuda.junit.xml"
   timeout 330 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
-  timeout 100 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 20 \
+  timeout 160 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 20 \
     --out "$JOB_DIR"
 }
