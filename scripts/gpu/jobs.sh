@@ -585,3 +585,12 @@ job_lowering3() {
   timeout 160 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 20 \
     --out "$JOB_DIR"
 }
+
+# #4: the lowering with the GEMM kernels' writes declared (no input copies): its CUDA tests,
+# then the 0.6B compiled level (two rounds).
+job_lowering4() {
+  timeout 170 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered4_cuda.junit.xml"
+  timeout 340 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+}

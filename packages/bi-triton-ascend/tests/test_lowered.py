@@ -72,6 +72,29 @@ def test_the_lowered_launch_is_the_eager_launch(device: torch.device) -> None:
     assert torch.equal(lowered.launch_gemm(a, b, None, 1.0, 1.0, lambda k: k), expected)
 
 
+def test_functionalization_sees_only_what_the_gemm_kernels_write() -> None:
+    """Not the inputs (torch's TTIR reading counts them through the K loop's pointers)."""
+    from torch._higher_order_ops import triton_kernel_wrap as wrap
+
+    from bi_triton_ascend.ops.gemm import _gemm_persistent_kernel, _gemm_split_kernel
+
+    assert lowered.declare_kernel_writes()
+    assert lowered.declare_kernel_writes()  # once only
+    t = torch.zeros(4)
+    names = ("a_ptr", "b_ptr", "c_ptr", "bias_ptr", "part_ptr", "count_ptr")
+    tensors = dict.fromkeys(names, t)
+    table = wrap.kernel_side_table
+    split = table.add_kernel(_gemm_split_kernel)
+    persistent = table.add_kernel(_gemm_persistent_kernel)
+    for kernel, constants, expected in (
+        (split, {"SPLIT": True}, ["c_ptr", "part_ptr", "count_ptr"]),
+        (split, {"SPLIT": False}, ["c_ptr"]),
+        (persistent, {}, ["c_ptr"]),
+    ):
+        constant_args = table.add_constant_args(constants)
+        assert wrap.get_mutated_tensors(kernel, constant_args, tensors, {}) == expected
+
+
 # ------------------------------------------------------------------------- compiled (CUDA)
 
 
@@ -121,6 +144,8 @@ def test_compiled_gemms_launch_the_kernel_and_keep_the_bits(device: torch.device
         assert "_gemm_" in code, f"{name}: no kernel of ours in\n{code}"
         assert "extern_kernels.mm" not in code and "extern_kernels.bmm" not in code, name
         assert "extern_kernels.addmm" not in code, name
+        if "transposed" not in name:  # no input copied (that case folds q's heads by a copy)
+            assert "clone" not in code and "copy_" not in code, f"{name}: a copy in\n{code}"
         assert torch.equal(result, _eager(fn, *args)), name
 
 
@@ -151,5 +176,6 @@ def test_parameters_of_a_model_traced_without_grad_are_lowered(device: torch.dev
     with torch.inference_mode():
         result, code = _compiled(layer, x)
         expected = _eager(layer, x)
-    assert "_gemm_" in code and "extern_kernels" not in code, code
+    assert "_gemm_" in code and "extern_kernels.addmm" not in code, code
+    assert "clone" not in code and "copy_" not in code, f"the weight or x copied:\n{code}"
     assert torch.equal(result, expected)

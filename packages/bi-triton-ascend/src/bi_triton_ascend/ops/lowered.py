@@ -7,11 +7,17 @@ each folds its arguments as its eager op does (the same helpers) and calls
 ``bi_triton::batched_gemm``, a ``torch.library.triton_op`` whose launch comes from the same
 :func:`~.gemm.describe`. Inductor traces through it and launches the kernel from its own
 generated code, with the kernel, chain, tiles and arguments of the eager call: the same bits
-(checked by ``tests/test_lowered.py`` here and ``test_lowered_cuda.py`` on a GPU).
+(``tests/test_lowered.py``: called directly everywhere, compiled on a GPU).
 
 Inductor gives a Triton kernel's inputs the exact strides they had when traced, which the
-launch's stride arguments assume. CUDA only: Inductor does not launch user kernels elsewhere,
-and Triton's interpreter is not a ``triton.jit`` function ``wrap_triton`` accepts.
+launch's stride arguments assume. Functionalization copies every tensor a kernel may write
+before the launch (and back after, for a graph input); torch finds those by reading the
+kernel's TTIR, and through the K loop's carried pointers it counts the GEMM's inputs as
+written too, which would copy every weight at every call. :func:`declare_kernel_writes` tells
+it what the two GEMM kernels write: the output, and the partials and counters of a split.
+
+Registered as lowerings on CUDA only: Inductor launches user Triton kernels on GPUs, and
+Triton's interpreter runs the same body here when the op is called directly.
 """
 
 from collections.abc import Callable
@@ -59,8 +65,51 @@ def launch_gemm(
     return out
 
 
+def _written(kernel: Any, constants: dict[str, Any]) -> list[str] | None:
+    """The pointer arguments a GEMM kernel writes; ``None`` for other kernels."""
+    if kernel is _gemm_persistent_kernel:
+        return ["c_ptr"]
+    if kernel is _gemm_split_kernel:
+        return ["c_ptr", "part_ptr", "count_ptr"] if constants.get("SPLIT") else ["c_ptr"]
+    return None
+
+
+def declare_kernel_writes() -> bool:
+    """Make torch's functionalization see only what the GEMM kernels write; whether it could.
+
+    Wraps ``torch._higher_order_ops.triton_kernel_wrap.get_mutated_tensors`` (torch >= 2.6):
+    other kernels keep torch's own analysis. Without the function, inputs are copied (correct,
+    slower).
+    """
+    try:
+        from torch._higher_order_ops import triton_kernel_wrap as wrap
+    except ImportError:
+        return False
+    original = getattr(wrap, "get_mutated_tensors", None)
+    table = getattr(wrap, "kernel_side_table", None)
+    if original is None or table is None:
+        return False
+    if getattr(original, "_bi_triton", False):
+        return True
+
+    def get_mutated_tensors(
+        kernel_idx: int, constant_args_idx: int, kwargs: dict[str, Any], *rest: Any
+    ) -> list[str]:
+        constants = table.get_constant_args(constant_args_idx)
+        written = _written(table.get_kernel(kernel_idx), constants)
+        if written is None:
+            return original(kernel_idx, constant_args_idx, kwargs, *rest)  # type: ignore[no-any-return]
+        return [name for name in written if isinstance(kwargs.get(name), torch.Tensor)]
+
+    get_mutated_tensors._bi_triton = True  # type: ignore[attr-defined]
+    wrap.get_mutated_tensors = get_mutated_tensors  # type: ignore[assignment]
+    return True
+
+
 def _register() -> Any:
     from torch.library import triton_op, wrap_triton
+
+    declare_kernel_writes()
 
     @triton_op("bi_triton::batched_gemm", mutates_args=())
     def batched_gemm_op(
