@@ -594,3 +594,11 @@ job_lowering4() {
   timeout 340 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
 }
+
+# #4: the same with torch 2.11's identify_mutated_tensors declared too.
+job_lowering5() {
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered5_cuda.junit.xml"
+  timeout 320 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+}

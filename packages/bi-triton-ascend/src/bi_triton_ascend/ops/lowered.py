@@ -65,45 +65,57 @@ def launch_gemm(
     return out
 
 
-def _written(kernel: Any, constants: dict[str, Any]) -> list[str] | None:
-    """The pointer arguments a GEMM kernel writes; ``None`` for other kernels."""
-    if kernel is _gemm_persistent_kernel:
-        return ["c_ptr"]
-    if kernel is _gemm_split_kernel:
-        return ["c_ptr", "part_ptr", "count_ptr"] if constants.get("SPLIT") else ["c_ptr"]
-    return None
+def _written(kernel: Any, args: dict[str, Any]) -> list[str] | None:
+    """The pointer arguments a GEMM kernel writes (of those passed); ``None`` for other kernels.
+
+    ``args`` holds the launch's arguments and constexprs by name.
+    """
+    fn = getattr(kernel, "fn", None)
+    if fn is _gemm_persistent_kernel.fn:
+        written = ["c_ptr"]
+    elif fn is _gemm_split_kernel.fn:
+        written = ["c_ptr", "part_ptr", "count_ptr"] if args.get("SPLIT") else ["c_ptr"]
+    else:
+        return None
+    return [name for name in written if name in args]
 
 
 def declare_kernel_writes() -> bool:
     """Make torch's functionalization see only what the GEMM kernels write; whether it could.
 
-    Wraps ``torch._higher_order_ops.triton_kernel_wrap.get_mutated_tensors`` (torch >= 2.6):
-    other kernels keep torch's own analysis. Without the function, inputs are copied (correct,
-    slower).
+    Wraps ``torch._higher_order_ops.triton_kernel_wrap``'s ``identify_mutated_tensors`` (torch
+    up to 2.12) or ``get_mutated_tensors`` (later): other kernels keep torch's own analysis.
+    Without either, inputs are copied around each launch (correct, slower).
     """
     try:
         from torch._higher_order_ops import triton_kernel_wrap as wrap
     except ImportError:
         return False
-    original = getattr(wrap, "get_mutated_tensors", None)
+    identify = getattr(wrap, "identify_mutated_tensors", None)
+    if identify is not None and not getattr(identify, "_bi_triton", False):
+
+        def identify_mutated_tensors(kernel: Any, kwargs: dict[str, Any], *rest: Any) -> Any:
+            written = _written(kernel, kwargs)
+            return identify(kernel, kwargs, *rest) if written is None else written
+
+        identify_mutated_tensors._bi_triton = True  # type: ignore[attr-defined]
+        setattr(wrap, "identify_mutated_tensors", identify_mutated_tensors)  # noqa: B010
+    get = getattr(wrap, "get_mutated_tensors", None)
     table = getattr(wrap, "kernel_side_table", None)
-    if original is None or table is None:
-        return False
-    if getattr(original, "_bi_triton", False):
-        return True
+    if get is not None and table is not None and not getattr(get, "_bi_triton", False):
 
-    def get_mutated_tensors(
-        kernel_idx: int, constant_args_idx: int, kwargs: dict[str, Any], *rest: Any
-    ) -> list[str]:
-        constants = table.get_constant_args(constant_args_idx)
-        written = _written(table.get_kernel(kernel_idx), constants)
-        if written is None:
-            return original(kernel_idx, constant_args_idx, kwargs, *rest)  # type: ignore[no-any-return]
-        return [name for name in written if isinstance(kwargs.get(name), torch.Tensor)]
+        def get_mutated_tensors(
+            kernel_idx: int, constant_args_idx: int, kwargs: dict[str, Any], *rest: Any
+        ) -> Any:
+            constants = table.get_constant_args(constant_args_idx)
+            written = _written(table.get_kernel(kernel_idx), {**kwargs, **constants})
+            if written is None:
+                return get(kernel_idx, constant_args_idx, kwargs, *rest)
+            return [name for name in written if isinstance(kwargs.get(name), torch.Tensor)]
 
-    get_mutated_tensors._bi_triton = True  # type: ignore[attr-defined]
-    wrap.get_mutated_tensors = get_mutated_tensors  # type: ignore[assignment]
-    return True
+        get_mutated_tensors._bi_triton = True  # type: ignore[attr-defined]
+        setattr(wrap, "get_mutated_tensors", get_mutated_tensors)  # noqa: B010
+    return identify is not None or get is not None
 
 
 def _register() -> Any:
