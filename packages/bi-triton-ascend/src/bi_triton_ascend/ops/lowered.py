@@ -65,15 +65,26 @@ def launch_gemm(
     return out
 
 
+def _python_function(kernel: Any) -> Any:
+    """The Python function under a Triton kernel object.
+
+    Unwraps ``JITFunction`` and the one-config ``Autotuner`` torch puts around a kernel launched
+    with ``num_warps``/``num_stages``.
+    """
+    while hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    return kernel
+
+
 def _written(kernel: Any, args: dict[str, Any]) -> list[str] | None:
     """The pointer arguments a GEMM kernel writes (of those passed); ``None`` for other kernels.
 
     ``args`` holds the launch's arguments and constexprs by name.
     """
-    fn = getattr(kernel, "fn", None)
-    if fn is _gemm_persistent_kernel.fn:
+    fn = _python_function(kernel)
+    if fn is _python_function(_gemm_persistent_kernel):
         written = ["c_ptr"]
-    elif fn is _gemm_split_kernel.fn:
+    elif fn is _python_function(_gemm_split_kernel):
         written = ["c_ptr", "part_ptr", "count_ptr"] if args.get("SPLIT") else ["c_ptr"]
     else:
         return None
