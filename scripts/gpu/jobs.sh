@@ -557,12 +557,6 @@ job_lowering() {
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered.json"
 }
 
-# #4: the 8B model level with the lowering, two rounds (engine drift cancelled).
-job_lowering8() {
-  timeout 400 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
-    --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowered.json"
-}
-
 # #4: the lowering after the traced-view fix: its CUDA tests, the 0.6B compiled level (two
 # rounds) and the compiled decode profile (which kernels a compiled step launches).
 job_lowering2() {
@@ -601,4 +595,17 @@ job_lowering5() {
     -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered5_cuda.junit.xml"
   timeout 320 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+}
+
+# #4, next session: the lowering (opt-in) with the writes found under torch's Autotuner wrap;
+# its CUDA tests, then the 0.6B and 8B compiled levels with it on (two rounds each).
+job_lowering6() {
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered6_cuda.junit.xml"
+  IR_DISPATCH_LOWER=1 timeout 320 python3 benchmarks/model_decoder.py --shapes 0.6b \
+    --compile compile --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+}
+job_lowering8() {
+  IR_DISPATCH_LOWER=1 timeout 560 python3 benchmarks/model_decoder.py --shapes 8b \
+    --compile eager,compile --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowered.json"
 }

@@ -7,10 +7,11 @@ generated code instead of calling ATen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,23 @@ def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
 
     torch._dynamo.reset()
     compiled = torch.compile(fn, dynamic=False, fullgraph=True)
-    with ird.aten_overrides(), ird.batch_invariant():
+    with _lowering_on(), ird.aten_overrides(), ird.batch_invariant():
         result, codes = run_and_get_code(compiled, *args)
     return result, "\n".join(codes)
+
+
+@contextlib.contextmanager
+def _lowering_on() -> Iterator[None]:
+    """``IR_DISPATCH_LOWER=1`` (the pass is opt-in) while the overrides are installed."""
+    saved = os.environ.get("IR_DISPATCH_LOWER")
+    os.environ["IR_DISPATCH_LOWER"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("IR_DISPATCH_LOWER")
+        else:
+            os.environ["IR_DISPATCH_LOWER"] = saved
 
 
 def _eager(fn: Callable[..., Any], *args: Any) -> Any:

@@ -152,7 +152,9 @@ def test_out_keyword_is_left_alone(lowering_provider: None) -> None:
     assert not set(_LOWERINGS.values()) & _targets(gm)
 
 
-def test_install_chains_the_previous_pass_and_uninstall_restores_it() -> None:
+def test_install_chains_the_previous_pass_and_uninstall_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from torch._inductor import config
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -167,6 +169,7 @@ def test_install_chains_the_previous_pass_and_uninstall_restores_it() -> None:
 
     previous = Previous()
     config.pre_grad_custom_pass = previous
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
     try:
         assert ird.install_lowering()
         installed = config.pre_grad_custom_pass
@@ -183,14 +186,13 @@ def test_install_chains_the_previous_pass_and_uninstall_restores_it() -> None:
         config.pre_grad_custom_pass = None
 
 
-def test_overrides_install_the_pass_and_the_switch_turns_it_off(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_switch_makes_the_overrides_install_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._inductor import config
 
+    monkeypatch.delenv("IR_DISPATCH_LOWER", raising=False)
+    with ird.aten_overrides():  # off by default
+        assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
     with ird.aten_overrides():
         assert ird.lowering_installed() and config.pre_grad_custom_pass is not None
     assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
-    monkeypatch.setenv("IR_DISPATCH_LOWER", "0")
-    with ird.aten_overrides():
-        assert not ird.lowering_installed()

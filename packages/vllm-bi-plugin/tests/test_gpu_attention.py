@@ -149,6 +149,7 @@ def test_info_shows_the_switch_and_the_dry_run_names_the_backend(
     assert "VLLM_BI_QK_FUSION: unset" in info.format_info(data)
     assert "BI_TRITON_LAUNCH_CACHE: unset" in info.format_info(data)
     assert "IR_DISPATCH_REMEMBER: unset" in info.format_info(data)
+    assert "IR_DISPATCH_LOWER: unset" in info.format_info(data)
     assert plugin.installed() is None  # the dry run undid it
     assert _flash_attn_path() == "vllm.v1.attention.backends.flash_attn.FlashAttentionBackend"
 

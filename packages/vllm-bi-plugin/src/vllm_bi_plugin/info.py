@@ -103,6 +103,8 @@ def dry_run() -> dict[str, Any]:
 LAUNCH_TABLE_ENV = "BI_TRITON_LAUNCH_CACHE"
 # ir-dispatch's switch of remembered selection (``registry.REMEMBER_ENV``).
 REMEMBER_ENV = "IR_DISPATCH_REMEMBER"
+# ir-dispatch's switch of its torch.compile lowering pass (``lowering.ENV``).
+LOWER_ENV = "IR_DISPATCH_LOWER"
 
 
 def gather(run_dry: bool = True) -> dict[str, Any]:
@@ -125,6 +127,7 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
             TP_INVARIANT_ENV: os.environ.get(TP_INVARIANT_ENV),
             LAUNCH_TABLE_ENV: os.environ.get(LAUNCH_TABLE_ENV),
             REMEMBER_ENV: os.environ.get(REMEMBER_ENV),
+            LOWER_ENV: os.environ.get(LOWER_ENV),
         },
         "provider_packages": [
             {"module": r.package.module, "ok": r.ok, "message": r.message} for r in results
@@ -174,6 +177,12 @@ def format_info(info: dict[str, Any]) -> str:
         f"{REMEMBER_ENV}: {remember or 'unset'} "
         "(ir-dispatch remembers each op's provider and launch plan per argument layout; "
         "on unless 0)"
+    )
+    lower = info["switch"].get(LOWER_ENV)
+    lines.append(
+        f"{LOWER_ENV}: {lower or 'unset'} "
+        "(torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
+        "calling ATen; off unless 1)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
