@@ -20,6 +20,7 @@ Registered as lowerings on CUDA only: Inductor launches user Triton kernels on G
 Triton's interpreter runs the same body here when the op is called directly.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -129,13 +130,15 @@ def declare_kernel_writes() -> bool:
     return identify is not None or get is not None
 
 
-def _register() -> Any:
+@functools.cache
+def batched_gemm_op() -> Any:
+    """The ``bi_triton::batched_gemm`` op, defined on first use (with the writes declared)."""
     from torch.library import triton_op, wrap_triton
 
     declare_kernel_writes()
 
     @triton_op("bi_triton::batched_gemm", mutates_args=())
-    def batched_gemm_op(
+    def batched_gemm(
         a: torch.Tensor,
         b: torch.Tensor,
         bias: torch.Tensor | None,
@@ -144,17 +147,7 @@ def _register() -> Any:
     ) -> torch.Tensor:
         return launch_gemm(a, b, bias, alpha, beta, wrap_triton)
 
-    return batched_gemm_op
-
-
-_op: list[Any] = []
-
-
-def batched_gemm_op() -> Any:
-    """The ``bi_triton::batched_gemm`` op (defined on first use)."""
-    if not _op:
-        _op.append(_register())
-    return _op[0]
+    return batched_gemm
 
 
 def lowered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
