@@ -545,11 +545,25 @@ job_fastlane3() {
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_fast_lane_final.json"
 }
 
+# lowered_tests TAG SECONDS [PYTEST ARGS...]: bi-triton-ascend's lowering tests on CUDA, junit
+# bi_triton_TAG_cuda.junit.xml.
+lowered_tests() {
+  local tag=$1 secs=$2
+  shift 2
+  timeout "$secs" python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_${tag}_cuda.junit.xml" "$@"
+}
+
+# compiled_level_06 SECONDS: the 0.6B model level under torch.compile only, two rounds.
+compiled_level_06() {
+  timeout "$1" python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+}
+
 # #4: GEMMs that Inductor launches itself (ir-dispatch's lowering pass): their CUDA tests, then
 # the 0.6B model level (two rounds).
 job_lowering() {
-  timeout 200 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered_cuda.junit.xml"
+  lowered_tests lowered 200
   timeout 60 python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
     packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
     --junitxml="$JOB_DIR/ir_dispatch_lowering_cuda.junit.xml"
@@ -560,10 +574,8 @@ job_lowering() {
 # #4: the lowering after the traced-view fix: its CUDA tests, the 0.6B compiled level (two
 # rounds) and the compiled decode profile (which kernels a compiled step launches).
 job_lowering2() {
-  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered2_cuda.junit.xml"
-  timeout 200 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
-    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  lowered_tests lowered2 150
+  compiled_level_06 200
   timeout 150 python3 benchmarks/profile_model.py --shape 0.6b --compile compile \
     --out "$JOB_DIR"
 }
@@ -571,11 +583,8 @@ job_lowering2() {
 # #4: the lowering with parameters (traced without grad) and a picklable pass: its CUDA tests,
 # the 0.6B compiled level (two rounds), the compiled decode profile.
 job_lowering3() {
-  timeout 60 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q -x \
-    -k "parameters or eagerly or lowered_launch" -p no:cacheprovider -rs \
-    --junitxml="$JOB_DIR/bi_triton_lowered3_cuda.junit.xml"
-  timeout 330 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
-    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  lowered_tests lowered3 60 -x -k "parameters or eagerly or lowered_launch"
+  compiled_level_06 330
   timeout 160 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 20 \
     --out "$JOB_DIR"
 }
@@ -583,27 +592,21 @@ job_lowering3() {
 # #4: the lowering with the GEMM kernels' writes declared (no input copies): its CUDA tests,
 # then the 0.6B compiled level (two rounds).
 job_lowering4() {
-  timeout 170 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered4_cuda.junit.xml"
-  timeout 340 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
-    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  lowered_tests lowered4 170
+  compiled_level_06 340
 }
 
 # #4: the same with torch 2.11's identify_mutated_tensors declared too.
 job_lowering5() {
-  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered5_cuda.junit.xml"
-  timeout 320 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
-    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  lowered_tests lowered5 150
+  compiled_level_06 320
 }
 
 # #4, next session: the lowering (opt-in) with the writes found under torch's Autotuner wrap;
 # its CUDA tests, then the 0.6B and 8B compiled levels with it on (two rounds each).
 job_lowering6() {
-  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_lowered.py -q \
-    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_lowered6_cuda.junit.xml"
-  IR_DISPATCH_LOWER=1 timeout 320 python3 benchmarks/model_decoder.py --shapes 0.6b \
-    --compile compile --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered_compile.json"
+  lowered_tests lowered6 150
+  IR_DISPATCH_LOWER=1 compiled_level_06 320
 }
 job_lowering8() {
   IR_DISPATCH_LOWER=1 timeout 560 python3 benchmarks/model_decoder.py --shapes 8b \
