@@ -50,9 +50,16 @@ def matmul_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tor
     """``matmul``'s 3-D GEMM operands, and what turns the ``[Bt, M, N]`` product into its result.
 
     Shared by the eager op and its ``torch.compile`` lowering, so both launch the same GEMM.
+
+    Raises:
+        ValueError: ``a``'s last dimension differs from ``b``'s contracted one.
     """
     a2 = a.unsqueeze(0) if a.dim() == 1 else a
     b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(
+            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied"
+        )
     n = b2.shape[-1]
     if b2.dim() == 2:
         a3, b3, _ = _fold(a2, b2, None)
@@ -114,12 +121,6 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         )
     check_float("matmul", "a", a)
     check_same("matmul", "a", a, "b", b)
-    a2 = a.unsqueeze(0) if a.dim() == 1 else a
-    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
-    if a2.shape[-1] != b2.shape[-2]:
-        raise ValueError(
-            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied"
-        )
     a3, b3, finish = matmul_operands(a, b)
     launch = describe(a3, b3)
     out = finish(execute(launch, a3, b3, None))
