@@ -52,7 +52,7 @@ import _report
 import torch
 
 import ir_dispatch as ird
-from ir_dispatch.lowering import lowering_enabled
+from ir_dispatch.lowering import lowering_enabled, lowerings_registered
 
 TARGET_RATIO = 0.8
 MODES = ("default", "batch_invariant")
@@ -404,7 +404,8 @@ def versions() -> dict[str, Any]:
     except ImportError:
         found["launch_table"] = None
     found["remembered_selection"] = ird.remembering()  # IR_DISPATCH_REMEMBER=0 turns it off
-    found["compile_lowering"] = lowering_enabled()  # IR_DISPATCH_LOWER=0 turns it off
+    # Whether BI compiled graphs launch the GEMMs themselves (IR_DISPATCH_LOWER=0 turns it off).
+    found["compile_lowering"] = lowering_enabled() and lowerings_registered()
     return found
 
 

@@ -612,3 +612,22 @@ job_lowering8() {
   IR_DISPATCH_LOWER=1 timeout 560 python3 benchmarks/model_decoder.py --shapes 8b \
     --compile eager,compile --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowered.json"
 }
+
+# #4, sixteenth session: the lowering on by default (IR_DISPATCH_LOWER unset). Part a: its
+# ir-dispatch CUDA tests, then the 0.6B model level, eager and compile, two rounds.
+job_lowering9a() {
+  unset IR_DISPATCH_LOWER
+  timeout 90 python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
+    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_lowering_default_cuda.junit.xml"
+  timeout 440 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowering_default.json"
+}
+
+# Part b: the 8B model level, eager and compile, two rounds; then the host cost per call.
+job_lowering9b() {
+  unset IR_DISPATCH_LOWER
+  timeout 330 python3 benchmarks/model_decoder.py --shapes 8b --compile eager,compile \
+    --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowering_default.json"
+  timeout 150 python3 benchmarks/host_cost.py --out "$JOB_DIR" --label lowering_default
+}

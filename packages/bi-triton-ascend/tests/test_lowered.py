@@ -141,7 +141,7 @@ def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
 
 @contextlib.contextmanager
 def _lowering_on() -> Iterator[None]:
-    """``IR_DISPATCH_LOWER=1`` (the pass is opt-in) while the overrides are installed."""
+    """``IR_DISPATCH_LOWER=1`` while the overrides are installed (a caller's ``0`` skips it)."""
     saved = os.environ.get("IR_DISPATCH_LOWER")
     os.environ["IR_DISPATCH_LOWER"] = "1"
     try:

@@ -153,7 +153,7 @@ def test_out_keyword_is_left_alone(lowering_provider: None) -> None:
 
 
 def test_install_chains_the_previous_pass_and_uninstall_restores_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, lowering_provider: None
 ) -> None:
     from torch._inductor import config
     from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -186,13 +186,65 @@ def test_install_chains_the_previous_pass_and_uninstall_restores_it(
         config.pre_grad_custom_pass = None
 
 
-def test_the_switch_makes_the_overrides_install_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_overrides_install_the_pass_by_default_when_a_lowering_exists(
+    monkeypatch: pytest.MonkeyPatch, lowering_provider: None
+) -> None:
     from torch._inductor import config
 
     monkeypatch.delenv("IR_DISPATCH_LOWER", raising=False)
-    with ird.aten_overrides():  # off by default
-        assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
-    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
-    with ird.aten_overrides():
+    with ird.aten_overrides():  # on by default
         assert ird.lowering_installed() and config.pre_grad_custom_pass is not None
     assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "0")
+    with ird.aten_overrides():
+        assert not ird.lowering_installed() and config.pre_grad_custom_pass is None
+
+
+def test_a_caller_may_make_the_pass_opt_in(
+    monkeypatch: pytest.MonkeyPatch, lowering_provider: None
+) -> None:
+    """``lowering_default=False`` (the vLLM plugin): only ``IR_DISPATCH_LOWER=1`` installs it."""
+    monkeypatch.delenv("IR_DISPATCH_LOWER", raising=False)
+    ird.install_aten_overrides(lowering_default=False)
+    try:
+        assert not ird.lowering_installed()
+    finally:
+        ird.uninstall_aten_overrides()
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
+    ird.install_aten_overrides(lowering_default=False)
+    try:
+        assert ird.lowering_installed()
+    finally:
+        ird.uninstall_aten_overrides()
+    assert not ird.lowering_installed()
+
+
+def test_no_lowering_registered_means_no_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a lowering (CPU, interpreter) the pass would do nothing: it is not installed."""
+    from ir_dispatch.lowering import lowerings_registered
+
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
+    if lowerings_registered():
+        pytest.skip("a provider registered a lowering here (CUDA)")
+    with ird.aten_overrides():
+        assert not ird.lowering_installed()
+
+
+@pytest.mark.parametrize("value, expected", [("", True), ("1", True), ("true", True),
+                                             ("0", False), ("FALSE", False)])  # fmt: skip
+def test_the_switch_reads_one_and_zero(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: bool
+) -> None:
+    from ir_dispatch.lowering import lowering_enabled
+
+    monkeypatch.setenv("IR_DISPATCH_LOWER", value)
+    assert lowering_enabled() is expected
+    assert lowering_enabled(default=False) is (expected and value != "")
+
+
+def test_the_switch_rejects_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ir_dispatch.lowering import lowering_enabled
+
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "yes please")
+    with pytest.raises(ValueError, match=r"IR_DISPATCH_LOWER='yes please'.*expected 1 or 0"):
+        lowering_enabled()

@@ -90,3 +90,25 @@ def test_install_aten_overrides_merges_with_what_is_there() -> None:
     assert _hooks_common.install_aten_overrides(("mean.dim",), "CPU") == ("mean.dim",)
     assert set(ir_dispatch.installed_overrides()[1]) == set(got)
     assert _hooks_common.install_aten_overrides((), "CPU") == ()
+
+
+@pytest.fixture
+def linear_lowering():
+    """A batch-invariant ``linear`` with a lowering (as bi-triton-ascend registers on CUDA)."""
+    linear = ir_dispatch.ops.linear
+    linear.register_impl(
+        "lowtest", batch_invariant=True, priority=1000, lowering=torch.nn.functional.linear
+    )(linear.impls[-1].fn)
+    yield
+    linear.unregister_impl("lowtest")
+
+
+def test_the_compile_lowering_is_opt_in_inside_vllm(monkeypatch, linear_lowering) -> None:
+    """vLLM replays compiled graphs as CUDA graphs: the plugin installs the pass only if asked."""
+    monkeypatch.delenv("IR_DISPATCH_LOWER", raising=False)
+    _hooks_common.install_aten_overrides(("linear",), "CPU")
+    assert not ir_dispatch.lowering_installed()
+    ir_dispatch.uninstall_aten_overrides()
+    monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
+    _hooks_common.install_aten_overrides(("linear",), "CPU")
+    assert ir_dispatch.lowering_installed()

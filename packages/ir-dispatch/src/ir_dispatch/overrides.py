@@ -114,13 +114,18 @@ def _make_override(overload: str, handler: Handler, original: Any) -> Callable[.
 
 
 def install_aten_overrides(
-    overloads: Iterable[str] | None = None, dispatch_key: str | None = None
+    overloads: Iterable[str] | None = None,
+    dispatch_key: str | None = None,
+    *,
+    lowering_default: bool = True,
 ) -> None:
     """Route the given aten overloads (default: all of :data:`DEFAULT_OVERRIDES`) to the registry.
 
     Args:
         overloads: aten overload names such as ``"mm"``, ``"addmm.out"``, ``"mean.dim"``.
         dispatch_key: the key to install under; defaults to the current platform's.
+        lowering_default: whether the ``torch.compile`` lowering pass is installed too when
+            ``IR_DISPATCH_LOWER`` is unset (see :mod:`ir_dispatch.lowering`).
 
     Raises:
         ValueError: an unknown overload name, or overrides already installed under another key.
@@ -159,7 +164,7 @@ def install_aten_overrides(
                     **allow,
                 )
         _installed = _Installed(library, key, wanted)
-    install_lowering()  # compiled graphs: GEMMs launched by Inductor itself (see .lowering)
+    install_lowering(lowering_default)  # compiled graphs: GEMMs Inductor launches (.lowering)
 
 
 def uninstall_aten_overrides() -> None:

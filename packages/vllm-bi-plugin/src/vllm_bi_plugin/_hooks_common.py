@@ -211,5 +211,7 @@ def install_aten_overrides(overloads: Iterable[str], dispatch_key: str) -> tuple
         if key == dispatch_key:
             wanted = tuple(dict.fromkeys((*have, *wanted)))
         ir_dispatch.uninstall_aten_overrides()
-    ir_dispatch.install_aten_overrides(wanted, dispatch_key)
+    # The lowering pass saves host time per compiled GEMM, which vLLM's CUDA graph replays do
+    # not spend, and it has not run in vLLM's piecewise compile: opt-in here.
+    ir_dispatch.install_aten_overrides(wanted, dispatch_key, lowering_default=False)
     return wanted

@@ -182,7 +182,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(
         f"{LOWER_ENV}: {lower or 'unset'} "
         "(torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
-        "calling ATen; off unless 1)"
+        "calling ATen; in vLLM off unless 1: its CUDA graphs replay without that host time)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
