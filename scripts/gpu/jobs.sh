@@ -631,3 +631,23 @@ job_lowering9b() {
     --rounds 2 --out "$JOB_DIR/model_decoder_8b_lowering_default.json"
   timeout 150 python3 benchmarks/host_cost.py --out "$JOB_DIR" --label lowering_default
 }
+
+# #4: prepared launches pass their tensors' addresses as ints (no driver check per pointer):
+# the launch tests on CUDA, the host cost per call, the 0.6B eager level (two rounds).
+job_intptr() {
+  timeout 90 python3 -m pytest packages/bi-triton-ascend/tests/test_prepared.py \
+    packages/bi-triton-ascend/tests/test_launch_cache.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_int_pointers_cuda.junit.xml"
+  timeout 130 python3 benchmarks/host_cost.py --out "$JOB_DIR" --label int_pointers
+  timeout 130 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager \
+    --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_int_pointers.json"
+}
+
+# #4: the eager model level at both widths, four rounds each (the host's transients, tens of
+# seconds long, land in one round of one mode; more rounds dilute them in the pooled median).
+job_eager4() {
+  timeout 130 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager \
+    --rounds 4 --out "$JOB_DIR/model_decoder_0.6b_eager_4rounds.json"
+  timeout 170 python3 benchmarks/model_decoder.py --shapes 8b --compile eager \
+    --rounds 4 --out "$JOB_DIR/model_decoder_8b_eager_4rounds.json"
+}

@@ -230,16 +230,20 @@ def test_scratch_memory_keeps_the_launchers_own_call(table: _FakeKnobs) -> None:
 
 
 def test_prepared_launch_matches_launch_kernel(table: _FakeKnobs) -> None:
-    """Same launcher arguments as :func:`launch_kernel`; the first call goes through Triton."""
+    """:func:`launch_kernel`'s launcher arguments, each tensor as its address (an int, which
+    the launcher takes without a driver check); the first call goes through Triton."""
     kernel, x, y = _FakeKernel(), _aligned(), _aligned()
     prepared = _launch_cache.PreparedLaunch(kernel, (4,), (32, 0.5), {"FLAG": True})
     prepared(x)
     assert len(kernel.triton_calls) == 1 and not kernel.direct_calls
+    assert kernel.triton_calls[0][1][0] is x  # Triton's own path still sees the tensor
     prepared(y)
     _launch_cache.launch_kernel(kernel, (4,), y, 32, 0.5, FLAG=True)
     assert len(kernel.triton_calls) == 1
-    assert kernel.direct_calls[0] == kernel.direct_calls[1]
-    assert kernel.direct_calls[0][9] is y
+    prepared_call, kernel_call = kernel.direct_calls
+    assert kernel_call[9] is y
+    assert type(prepared_call[9]) is int and prepared_call[9] == y.data_ptr()
+    assert prepared_call[:9] + prepared_call[10:] == kernel_call[:9] + kernel_call[10:]
 
 
 def test_prepared_launch_misses_on_alignment_and_dtype(table: _FakeKnobs) -> None:

@@ -16,7 +16,9 @@ do Triton's interpreter, non-CUDA devices (triton-ascend's runtime differs), and
 with Triton launch hooks (profilers) set.
 
 :class:`PreparedLaunch` serves the launch plans: its kernel, grid, trailing arguments and
-options are fixed, so only the device and each tensor's dtype and alignment are looked up.
+options are fixed, so only the device and each tensor's dtype and alignment are looked up, and
+the tensors reach the launcher as their addresses (ints), which spares the launcher a driver
+call per pointer.
 
 What is not re-checked on a hit: Triton's guard that global values a kernel read at compile
 time have not changed (this package's kernels read none), and changes of
@@ -276,14 +278,17 @@ class PreparedLaunch:
             return
         get_device, get_stream = _driver_calls()
         device = get_device()
-        key = (device, *[(t.dtype, not t.data_ptr() & 15) for t in tensors])
+        pointers = [t.data_ptr() for t in tensors]
+        key = (device, *[(t.dtype, not p & 15) for t, p in zip(tensors, pointers)])
         entry = self._entries.get(key)
-        args = (*tensors, *self.trailing)
         if entry is None:
-            entry = self._first(key, device, args)
+            entry = self._first(key, device, (*tensors, *self.trailing))
             if entry is None:
                 return
-        entry(self.grid, get_stream(device), args)
+        # Pointers as ints: for a tensor the launcher would call ``data_ptr()`` again and ask
+        # the driver whether the address is device memory (``cuPointerGetAttribute``), per
+        # tensor and launch; a plan's tensors were checked when its first launch compiled.
+        entry(self.grid, get_stream(device), (*pointers, *self.trailing))
 
     def _first(self, key: tuple[Any, ...], device: Any, args: tuple[Any, ...]) -> _Entry | None:
         """Launch through :func:`launch_kernel` now; the table's entry for later calls.
