@@ -18,6 +18,11 @@ Measured per shape, in one run and side by side (default mode, then BI mode, per
   replays CUDA graphs as vLLM's decode steps do. That column shows the kernels without the
   per-op host cost; it is reported beside the issue's target and not counted in it.
 
+With ``--interleave`` (eager only) the two modes take turns repetition by repetition, the
+order flipped each time, so that a host slowdown lasting seconds (seen on the lent machines:
+a whole round of one mode at half speed) lands on both modes alike; BI rows then also carry
+``paired_ratio``, the median over repetition pairs of BI tokens/s over default's.
+
 Every repetition is kept; the median is reported. Each row also lists the providers the
 registry dispatched to in its first run (``providers_used``; empty in default mode): a BI row
 with none under compile means the compiled graph bypassed the aten overrides, so that row did
@@ -61,6 +66,7 @@ TARGET_COMPILE_MODES = ("eager", "compile")
 """The modes issue #4's target names; ``graphs`` (compile with CUDA graphs) is a diagnostic."""
 TABLE_COLUMNS = [
     "shape", "phase", "batch", "seq", "compile", "mode", "median", "unit", "ratio_vs_default",
+    "paired_ratio",
 ]  # fmt: skip
 
 
@@ -112,6 +118,7 @@ class Settings:
     warmup: int
     layers: int | None
     rounds: int = 1
+    interleave: bool = False
 
 
 def full_cases(decode_prompt: int) -> tuple[Case, ...]:
@@ -278,19 +285,56 @@ def repeat_ms(
     return times, providers
 
 
+Timed = tuple[Callable[[], Any], Callable[[], Any] | None]  # (timed run, untimed setup)
+
+
+def timed_case(
+    model: torch.nn.Module, fn: Callable[..., Any], case: Case, settings: Settings, vocab: int
+) -> Timed:
+    """What one repetition of ``case`` times, and what runs untimed before it."""
+    if case.phase == "prefill":
+        return prefill_step(fn, random_ids(case.batch, case.seq, vocab)), None
+    runner = DecodeRunner(model, fn, case, settings.steps, vocab)
+    return runner.steps, runner.prefill
+
+
 @torch.inference_mode()
 def measure_case(
     model: torch.nn.Module, fn: Callable[..., Any], case: Case, settings: Settings, vocab: int
 ) -> tuple[list[float], dict[str, list[str]]]:
     """Tokens/s of every repetition of ``case``, and the providers it dispatched to."""
-    if case.phase == "prefill":
-        ids = random_ids(case.batch, case.seq, vocab)
-        times, used = repeat_ms(prefill_step(fn, ids), settings.reps, settings.warmup)
-    else:
-        runner = DecodeRunner(model, fn, case, settings.steps, vocab)
-        times, used = repeat_ms(runner.steps, settings.reps, settings.warmup, runner.prefill)
+    run, setup = timed_case(model, fn, case, settings, vocab)
+    times, used = repeat_ms(run, settings.reps, settings.warmup, setup)
     tokens = case.tokens(settings.steps)
     return [tokens / (ms / 1e3) for ms in times], used
+
+
+@torch.inference_mode()
+def measure_case_interleaved(
+    model: torch.nn.Module, case: Case, settings: Settings, vocab: int
+) -> dict[str, tuple[list[float], dict[str, list[str]]]]:
+    """Eager ``case`` in both modes, one repetition of each in turn, the order flipped every
+    time: a host slowdown lasting seconds then lands on both modes alike. Per mode, tokens/s
+    of every repetition and the providers of its first run."""
+    timed = {mode: timed_case(model, model, case, settings, vocab) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    used: dict[str, dict[str, list[str]]] = {mode: {} for mode in MODES}
+    for i in range(settings.warmup + settings.reps):
+        for mode in MODES if i % 2 == 0 else MODES[::-1]:
+            run, setup = timed[mode]
+            with run_mode(mode):
+                if setup is not None:
+                    setup()
+                if i == 0:
+                    with ird.recording() as recorder:
+                        ms = time_once_ms(run)
+                    used[mode] = recorder.providers()
+                else:
+                    ms = time_once_ms(run)
+            if i >= settings.warmup:
+                times[mode].append(ms)
+    tokens = case.tokens(settings.steps)
+    return {mode: ([tokens / (ms / 1e3) for ms in times[mode]], used[mode]) for mode in MODES}
 
 
 # ------------------------------------------------------------------------------ rows
@@ -333,6 +377,35 @@ def measure_mode(
     return rows
 
 
+def measure_interleaved(
+    model: torch.nn.Module, shape: ModelShape, layers: int, settings: Settings
+) -> list[dict[str, Any]]:
+    """Every case eager, both modes interleaved repetition by repetition. BI rows also get
+    ``paired_ratios``: BI tokens/s over default's in the same pair of repetitions."""
+    rows = []
+    for case in settings.cases:
+        made = {mode: result_row(shape, layers, case, "eager", mode, settings) for mode in MODES}
+        try:
+            measured = measure_case_interleaved(model, case, settings, shape.vocab_size)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            for row in made.values():
+                row.update(reps=[], median=float("nan"), error=error)
+            print(f"  {shape.name} {case} eager interleaved: {error[:300]}")
+        else:
+            for mode, (reps, used) in measured.items():
+                made[mode].update(reps=reps, median=_report.median(reps), providers_used=used)
+            default, bi = measured["default"][0], measured["batch_invariant"][0]
+            made["batch_invariant"]["paired_ratios"] = [
+                b / d for b, d in zip(bi, default, strict=True)
+            ]
+        for mode, row in made.items():
+            print(f"  {shape.name} {case.phase} b{case.batch} s{case.seq} eager {mode} "
+                  f"(interleaved): {row['median']:.4g} tokens/s", flush=True)  # fmt: skip
+        rows += made.values()
+    return rows
+
+
 def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (case, compile mode, mode) with the repetitions of every round pooled.
 
@@ -348,6 +421,8 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         into = pooled[key]
         into["reps"] += row["reps"]
         into["round_medians"].append(row["median"])
+        if "paired_ratios" in row:
+            into["paired_ratios"] = into.get("paired_ratios", []) + row["paired_ratios"]
         if "error" in row:
             into.setdefault("error", row["error"])
     for row in pooled.values():
@@ -363,6 +438,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         base = default.get(key(r), float("nan"))
         ok = base > 0 and math.isfinite(base) and math.isfinite(r["median"])
         r["ratio_vs_default"] = r["median"] / base if ok else float("nan")
+        if r.get("paired_ratios"):  # --interleave: the median of the per-pair ratios
+            r["paired_ratio"] = _report.median(r["paired_ratios"])
 
 
 def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
@@ -373,6 +450,9 @@ def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
     rows = []
     for compile_mode in settings.compile_modes:
         for r in range(settings.rounds):  # odd rounds reversed: a host that drifts cancels out
+            if settings.interleave:  # eager only (settings_from checks)
+                rows += measure_interleaved(model, shape, layers, settings)
+                continue
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
     rows = pool_rounds(rows)
@@ -476,6 +556,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1,
         help="measure both modes this many times, odd rounds in reverse order, reps pooled",
     )  # fmt: skip
+    parser.add_argument(
+        "--interleave", action="store_true",
+        help="eager only: alternate the modes repetition by repetition (BI rows get paired_ratio)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="tiny config and few steps (CPU)")
     parser.add_argument("--out", type=Path, help="default: $OUT/model_decoder.json")
     parser.add_argument("--replot", type=Path, help="re-print and re-plot a result file")
@@ -492,11 +576,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         warmup=args.warmup,
         layers=args.layers,
         rounds=args.rounds,
+        interleave=args.interleave,
     )
     if base.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {base.rounds}")
     if not base.shapes or not base.compile_modes:
         raise SystemExit("--shapes and --compile need at least one value each")
+    if base.interleave and base.compile_modes != ("eager",):
+        raise SystemExit(
+            "--interleave needs --compile eager: a compiled graph cannot change mode between "
+            f"repetitions (dynamo's guards do not see it); got --compile {args.compile}"
+        )
     for value in (*base.shapes, *base.compile_modes):
         if value not in SHAPES and value not in COMPILE_MODES:
             raise SystemExit(f"unknown shape or compile mode: {value}")

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,10 @@ ROW_KEYS = {
 }  # fmt: skip
 
 
-def run_tiny(out: Path) -> dict:
+def run_tiny(out: Path, *extra: str) -> dict:
     env = os.environ | {"TRITON_INTERPRET": "1", "OUT": str(out.parent)}
     args = ["--tiny", "--compile", "eager", "--reps", "5", "--warmup", "0", "--steps", "2",
-            "--rounds", "2"]  # fmt: skip
+            "--rounds", "2", *extra]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
@@ -58,6 +59,34 @@ def test_tiny_eager_both_modes_json_shape(tmp_path: Path) -> None:
         else:
             assert row["providers_used"], "BI mode dispatched nothing to the registry"
     assert payload["summary"]["target_ratio"] == 0.8
+
+
+def test_interleaved_modes_pair_their_repetitions(tmp_path: Path) -> None:
+    """``--interleave``: both modes per repetition; BI rows carry the per-pair ratios."""
+    payload = run_tiny(tmp_path / "model_decoder.json", "--interleave")
+    assert payload["setup"]["interleave"] is True
+    rows = payload["results"]
+    assert len(rows) == 8 and {r["mode"] for r in rows} == {"default", "batch_invariant"}
+    for row in rows:
+        assert "error" not in row, row["error"]
+        assert len(row["reps"]) == 10 and len(row["round_medians"]) == 2
+        if row["mode"] == "default":
+            assert "paired_ratios" not in row
+            continue
+        assert row["providers_used"], "BI mode dispatched nothing to the registry"
+        default = next(
+            r for r in rows
+            if r["mode"] == "default" and (r["phase"], r["batch"]) == (row["phase"], row["batch"])
+        )  # fmt: skip
+        expected = [b / d for b, d in zip(row["reps"], default["reps"], strict=True)]
+        assert row["paired_ratios"] == pytest.approx(expected)
+        assert row["paired_ratio"] == pytest.approx(statistics.median(expected))
+
+
+def test_interleave_refuses_compiled_modes() -> None:
+    module = load_script()
+    with pytest.raises(SystemExit, match="--interleave needs --compile eager"):
+        module.settings_from(module.parse_args(["--interleave", "--compile", "eager,compile"]))
 
 
 def test_replot_reads_its_own_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

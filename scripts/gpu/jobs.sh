@@ -651,3 +651,12 @@ job_eager4() {
   timeout 170 python3 benchmarks/model_decoder.py --shapes 8b --compile eager \
     --rounds 4 --out "$JOB_DIR/model_decoder_8b_eager_4rounds.json"
 }
+
+# #4: the eager model level with the modes interleaved repetition by repetition (BI rows get
+# paired_ratio), at both widths.
+job_modelab() {
+  timeout 200 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager --interleave \
+    --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_0.6b_eager_interleaved.json"
+  timeout 260 python3 benchmarks/model_decoder.py --shapes 8b --compile eager --interleave \
+    --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_8b_eager_interleaved.json"
+}

@@ -279,7 +279,7 @@ class PreparedLaunch:
         get_device, get_stream = _driver_calls()
         device = get_device()
         pointers = [t.data_ptr() for t in tensors]
-        key = (device, *[(t.dtype, not p & 15) for t, p in zip(tensors, pointers)])
+        key = (device, *[(t.dtype, not p & 15) for t, p in zip(tensors, pointers, strict=True)])
         entry = self._entries.get(key)
         if entry is None:
             entry = self._first(key, device, (*tensors, *self.trailing))
