@@ -57,7 +57,7 @@ import _report
 import torch
 
 import ir_dispatch as ird
-from ir_dispatch.lowering import lowering_enabled, lowerings_registered
+from ir_dispatch.lowering import lowering_enabled, lowerings_registered, reductions_routed
 
 TARGET_RATIO = 0.8
 MODES = ("default", "batch_invariant")
@@ -486,6 +486,7 @@ def versions() -> dict[str, Any]:
     found["remembered_selection"] = ird.remembering()  # IR_DISPATCH_REMEMBER=0 turns it off
     # Whether BI compiled graphs launch the GEMMs themselves (IR_DISPATCH_LOWER=0 turns it off).
     found["compile_lowering"] = lowering_enabled() and lowerings_registered()
+    found["compile_reductions_routed"] = reductions_routed()  # IR_DISPATCH_LOWER_REDUCTIONS=1
     return found
 
 

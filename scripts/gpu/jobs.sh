@@ -660,3 +660,12 @@ job_modelab() {
   timeout 260 python3 benchmarks/model_decoder.py --shapes 8b --compile eager --interleave \
     --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_8b_eager_interleaved.json"
 }
+
+# #4: reductions in compiled graphs routed to the registry (IR_DISPATCH_LOWER_REDUCTIONS=1):
+# the lowering tests on CUDA (the routed RMSNorm + softmax batch-invariant), then the 0.6B
+# compiled level with the routing on (two rounds), to measure what the Python call per op costs.
+job_reductions() {
+  lowered_tests reductions 200
+  IR_DISPATCH_LOWER_REDUCTIONS=1 timeout 330 python3 benchmarks/model_decoder.py --shapes 0.6b \
+    --compile compile --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_compile_reductions.json"
+}

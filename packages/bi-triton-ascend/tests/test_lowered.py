@@ -140,17 +140,21 @@ def _compiled(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
 
 
 @contextlib.contextmanager
-def _lowering_on() -> Iterator[None]:
-    """``IR_DISPATCH_LOWER=1`` while the overrides are installed (a caller's ``0`` skips it)."""
-    saved = os.environ.get("IR_DISPATCH_LOWER")
-    os.environ["IR_DISPATCH_LOWER"] = "1"
+def _env_set(name: str, value: str) -> Iterator[None]:
+    saved = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("IR_DISPATCH_LOWER")
+            os.environ.pop(name)
         else:
-            os.environ["IR_DISPATCH_LOWER"] = saved
+            os.environ[name] = saved
+
+
+def _lowering_on() -> contextlib.AbstractContextManager[None]:
+    """``IR_DISPATCH_LOWER=1`` while the overrides are installed (a caller's ``0`` skips it)."""
+    return _env_set("IR_DISPATCH_LOWER", "1")
 
 
 def _eager(fn: Callable[..., Any], *args: Any) -> Any:
@@ -223,3 +227,34 @@ def test_parameters_of_a_model_traced_without_grad_are_lowered(device: torch.dev
     assert "_gemm_" in code and "extern_kernels.addmm" not in code, code
     assert "clone" not in code and "copy_" not in code, f"the weight or x copied:\n{code}"
     assert torch.equal(result, expected)
+
+
+def _rms_then_softmax(x: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm as ``transformers`` writes it (``pow``/``mean``/``rsqrt`` in fp32), then a
+    softmax: reductions Inductor would compile into kernels of its own."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return F.softmax(normed, dim=-1, dtype=torch.float32)
+
+
+@pytest.mark.cuda
+def test_routed_reductions_run_the_kits_kernels_batch_invariantly(device: torch.device) -> None:
+    """``IR_DISPATCH_LOWER_REDUCTIONS=1``: the compiled ``mean`` and ``softmax`` are the
+    registry's ops (the eager bits), and the probe row's bits do not depend on the batch."""
+    probe = rand(1, 1024, dtype=bf16, device=device)
+    with _env_set("IR_DISPATCH_LOWER_REDUCTIONS", "1"):
+        for fn in (lambda x: x.float().pow(2).mean(-1, keepdim=True),
+                   lambda x: F.softmax(x.float(), dim=-1)):  # fmt: skip
+            args = rand(5, 1024, dtype=bf16, device=device)
+            result, code = _compiled(fn, args)
+            assert "ir_dispatch." in code, code
+            assert torch.equal(result, _eager(fn, args))
+        alone, code = _compiled(_rms_then_softmax, probe)
+        assert "ir_dispatch.mean" in code and "ir_dispatch.softmax" in code, code
+        for m in (2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257):
+            batch = rand(m, 1024, dtype=bf16, device=device)
+            at = sorted({0, m // 2, m - 1})
+            batch[at] = probe[0]
+            out, _ = _compiled(_rms_then_softmax, batch)
+            for row in at:
+                assert torch.equal(out[row], alone[0]), (m, row)

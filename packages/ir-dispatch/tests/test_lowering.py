@@ -4,6 +4,7 @@ autograd needs the aten op."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -248,3 +249,108 @@ def test_the_switch_rejects_other_values(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("IR_DISPATCH_LOWER", "yes please")
     with pytest.raises(ValueError, match=r"IR_DISPATCH_LOWER='yes please'.*expected 1 or 0"):
         lowering_enabled()
+
+
+def _reduction_cases() -> list[tuple[str, str, Callable[..., Any]]]:
+    """(id, registry op, function) for each form Dynamo records a reduction call in."""
+    return [
+        ("RMSNorm's mean", "mean", lambda x: x.pow(2).mean(-1, keepdim=True)),
+        ("torch.mean, dims", "mean", lambda x: torch.mean(x, (0, 1))),
+        ("Tensor.mean, all", "mean", lambda x: x.mean()),
+        ("Tensor.mean, dtype", "mean", lambda x: x.mean(dim=1, dtype=torch.float64)),
+        ("F.softmax, dtype", "softmax", lambda x: F.softmax(x, dim=-1, dtype=torch.float32)),
+        ("torch.softmax", "softmax", lambda x: torch.softmax(x, 1)),
+        ("Tensor.softmax", "softmax", lambda x: x.softmax(-1)),
+        ("torch.log_softmax", "log_softmax", lambda x: torch.log_softmax(x, -1)),
+        ("F.log_softmax", "log_softmax", lambda x: F.log_softmax(x, dim=1)),
+        ("Tensor.log_softmax", "log_softmax", lambda x: x.log_softmax(0)),
+    ]
+
+
+@pytest.fixture
+def route_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
+
+
+@pytest.mark.parametrize(
+    "name, op_name, fn", _reduction_cases(), ids=[c[0] for c in _reduction_cases()]
+)
+def test_reductions_go_to_the_registry_op_when_routed(
+    route_reductions: None, name: str, op_name: str, fn: Callable[..., Any]
+) -> None:
+    """Inductor would compile these itself; routed, they run what eager dispatch selects."""
+    x = torch.randn(4, 6, 5)
+    op = getattr(ops, op_name)
+    with ird.batch_invariant():
+        gm, result = _compiled_graph(fn, x)
+        with ird.aten_overrides():
+            expected = fn(x)  # eager: the aten overrides call the registry
+    assert op.torch_op in _targets(gm), gm.code
+    assert result.dtype == expected.dtype and torch.equal(result, expected)
+
+
+def test_reductions_are_left_to_inductor_unless_routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+    for _, op_name, fn in _reduction_cases():
+        with ird.batch_invariant():
+            gm, _ = _compiled_graph(fn, torch.randn(4, 6, 5))
+        assert getattr(ops, op_name).torch_op not in _targets(gm)
+
+
+def test_routed_reductions_only_in_batch_invariant_mode(route_reductions: None) -> None:
+    gm, _ = _compiled_graph(lambda x: x.softmax(-1), torch.randn(3, 5))
+    assert ops.softmax.torch_op not in _targets(gm)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: F.softmax(x),  # no dim: torch guesses one (deprecated)
+        lambda x: torch.mean(x, 1, keepdim=True, out=torch.empty(3, 1)),
+    ],
+    ids=["softmax without dim", "mean with out"],
+)
+def test_reduction_forms_the_op_does_not_take_are_left_alone(
+    route_reductions: None, fn: Callable[..., Any]
+) -> None:
+    with ird.batch_invariant(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # softmax's deprecated implicit dim
+        gm, _ = _compiled_graph(fn, torch.randn(3, 5))
+    assert not {ops.softmax.torch_op, ops.mean.torch_op} & _targets(gm)
+
+
+def test_a_reduction_lowering_wins_over_the_custom_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+
+    def lowered_mean(x: torch.Tensor, dim: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
+        return torch.mean(x, dim, keepdim, dtype=dtype) + 1
+
+    ops.mean.register_impl("lowtest", batch_invariant=True, priority=1000, lowering=lowered_mean)(
+        ops.mean.impls[-1].fn
+    )
+    try:
+        x = torch.randn(3, 5)
+        with ird.batch_invariant():
+            gm, result = _compiled_graph(lambda x: x.mean(-1, keepdim=True), x)
+        assert lowered_mean in _targets(gm)
+        torch.testing.assert_close(result, x.mean(-1, keepdim=True) + 1)
+    finally:
+        ops.mean.unregister_impl("lowtest")
+
+
+def test_routing_reductions_changes_the_cache_key_and_installs_the_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ir_dispatch.lowering import lowerings_fingerprint, lowerings_registered
+
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+    off = lowerings_fingerprint()
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
+    assert lowerings_fingerprint() != off
+    if lowerings_registered():
+        pytest.skip("a provider registered a lowering here (CUDA): the pass is installed anyway")
+    with ird.aten_overrides():  # no lowering registered, but the reductions are routed
+        assert ird.lowering_installed()
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "maybe")
+    with pytest.raises(ValueError, match="IR_DISPATCH_LOWER_REDUCTIONS='maybe'"):
+        lowerings_fingerprint()

@@ -23,6 +23,13 @@ tokens/s (extern GEMMs) to 0.89x at batch 1 and 1.4x at batch 32. ``IR_DISPATCH_
 turns it off, ``1`` on. Callers whose compiled graphs are replayed as CUDA graphs gain nothing
 from it (the host time it saves is not in a replay) and may make it opt-in
 (``install_aten_overrides(lowering_default=False)``, as the vLLM plugin does).
+
+Reductions are the other gap: Inductor compiles ``mean``, ``softmax`` and ``log_softmax``
+(an RMSNorm written as ``pow``/``mean``, attention's softmax) into kernels of its own, which
+never reach the overrides and whose reduction order this kit does not control. The pass routes
+those calls too: to a lowering where one is registered (none yet), else, with
+``IR_DISPATCH_LOWER_REDUCTIONS=1``, to the registry op's custom op, which runs the kit's kernel
+at the cost of a Python call per op. That routing is opt-in until its cost is measured.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import torch
 from . import ops
 from .mode import is_batch_invariant
 from .registry import IrOp
+
+_MISSING = object()
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,51 @@ def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | N
     return (*args, float(beta), float(alpha))
 
 
+def _dims(dim: Any) -> list[int] | object | None:
+    """``mean``'s ``dim`` as the registry op takes it; ``_MISSING`` for a traced or odd value."""
+    if dim is None:
+        return None
+    if type(dim) is int:
+        return [dim]
+    if isinstance(dim, list | tuple) and all(type(d) is int for d in dim):
+        return list(dim)
+    return _MISSING
+
+
+def _mean(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``torch.mean(x, dim=None, keepdim=False, *, dtype=None)`` and ``x.mean(...)``."""
+    if not 1 <= len(args) <= 3 or set(kwargs) - {"dim", "keepdim", "dtype"}:
+        return None
+    x, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    dtype, dims = kwargs.get("dtype"), _dims(dim)
+    if dims is _MISSING or type(keepdim) is not bool or not _is_dtype(dtype):
+        return None
+    return (x, dims, keepdim, dtype)
+
+
+def _row_softmax(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``torch.softmax(x, dim, dtype=None)``, ``x.softmax(dim, dtype=None)`` (and log_)."""
+    if not 1 <= len(args) <= 3 or set(kwargs) - {"dim", "dtype"}:
+        return None
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    dtype = args[2] if len(args) > 2 else kwargs.get("dtype")
+    return (args[0], dim, dtype) if type(dim) is int and _is_dtype(dtype) else None
+
+
+def _functional_softmax(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``F.softmax(x, dim=None, _stacklevel=3, dtype=None)`` (and ``F.log_softmax``)."""
+    if not 1 <= len(args) <= 4 or set(kwargs) - {"dim", "_stacklevel", "dtype"}:
+        return None
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")  # None: torch guesses one; not here
+    dtype = args[3] if len(args) > 3 else kwargs.get("dtype")
+    return (args[0], dim, dtype) if type(dim) is int and _is_dtype(dtype) else None
+
+
+def _is_dtype(value: Any) -> bool:
+    return value is None or isinstance(value, torch.dtype)
+
+
 # torch-level callables (as Dynamo records them) -> (registry op name, adapter)
 _FUNCTIONS: dict[Any, tuple[str, Adapter]] = {
     torch._C._nn.linear: ("linear", _linear),
@@ -77,6 +131,11 @@ _FUNCTIONS: dict[Any, tuple[str, Adapter]] = {
     torch.mm: ("mm", _pair),
     torch.bmm: ("bmm", _pair),
     torch.addmm: ("addmm", _addmm),
+    torch.mean: ("mean", _mean),
+    torch.softmax: ("softmax", _row_softmax),
+    torch.log_softmax: ("log_softmax", _row_softmax),
+    torch.nn.functional.softmax: ("softmax", _functional_softmax),
+    torch.nn.functional.log_softmax: ("log_softmax", _functional_softmax),
 }
 # Tensor methods (``x.matmul(w)``: ``self`` is the first argument) -> same
 _METHODS: dict[str, tuple[str, Adapter]] = {
@@ -84,9 +143,14 @@ _METHODS: dict[str, tuple[str, Adapter]] = {
     "__matmul__": ("matmul", _pair),
     "mm": ("mm", _pair),
     "bmm": ("bmm", _pair),
+    "mean": ("mean", _mean),
+    "softmax": ("softmax", _row_softmax),
+    "log_softmax": ("log_softmax", _row_softmax),
 }
-
-_MISSING = object()
+# Ops that Inductor would otherwise decompose into reductions of its own (never reaching the
+# aten overrides): without a lowering they may go to the registry's custom op instead.
+_REDUCTIONS = frozenset({"mean", "softmax", "log_softmax"})
+REDUCTIONS_ENV = "IR_DISPATCH_LOWER_REDUCTIONS"
 
 
 def _route(node: torch.fx.Node) -> tuple[IrOp, tuple[Any, ...]] | None:
@@ -114,7 +178,9 @@ def _traced_value(arg: Any) -> Any:
 def lower_graph(graph: torch.fx.Graph) -> int:
     """Rewrite the graph's GEMM calls to the lowerings of the implementations dispatch selects.
 
-    Does nothing outside batch-invariant mode. Returns how many calls were rewritten.
+    ``mean``/``softmax``/``log_softmax`` calls too, to a lowering or, with
+    :func:`reductions_routed`, to the registry's custom op. Does nothing outside
+    batch-invariant mode. Returns how many calls were rewritten.
     """
     if not is_batch_invariant():
         return 0
@@ -135,9 +201,12 @@ def lower_graph(graph: torch.fx.Graph) -> int:
         except Exception as error:
             logger.debug("ir_dispatch lowering: %s left as is: %s", op.name, error)
             continue
-        if impl.lowering is None:
+        target = impl.lowering
+        if target is None and op.name in _REDUCTIONS and reductions_routed():
+            target = op.torch_op  # selects at run time: the kit's kernel, a Python call
+        if target is None:
             continue
-        node.op, node.target, node.args, node.kwargs = "call_function", impl.lowering, args, {}
+        node.op, node.target, node.args, node.kwargs = "call_function", target, args, {}
         op._note(impl, tuple(values))  # recording() sees compile-time choices as calls
         rewritten += 1
     if rewritten:
@@ -147,7 +216,7 @@ def lower_graph(graph: torch.fx.Graph) -> int:
 
 def lowerings_fingerprint() -> str:
     """What the pass would do, for Inductor's cache key: the mode and every lowering's source."""
-    parts: list[str] = [f"bi={is_batch_invariant()}"]
+    parts: list[str] = [f"bi={is_batch_invariant()}", f"reductions={reductions_routed()}"]
     for name in sorted({n for n, _ in (*_FUNCTIONS.values(), *_METHODS.values())}):
         op = getattr(ops, name)
         for impl in op.impls:
@@ -163,23 +232,36 @@ def lowerings_fingerprint() -> str:
 _installed: list[Any] = []  # the pass object while installed
 
 
-def lowering_enabled(default: bool = True) -> bool:
-    """Whether :func:`install_lowering` may install the pass.
-
-    ``IR_DISPATCH_LOWER=1`` (or ``true``) says yes, ``0`` (or ``false``) no; unset or empty,
-    ``default``.
+def _switch(name: str, default: bool) -> bool:
+    """An environment switch: ``1``/``true`` on, ``0``/``false`` off, unset or empty ``default``.
 
     Raises:
         ValueError: any other value.
     """
-    value = os.environ.get(ENV, "").strip().lower()
+    value = os.environ.get(name, "").strip().lower()
     if value == "":
         return default
     if value in ("1", "true"):
         return True
     if value in ("0", "false"):
         return False
-    raise ValueError(f"{ENV}={value!r} is not understood; expected 1 or 0")
+    raise ValueError(f"{name}={value!r} is not understood; expected 1 or 0")
+
+
+def lowering_enabled(default: bool = True) -> bool:
+    """Whether :func:`install_lowering` may: ``IR_DISPATCH_LOWER``, or ``default`` if unset."""
+    return _switch(ENV, default)
+
+
+def reductions_routed() -> bool:
+    """Whether reductions without a lowering go to the registry's custom op (off by default).
+
+    ``IR_DISPATCH_LOWER_REDUCTIONS=1`` routes ``mean``, ``softmax`` and ``log_softmax`` calls in
+    batch-invariant graphs. Inductor otherwise compiles them into reductions of its own, whose
+    order this kit does not control; the custom op runs the kit's kernel, for a Python call per
+    op at run time.
+    """
+    return _switch(REDUCTIONS_ENV, False)
 
 
 def lowerings_registered() -> bool:
@@ -192,13 +274,13 @@ def install_lowering(default: bool = True) -> bool:
     """Put :func:`lower_graph` in Inductor's pre-grad passes; returns whether it is installed.
 
     Installed when :func:`lowering_enabled` (``default`` when ``IR_DISPATCH_LOWER`` is unset)
-    and some implementation registered a lowering, so a process with none (CPU, interpreter)
-    does not import Inductor for it. Passes set before
+    and some implementation registered a lowering or :func:`reductions_routed`, so a process
+    with neither (CPU, interpreter) does not import Inductor for it. Passes set before
     (``torch._inductor.config.pre_grad_custom_pass``) still run, after this one. Idempotent.
     """
     if _installed:
         return True
-    if not lowering_enabled(default) or not lowerings_registered():
+    if not lowering_enabled(default) or not (lowerings_registered() or reductions_routed()):
         return False
     try:
         from torch._inductor import config
