@@ -150,6 +150,7 @@ def test_info_shows_the_switch_and_the_dry_run_names_the_backend(
     assert "BI_TRITON_LAUNCH_CACHE: unset" in info.format_info(data)
     assert "IR_DISPATCH_REMEMBER: unset" in info.format_info(data)
     assert "IR_DISPATCH_LOWER: unset" in info.format_info(data)
+    assert "IR_DISPATCH_LOWER_REDUCTIONS: unset" in info.format_info(data)
     assert plugin.installed() is None  # the dry run undid it
     assert _flash_attn_path() == "vllm.v1.attention.backends.flash_attn.FlashAttentionBackend"
 

@@ -112,3 +112,12 @@ def test_the_compile_lowering_is_opt_in_inside_vllm(monkeypatch, linear_lowering
     monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
     _hooks_common.install_aten_overrides(("linear",), "CPU")
     assert ir_dispatch.lowering_installed()
+
+
+def test_info_names_ir_dispatchs_lowering_switches() -> None:
+    """``vllm-bi info`` spells the switches itself; they must stay ir-dispatch's names."""
+    from ir_dispatch import lowering
+    from vllm_bi_plugin import info
+
+    assert info.LOWER_ENV == lowering.ENV
+    assert info.LOWER_REDUCTIONS_ENV == lowering.REDUCTIONS_ENV

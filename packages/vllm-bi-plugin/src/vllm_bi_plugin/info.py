@@ -105,6 +105,7 @@ LAUNCH_TABLE_ENV = "BI_TRITON_LAUNCH_CACHE"
 REMEMBER_ENV = "IR_DISPATCH_REMEMBER"
 # ir-dispatch's switch of its torch.compile lowering pass (``lowering.ENV``).
 LOWER_ENV = "IR_DISPATCH_LOWER"
+LOWER_REDUCTIONS_ENV = "IR_DISPATCH_LOWER_REDUCTIONS"  # ``lowering.REDUCTIONS_ENV``
 
 
 def gather(run_dry: bool = True) -> dict[str, Any]:
@@ -128,6 +129,7 @@ def gather(run_dry: bool = True) -> dict[str, Any]:
             LAUNCH_TABLE_ENV: os.environ.get(LAUNCH_TABLE_ENV),
             REMEMBER_ENV: os.environ.get(REMEMBER_ENV),
             LOWER_ENV: os.environ.get(LOWER_ENV),
+            LOWER_REDUCTIONS_ENV: os.environ.get(LOWER_REDUCTIONS_ENV),
         },
         "provider_packages": [
             {"module": r.package.module, "ok": r.ok, "message": r.message} for r in results
@@ -183,6 +185,12 @@ def format_info(info: dict[str, Any]) -> str:
         f"{LOWER_ENV}: {lower or 'unset'} "
         "(torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
         "calling ATen; in vLLM off unless 1: its CUDA graphs replay without that host time)"
+    )
+    reductions = info["switch"].get(LOWER_REDUCTIONS_ENV)
+    lines.append(
+        f"{LOWER_REDUCTIONS_ENV}: {reductions or 'unset'} "
+        "(with the pass: compiled mean/softmax/log_softmax run the registry's kernels instead "
+        "of Inductor's own reductions; off unless 1)"
     )
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
