@@ -19,10 +19,10 @@ do not matter.
 
 On by default wherever an implementation registered a lowering (bi-triton-ascend does on
 CUDA): on an H100 it took the compiled 0.6B decode step from 0.57-0.91x of default mode's
-tokens/s (extern GEMMs) to 0.89x at batch 1 and 1.4x at batch 32. ``IR_DISPATCH_LOWER=0``
-turns it off, ``1`` on. Callers whose compiled graphs are replayed as CUDA graphs gain nothing
-from it (the host time it saves is not in a replay) and may make it opt-in
-(``install_aten_overrides(lowering_default=False)``, as the vLLM plugin does).
+tokens/s (extern GEMMs) to 0.89-1.02x at batch 1 and 1.15-1.40x at batch 32 (two runs).
+``IR_DISPATCH_LOWER=0`` turns it off, ``1`` on. Callers whose compiled graphs are replayed as
+CUDA graphs gain nothing from it (the host time it saves is not in a replay) and may make it
+opt-in (``install_aten_overrides(lowering_default=False)``, as the vLLM plugin does).
 
 Reductions are the other gap: Inductor compiles ``mean``, ``softmax`` and ``log_softmax``
 (an RMSNorm written as ``pow``/``mean``, attention's softmax) into kernels of its own, which
