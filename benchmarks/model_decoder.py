@@ -23,6 +23,12 @@ order flipped each time, so that a host slowdown lasting seconds (seen on the le
 a whole round of one mode at half speed) lands on both modes alike; BI rows then also carry
 ``paired_ratio``, the median over repetition pairs of BI tokens/s over default's.
 
+After each compile mode's timings, the run checks what the speed is for: per mode, a probe
+prompt's logits alone against its logits at the first, middle and last row of the largest
+prefill batch, bit for bit (``invariance`` in the JSON; ``summary.bi_invariant``). Under
+compile that is a fresh graph per batch size, with whatever reductions Inductor wrote itself;
+``--no-invariance`` skips it.
+
 Every repetition is kept; the median is reported. Each row also lists the providers the
 registry dispatched to in its first run (``providers_used``; empty in default mode): a BI row
 with none under compile means the compiled graph bypassed the aten overrides, so that row did
@@ -67,6 +73,9 @@ TARGET_COMPILE_MODES = ("eager", "compile")
 TABLE_COLUMNS = [
     "shape", "phase", "batch", "seq", "compile", "mode", "median", "unit", "ratio_vs_default",
     "paired_ratio",
+]  # fmt: skip
+INVARIANCE_COLUMNS = [
+    "shape", "compile", "mode", "batch", "seq", "probe_rows", "bitwise_equal", "error",
 ]  # fmt: skip
 
 
@@ -119,6 +128,7 @@ class Settings:
     layers: int | None
     rounds: int = 1
     interleave: bool = False
+    check_invariance: bool = True
 
 
 def full_cases(decode_prompt: int) -> tuple[Case, ...]:
@@ -442,12 +452,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             r["paired_ratio"] = _report.median(r["paired_ratios"])
 
 
-def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
+def measure_shape(
+    name: str, settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The timing rows of one shape (rounds pooled) and its invariance checks."""
     shape = SHAPES[name]
     layers = settings.layers or shape.layers
     max_len = max(c.seq + settings.steps for c in settings.cases)
     model = build_model(shape, layers, max_len)
-    rows = []
+    rows, checks = [], []
     for compile_mode in settings.compile_modes:
         for r in range(settings.rounds):  # odd rounds reversed: a host that drifts cancels out
             if settings.interleave:  # eager only (settings_from checks)
@@ -455,11 +468,58 @@ def measure_shape(name: str, settings: Settings) -> list[dict[str, Any]]:
                 continue
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
+        if settings.check_invariance:
+            checks += check_invariance(model, shape, layers, compile_mode, settings)
     rows = pool_rounds(rows)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return rows
+    return rows, checks
+
+
+# ------------------------------------------------------------------------------ invariance
+@torch.inference_mode()
+def probe_rows_match(fn: Callable[..., Any], case: Case, vocab: int) -> tuple[list[int], bool]:
+    """A probe prompt alone and at the first, middle and last row of a ``case.batch`` batch
+    (``case.seq`` tokens, one forward): the rows it sat at, and whether every one of them got
+    the logits it got alone, bit for bit."""
+    probe = random_ids(1, case.seq, vocab)
+    batch = random_ids(case.batch, case.seq, vocab)
+    rows = sorted({0, case.batch // 2, case.batch - 1})
+    batch[rows] = probe[0]
+    alone = fn(input_ids=probe, use_cache=False, logits_to_keep=1).logits
+    together = fn(input_ids=batch, use_cache=False, logits_to_keep=1).logits
+    return rows, all(torch.equal(together[r], alone[0]) for r in rows)
+
+
+def check_invariance(
+    model: torch.nn.Module, shape: ModelShape, layers: int, compile_mode: str, settings: Settings
+) -> list[dict[str, Any]]:
+    """Per mode, whether the largest prefill batch gives a probe row its bits alone: what BI
+    mode promises, checked in the configuration whose speed was measured (under compile, a
+    fresh graph per batch size, with the reductions Inductor writes itself)."""
+    case = max((c for c in settings.cases if c.phase == "prefill"), key=lambda c: c.batch)
+    checks = []
+    for mode in MODES:
+        check: dict[str, Any] = {
+            "shape": shape.name, "layers": layers, "compile": compile_mode, "mode": mode,
+            "batch": case.batch, "seq": case.seq,
+        }  # fmt: skip
+        try:
+            with run_mode(mode):
+                fn = forward_fn(model, compile_mode)
+                rows, equal = probe_rows_match(fn, case, shape.vocab_size)
+            check.update(probe_rows=rows, bitwise_equal=equal)
+        except Exception as exc:
+            check.update(bitwise_equal=None, error=f"{type(exc).__name__}: {exc}"[:500])
+        checks.append(check)
+    return checks
+
+
+def invariance_verdict(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``bi_invariant``: every batch-invariant check passed (``None`` when none ran)."""
+    bi = [c["bitwise_equal"] for c in checks if c["mode"] == "batch_invariant"]
+    return {"bi_invariant": all(x is True for x in bi) if bi else None}
 
 
 # ------------------------------------------------------------------------------ report
@@ -522,10 +582,18 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> Path | None:
     return _report.plot_lines(path, panels, "batch", "tokens/s", logx=True, logy=True)
 
 
-def report(rows: list[dict[str, Any]], verdict: dict[str, Any]) -> None:
+def report(
+    rows: list[dict[str, Any]], verdict: dict[str, Any], checks: list[dict[str, Any]] | None = None
+) -> None:
     _report.print_table(rows, TABLE_COLUMNS, "Qwen3 decoder tokens/s: default vs batch-invariant")
+    if checks:
+        _report.print_table(
+            checks, INVARIANCE_COLUMNS, "probe row alone vs inside the batch, bit for bit"
+        )
     print(f"\nBI / default: min {verdict['min_ratio']}, geomean {verdict['geomean_ratio']}, "
           f"target >= {TARGET_RATIO}: {'met' if verdict['target_met'] else 'NOT met'}")  # fmt: skip
+    if verdict.get("bi_invariant") is not None:
+        print(f"batch-invariant mode bitwise invariant in every check: {verdict['bi_invariant']}")
     if verdict.get("graphs_min_ratio") is not None:
         print(f"with CUDA graphs (not in the target): min {verdict['graphs_min_ratio']}, "
               f"geomean {verdict['graphs_geomean_ratio']}")  # fmt: skip
@@ -534,7 +602,8 @@ def report(rows: list[dict[str, Any]], verdict: dict[str, Any]) -> None:
 def replot(path: Path) -> None:
     """Table and PNG again from a written result file (e.g. on a machine with matplotlib)."""
     payload = json.loads(path.read_text())
-    report(payload["results"], payload.get("summary") or summary(payload["results"]))
+    verdict = payload.get("summary") or summary(payload["results"])
+    report(payload["results"], verdict, payload.get("invariance"))
     plot(path.with_suffix(".png"), payload["results"])
 
 
@@ -561,6 +630,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--interleave", action="store_true",
         help="eager only: alternate the modes repetition by repetition (BI rows get paired_ratio)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-invariance", action="store_true",
+        help="skip the probe-row check (under compile it compiles two more graphs per mode)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="tiny config and few steps (CPU)")
     parser.add_argument("--out", type=Path, help="default: $OUT/model_decoder.json")
     parser.add_argument("--replot", type=Path, help="re-print and re-plot a result file")
@@ -578,6 +651,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         layers=args.layers,
         rounds=args.rounds,
         interleave=args.interleave,
+        check_invariance=not args.no_invariance,
     )
     if base.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1, got {base.rounds}")
@@ -619,21 +693,25 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out or _report.out_dir(results_dir) / "model_decoder.json"
     head = _report.header(_report.cuda_device(platform.processor() or "cpu"), versions())
     rows: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
     verdict = summary(rows)
     for name in settings.shapes:
         started = time.perf_counter()
-        rows += measure_shape(name, settings)
+        shape_rows, shape_checks = measure_shape(name, settings)
+        rows += shape_rows
+        checks += shape_checks
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
         add_ratios(rows)  # written after every shape: a run cut short keeps what it measured
-        verdict = summary(rows)
-        write_results(path, head, rows, settings, verdict, announce=name == settings.shapes[-1])
-    report(rows, verdict)
+        verdict = summary(rows) | invariance_verdict(checks)
+        last = name == settings.shapes[-1]
+        write_results(path, head, rows, checks, settings, verdict, announce=last)
+    report(rows, verdict, checks)
     plot(path.with_suffix(".png"), rows)
 
 
 def write_results(
-    path: Path, head: dict[str, Any], rows: list[dict[str, Any]], settings: Settings,
-    verdict: dict[str, Any], announce: bool,
+    path: Path, head: dict[str, Any], rows: list[dict[str, Any]], checks: list[dict[str, Any]],
+    settings: Settings, verdict: dict[str, Any], announce: bool,
 ) -> None:  # fmt: skip
     setup = asdict(settings) | {
         "layers_per_shape": {s: settings.layers or SHAPES[s].layers for s in settings.shapes},
@@ -642,7 +720,7 @@ def write_results(
         "bi_mode": "ir_dispatch.aten_overrides() + ir_dispatch.batch_invariant()",
         "timing": "CUDA events around each repetition (perf_counter on CPU); median of reps",
     }  # fmt: skip
-    payload = {**head, "setup": setup, "summary": verdict, "results": rows}
+    payload = {**head, "setup": setup, "summary": verdict, "results": rows, "invariance": checks}
     _report.write_json(path, payload, announce=announce)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_decoder.py"
 ROW_KEYS = {
@@ -59,6 +60,11 @@ def test_tiny_eager_both_modes_json_shape(tmp_path: Path) -> None:
         else:
             assert row["providers_used"], "BI mode dispatched nothing to the registry"
     assert payload["summary"]["target_ratio"] == 0.8
+    checks = payload["invariance"]
+    assert {c["mode"] for c in checks} == {"default", "batch_invariant"}
+    for check in checks:
+        assert check["compile"] == "eager" and check["probe_rows"] == [0, 1], check
+    assert payload["summary"]["bi_invariant"] is True
 
 
 def test_interleaved_modes_pair_their_repetitions(tmp_path: Path) -> None:
@@ -81,6 +87,25 @@ def test_interleaved_modes_pair_their_repetitions(tmp_path: Path) -> None:
         expected = [b / d for b, d in zip(row["reps"], default["reps"], strict=True)]
         assert row["paired_ratios"] == pytest.approx(expected)
         assert row["paired_ratio"] == pytest.approx(statistics.median(expected))
+
+
+def test_the_probe_check_fails_when_a_row_depends_on_the_batch() -> None:
+    """``probe_rows_match`` is the benchmark's invariance check: it must be able to fail."""
+    module = load_script()
+    case = module.Case("prefill", 5, 3)
+
+    class Logits:
+        def __init__(self, logits: torch.Tensor) -> None:
+            self.logits = logits
+
+    def per_row(input_ids: torch.Tensor, **_: object) -> Logits:
+        return Logits(input_ids.float().cumsum(-1)[:, -1:, None])
+
+    def batch_variant(input_ids: torch.Tensor, **_: object) -> Logits:
+        return Logits(per_row(input_ids).logits + input_ids.shape[0])
+
+    assert module.probe_rows_match(per_row, case, vocab=50) == ([0, 2, 4], True)
+    assert module.probe_rows_match(batch_variant, case, vocab=50) == ([0, 2, 4], False)
 
 
 def test_interleave_refuses_compiled_modes() -> None:
