@@ -661,9 +661,10 @@ job_modelab() {
     --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_8b_eager_interleaved.json"
 }
 
-# #4: reductions in compiled graphs routed to the registry (IR_DISPATCH_LOWER_REDUCTIONS=1):
-# the lowering tests on CUDA (the routed RMSNorm + softmax batch-invariant), then the 0.6B
-# compiled level with the routing on (two rounds), to measure what the Python call per op costs.
+# #4: reductions in compiled graphs routed to the kit (IR_DISPATCH_LOWER_REDUCTIONS=1: Inductor
+# launches bi-triton's mean/softmax row kernels): the lowering tests on CUDA (the routed
+# RMSNorm + softmax batch-invariant), then the 0.6B compiled level with the routing on (two
+# rounds: speed, and the model's invariance check).
 job_reductions() {
   lowered_tests reductions 200
   IR_DISPATCH_LOWER_REDUCTIONS=1 timeout 330 python3 benchmarks/model_decoder.py --shapes 0.6b \

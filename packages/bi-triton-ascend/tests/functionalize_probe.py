@@ -1,8 +1,9 @@
-"""Which GEMM arguments torch's functionalization would copy; run by ``test_lowered.py``.
+"""Which kernel arguments torch's functionalization would copy; run by ``test_lowered.py``.
 
 A separate process: the kernels must be ``triton.jit`` functions here (not the interpreter's),
 so that ``wrap_triton`` traces them as its higher-order op. Tracing with fake tensors launches
-nothing. Prints ``<M> <tensors_to_clone>`` per case.
+nothing. Prints ``<M> <tensors_to_clone>`` per GEMM case; with ``--rows``, ``<case>
+<tensors_to_clone>;...`` (one group per launch) per row-reduction case instead.
 """
 
 from __future__ import annotations
@@ -32,8 +33,37 @@ def clones(m: int) -> list[str]:
     return list(found[0].kwargs["tensors_to_clone"])
 
 
+def launch_clones(fn: object, x: torch.Tensor) -> str:
+    """``tensors_to_clone`` of every kernel launch ``fn(x)`` traces, ``;`` between launches."""
+    traced = make_fx(torch.func.functionalize(fn), tracing_mode="fake")(x)
+    found = [n for n in traced.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
+    return ";".join(" ".join(n.kwargs["tensors_to_clone"]) for n in found)
+
+
+def row_cases() -> list[tuple[str, object, torch.Tensor]]:
+    """The reductions' launches: one pass, and chunked rows (two kernels each)."""
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return lowered.launch_mean(x, [-1], True, None, wrap_triton)
+
+    def softmax(x: torch.Tensor) -> torch.Tensor:
+        return lowered.launch_softmax(x, -1, None, False, wrap_triton)
+
+    bf16 = torch.bfloat16
+    return [
+        ("mean", mean, torch.randn(5, 300, dtype=bf16)),
+        ("mean-chunked", mean, torch.randn(2, 16385, dtype=bf16)),
+        ("softmax", softmax, torch.randn(4, 530, dtype=bf16)),
+        ("softmax-chunked", softmax, torch.randn(2, 8193, dtype=bf16)),
+    ]
+
+
 if __name__ == "__main__":
     if "--declare" in sys.argv:
         lowered.declare_kernel_writes()
-    for m in (5, 4096):
-        print(m, " ".join(clones(m)), flush=True)
+    if "--rows" in sys.argv:
+        for name, fn, x in row_cases():
+            print(name, launch_clones(fn, x), flush=True)
+    else:
+        for m in (5, 4096):
+            print(m, " ".join(clones(m)), flush=True)

@@ -8,7 +8,9 @@ generated code instead of calling ATen.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -78,6 +80,75 @@ def test_the_lowered_launch_is_the_eager_launch(device: torch.device) -> None:
     assert torch.equal(lowered.launch_gemm(a, b, None, 1.0, 1.0, lambda k: k), expected)
 
 
+def _reduction_cases(
+    device: torch.device,
+) -> list[tuple[str, Callable[..., Any], Callable[..., Any], tuple[Any, ...]]]:
+    """(name, eager op, its lowering, arguments): one-pass and chunked rows, odd layouts."""
+
+    def r(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
+        return rand(*shape, dtype=dtype, device=device)
+
+    return [
+        ("mean, last dim kept", bta.mean, lowered.lowered_mean, (r(5, 300), [-1], True, None)),
+        (
+            "mean, fp32 out",
+            bta.mean,
+            lowered.lowered_mean,
+            (r(3, 4, 7), [0, 2], False, torch.float32),
+        ),
+        ("mean, all", bta.mean, lowered.lowered_mean, (r(6, 50), None, False, None)),
+        ("mean, transposed", bta.mean, lowered.lowered_mean, (r(40, 3).t(), [1], False, None)),
+        ("mean, chunked row", bta.mean, lowered.lowered_mean, (r(2, 16385), [1], True, None)),
+        ("softmax", bta.softmax, lowered.lowered_softmax, (r(4, 530), -1, torch.float32)),
+        ("softmax, middle dim", bta.softmax, lowered.lowered_softmax, (r(3, 9, 5), 1, None)),
+        ("softmax, chunked", bta.softmax, lowered.lowered_softmax, (r(2, 8193), 1, None)),
+        ("log_softmax", bta.log_softmax, lowered.lowered_log_softmax, (r(3, 77), 1, None)),
+        (
+            "log_softmax, chunked fp32",
+            bta.log_softmax,
+            lowered.lowered_log_softmax,
+            (r(2, 9000, dtype=torch.float32), -1, None),
+        ),
+    ]
+
+
+def test_reduction_lowerings_called_eagerly_give_the_ops_bits(device: torch.device) -> None:
+    for name, op, lowering, args in _reduction_cases(device):
+        expected = op(*args)
+        got = lowering(*args)
+        assert got.shape == expected.shape and got.dtype == expected.dtype, name
+        assert torch.equal(got, expected), name
+
+
+def test_functionalization_sees_only_what_the_row_kernels_write() -> None:
+    """The reductions' kernels: their outputs and scratch, never their input."""
+    from torch._higher_order_ops import triton_kernel_wrap as wrap
+
+    mean = importlib.import_module("bi_triton_ascend.ops.mean")
+    softmax = importlib.import_module("bi_triton_ascend.ops.softmax")
+
+    assert lowered.declare_kernel_writes()
+    t = torch.zeros(4)
+    tensors = dict.fromkeys(("x_ptr", "out_ptr", "part_ptr", "stats_ptr"), t)
+    table = wrap.kernel_side_table
+    for kernel, expected in (
+        (mean._mean_rows_kernel, ["out_ptr"]),
+        (mean._chunk_sum_kernel, ["part_ptr"]),
+        (mean._chunk_mean_kernel, ["out_ptr"]),
+        (softmax._softmax_row_kernel, ["out_ptr"]),
+        (softmax._chunk_stats_kernel, ["stats_ptr"]),
+        (softmax._chunk_write_kernel, ["out_ptr"]),
+    ):
+        names = inspect.signature(lowered._python_function(kernel)).parameters
+        passed = {k: v for k, v in tensors.items() if k in names}
+        index = table.add_kernel(kernel)
+        if hasattr(wrap, "get_mutated_tensors"):  # torch >= 2.13
+            constants = table.add_constant_args({})
+            assert wrap.get_mutated_tensors(index, constants, passed, {}) == expected
+        if hasattr(wrap, "identify_mutated_tensors"):  # earlier torch
+            assert wrap.identify_mutated_tensors(kernel, passed, {}) == expected
+
+
 def test_functionalization_sees_only_what_the_gemm_kernels_write() -> None:
     """Not the inputs (torch's TTIR reading counts them through the K loop's pointers)."""
     from torch._higher_order_ops import triton_kernel_wrap as wrap
@@ -123,6 +194,30 @@ def test_functionalization_copies_no_gemm_input() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["5 c_ptr part_ptr count_ptr", "4096 c_ptr"], done.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton.backends.nvidia") is None,
+    reason="the reduction lowerings are registered for NVIDIA's Triton; this Triton "
+    "(triton-ascend) has no CUDA backend, and its Autotuner needs a device driver to be built",
+)
+def test_functionalization_copies_no_reduction_input() -> None:
+    """The same for the row reductions: one pass and chunked rows (two launches each), each
+    launch copying only what it writes (without the declaration, torch copies the input too
+    wherever it cannot read the kernel's TTIR)."""
+    probe = Path(__file__).with_name("functionalize_probe.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, str(probe), "--declare", "--rows"], env=env, capture_output=True,
+        text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "mean out_ptr",
+        "mean-chunked part_ptr;out_ptr",
+        "softmax out_ptr",
+        "softmax-chunked stats_ptr;out_ptr",
+    ], done.stdout
 
 
 # ------------------------------------------------------------------------- compiled (CUDA)
@@ -239,18 +334,20 @@ def _rms_then_softmax(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.cuda
 def test_routed_reductions_run_the_kits_kernels_batch_invariantly(device: torch.device) -> None:
-    """``IR_DISPATCH_LOWER_REDUCTIONS=1``: the compiled ``mean`` and ``softmax`` are the
-    registry's ops (the eager bits), and the probe row's bits do not depend on the batch."""
+    """``IR_DISPATCH_LOWER_REDUCTIONS=1``: Inductor launches the kit's ``mean`` and ``softmax``
+    kernels itself (the eager bits, no input copied), and the probe row's bits do not depend
+    on the batch."""
     probe = rand(1, 1024, dtype=bf16, device=device)
     with _env_set("IR_DISPATCH_LOWER_REDUCTIONS", "1"):
         for fn in (lambda x: x.float().pow(2).mean(-1, keepdim=True),
                    lambda x: F.softmax(x.float(), dim=-1)):  # fmt: skip
             args = rand(5, 1024, dtype=bf16, device=device)
             result, code = _compiled(fn, args)
-            assert "ir_dispatch." in code, code
+            assert "_mean_rows_kernel" in code or "_softmax_row_kernel" in code, code
+            assert "clone" not in code and "copy_" not in code, f"an input copied:\n{code}"
             assert torch.equal(result, _eager(fn, args))
         alone, code = _compiled(_rms_then_softmax, probe)
-        assert "ir_dispatch.mean" in code and "ir_dispatch.softmax" in code, code
+        assert "_mean_rows_kernel" in code and "_softmax_row_kernel" in code, code
         for m in (2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257):
             batch = rand(m, 1024, dtype=bf16, device=device)
             at = sorted({0, m // 2, m - 1})

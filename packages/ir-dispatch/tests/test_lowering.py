@@ -290,11 +290,25 @@ def test_reductions_go_to_the_registry_op_when_routed(
 
 
 def test_reductions_are_left_to_inductor_unless_routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even where a lowering is registered (bi-triton-ascend on CUDA): routing is opt-in."""
     monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
-    for _, op_name, fn in _reduction_cases():
-        with ird.batch_invariant():
-            gm, _ = _compiled_graph(fn, torch.randn(4, 6, 5))
-        assert getattr(ops, op_name).torch_op not in _targets(gm)
+
+    def lowered(x: torch.Tensor, *args: Any) -> torch.Tensor:
+        return x
+
+    for name in ("mean", "softmax", "log_softmax"):
+        op = getattr(ops, name)
+        op.register_impl("lowtest", batch_invariant=True, priority=1000, lowering=lowered)(
+            op.impls[-1].fn
+        )
+    try:
+        for _, op_name, fn in _reduction_cases():
+            with ird.batch_invariant():
+                gm, _ = _compiled_graph(fn, torch.randn(4, 6, 5))
+            assert not {getattr(ops, op_name).torch_op, lowered} & _targets(gm), gm.code
+    finally:
+        for name in ("mean", "softmax", "log_softmax"):
+            getattr(ops, name).unregister_impl("lowtest")
 
 
 def test_routed_reductions_only_in_batch_invariant_mode(route_reductions: None) -> None:
@@ -319,9 +333,7 @@ def test_reduction_forms_the_op_does_not_take_are_left_alone(
     assert not {ops.softmax.torch_op, ops.mean.torch_op} & _targets(gm)
 
 
-def test_a_reduction_lowering_wins_over_the_custom_op(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
-
+def test_a_reduction_lowering_wins_over_the_custom_op(route_reductions: None) -> None:
     def lowered_mean(x: torch.Tensor, dim: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
         return torch.mean(x, dim, keepdim, dtype=dtype) + 1
 

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -202,6 +202,12 @@ def _driver_calls() -> tuple[Any, Any]:
     return get_device, driver.active.get_current_stream
 
 
+class Launcher(Protocol):
+    """What launches a kernel: :func:`launch_kernel`, or a traced launch in a lowering."""
+
+    def __call__(self, kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None: ...
+
+
 def launch_kernel(kernel: Any, grid: Sequence[int], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, through the table when it can serve the call.
 
@@ -320,6 +326,6 @@ def cached_kernels() -> int:
 
 
 __all__ = [
-    "ENV", "PreparedLaunch", "cached_kernels", "enabled", "launch_kernel", "set_enabled",
-    "table_off",
+    "ENV", "Launcher", "PreparedLaunch", "cached_kernels", "enabled", "launch_kernel",
+    "set_enabled", "table_off",
 ]  # fmt: skip

@@ -26,10 +26,11 @@ opt-in (``install_aten_overrides(lowering_default=False)``, as the vLLM plugin d
 
 Reductions are the other gap: Inductor compiles ``mean``, ``softmax`` and ``log_softmax``
 (an RMSNorm written as ``pow``/``mean``, attention's softmax) into kernels of its own, which
-never reach the overrides and whose reduction order this kit does not control. The pass routes
-those calls too: to a lowering where one is registered (none yet), else, with
-``IR_DISPATCH_LOWER_REDUCTIONS=1``, to the registry op's custom op, which runs the kit's kernel
-at the cost of a Python call per op. That routing is opt-in until its cost is measured.
+never reach the overrides and whose reduction order this kit does not control. With
+``IR_DISPATCH_LOWER_REDUCTIONS=1`` the pass routes those calls too: to the selected
+implementation's lowering (bi-triton-ascend registers them on CUDA), else to the registry op's
+custom op, which runs the kit's kernel at the cost of a Python call per op. Opt-in until it
+has run on a GPU.
 """
 
 from __future__ import annotations
@@ -178,18 +179,21 @@ def _traced_value(arg: Any) -> Any:
 def lower_graph(graph: torch.fx.Graph) -> int:
     """Rewrite the graph's GEMM calls to the lowerings of the implementations dispatch selects.
 
-    ``mean``/``softmax``/``log_softmax`` calls too, to a lowering or, with
-    :func:`reductions_routed`, to the registry's custom op. Does nothing outside
-    batch-invariant mode. Returns how many calls were rewritten.
+    With :func:`reductions_routed`, ``mean``/``softmax``/``log_softmax`` calls too: to a
+    lowering, else to the registry's custom op. Does nothing outside batch-invariant mode.
+    Returns how many calls were rewritten.
     """
     if not is_batch_invariant():
         return 0
+    route_reductions = reductions_routed()
     rewritten = 0
     for node in graph.nodes:
         route = _route(node)
         if route is None:
             continue
         op, args = route
+        if op.name in _REDUCTIONS and not route_reductions:
+            continue  # left to Inductor (opt-in: IR_DISPATCH_LOWER_REDUCTIONS)
         values = [_traced_value(a) for a in args]
         if any(v is _MISSING for v in values) or not isinstance(values[0], torch.Tensor):
             continue
@@ -202,7 +206,7 @@ def lower_graph(graph: torch.fx.Graph) -> int:
             logger.debug("ir_dispatch lowering: %s left as is: %s", op.name, error)
             continue
         target = impl.lowering
-        if target is None and op.name in _REDUCTIONS and reductions_routed():
+        if target is None and op.name in _REDUCTIONS:
             target = op.torch_op  # selects at run time: the kit's kernel, a Python call
         if target is None:
             continue
@@ -254,12 +258,12 @@ def lowering_enabled(default: bool = True) -> bool:
 
 
 def reductions_routed() -> bool:
-    """Whether reductions without a lowering go to the registry's custom op (off by default).
+    """Whether the pass routes reductions too (off by default).
 
     ``IR_DISPATCH_LOWER_REDUCTIONS=1`` routes ``mean``, ``softmax`` and ``log_softmax`` calls in
-    batch-invariant graphs. Inductor otherwise compiles them into reductions of its own, whose
-    order this kit does not control; the custom op runs the kit's kernel, for a Python call per
-    op at run time.
+    batch-invariant graphs to the selected implementation's lowering or, without one, to the
+    registry's custom op (the kit's kernel, for a Python call per op at run time). Inductor
+    otherwise compiles them into reductions of its own, whose order this kit does not control.
     """
     return _switch(REDUCTIONS_ENV, False)
 

@@ -1,4 +1,4 @@
-"""The GEMMs as ``torch.compile`` traces them: one ``triton_op`` that Inductor launches itself.
+"""GEMMs and row reductions as ``torch.compile`` traces them: ``triton_op``s Inductor launches.
 
 The eager ops run a launch plan from Python at every call, and under ``torch.compile`` they are
 reached the same way, through Inductor's extern ATen call and the aten overrides. ir-dispatch's
@@ -16,6 +16,12 @@ kernel's TTIR, and through the K loop's carried pointers it counts the GEMM's in
 written too, which would copy every weight at every call. :func:`declare_kernel_writes` tells
 it what the two GEMM kernels write: the output, and the partials and counters of a split.
 
+The row reductions work the same way: ``bi_triton::mean`` and ``bi_triton::softmax`` (with
+``log``) lay their rows out with the eager ops' helpers (:func:`~.mean.mean_rows`,
+:func:`~.softmax.softmax_rows`) and launch through the eager ops' own ``_launch`` with a
+launcher that traces. ir-dispatch's pass uses them only when its reduction routing is on
+(``IR_DISPATCH_LOWER_REDUCTIONS=1``).
+
 Registered as lowerings on CUDA only: Inductor launches user Triton kernels on GPUs, and
 Triton's interpreter runs the same body here when the op is called directly.
 """
@@ -28,6 +34,10 @@ import torch
 
 from .gemm import _gemm_persistent_kernel, _gemm_split_kernel, describe
 from .matmul import linear_operands, matmul_operands
+from .mean import _chunk_mean_kernel, _chunk_sum_kernel, _mean_rows_kernel, mean_rows
+from .mean import _launch as _launch_mean_rows
+from .softmax import _chunk_stats_kernel, _chunk_write_kernel, _softmax_row_kernel, softmax_rows
+from .softmax import _launch as _launch_softmax_rows
 
 
 def launch_gemm(
@@ -66,6 +76,40 @@ def launch_gemm(
     return out
 
 
+def traced_launcher(wrap: Callable[[Any], Any]) -> Any:
+    """A :class:`~.._launch_cache.Launcher` that launches ``wrap(kernel)[grid](...)``."""
+
+    def launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+        wrap(kernel)[grid](*args, **kwargs)
+
+    return launch
+
+
+def launch_mean(
+    x: torch.Tensor,
+    dim: list[int] | None,
+    keepdim: bool,
+    dtype: torch.dtype | None,
+    wrap: Callable[[Any], Any],
+) -> torch.Tensor:
+    """:func:`~.mean.mean`'s launch with each kernel passed through ``wrap`` (no plan kept)."""
+    rows = mean_rows(x, dim, keepdim, dtype)
+    if rows.x2 is not None:
+        _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap))
+    return rows.out.view(rows.shape)
+
+
+def launch_softmax(
+    x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool, wrap: Callable[[Any], Any]
+) -> torch.Tensor:
+    """:func:`~.softmax.softmax`'s (``log``: ``log_softmax``'s) launch through ``wrap``."""
+    op = "log_softmax" if log else "softmax"
+    rows = softmax_rows(op, x, dim, dtype)
+    if rows.x2 is not None:
+        _launch_softmax_rows(rows.x2, rows.out2, log, rows.round_to, traced_launcher(wrap))
+    return rows.result()
+
+
 def _python_function(kernel: Any) -> Any:
     """The Python function under a Triton kernel object.
 
@@ -88,8 +132,25 @@ def _written(kernel: Any, args: dict[str, Any]) -> list[str] | None:
     elif fn is _python_function(_gemm_split_kernel):
         written = ["c_ptr", "part_ptr", "count_ptr"] if args.get("SPLIT") else ["c_ptr"]
     else:
-        return None
+        found = _row_kernel_writes().get(fn)
+        if found is None:
+            return None
+        written = found
     return [name for name in written if name in args]
+
+
+@functools.cache
+def _row_kernel_writes() -> dict[Any, list[str]]:
+    """The row reductions' kernels (their Python functions) -> the pointers each writes."""
+    kernels = {
+        _mean_rows_kernel: ["out_ptr"],
+        _chunk_sum_kernel: ["part_ptr"],
+        _chunk_mean_kernel: ["out_ptr"],
+        _softmax_row_kernel: ["out_ptr"],
+        _chunk_stats_kernel: ["stats_ptr"],
+        _chunk_write_kernel: ["out_ptr"],
+    }
+    return {_python_function(kernel): written for kernel, written in kernels.items()}
 
 
 def declare_kernel_writes() -> bool:
@@ -150,6 +211,58 @@ def batched_gemm_op() -> Any:
     return batched_gemm
 
 
+@functools.cache
+def mean_op() -> Any:
+    """The ``bi_triton::mean`` op, defined on first use (with the writes declared)."""
+    from torch.library import triton_op, wrap_triton
+
+    declare_kernel_writes()
+
+    @triton_op("bi_triton::mean", mutates_args=())
+    def mean(
+        x: torch.Tensor, dim: list[int] | None, keepdim: bool, dtype: torch.dtype | None
+    ) -> torch.Tensor:
+        return launch_mean(x, dim, keepdim, dtype, wrap_triton)
+
+    return mean
+
+
+@functools.cache
+def softmax_op() -> Any:
+    """The ``bi_triton::softmax`` op (``log``: log_softmax), defined on first use."""
+    from torch.library import triton_op, wrap_triton
+
+    declare_kernel_writes()
+
+    @triton_op("bi_triton::softmax", mutates_args=())
+    def softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
+        return launch_softmax(x, dim, dtype, log, wrap_triton)
+
+    return softmax
+
+
+def lowered_mean(
+    x: torch.Tensor,
+    dim: list[int] | None = None,
+    keepdim: bool = False,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``mean`` for compiled graphs."""
+    return mean_op()(x, dim, keepdim, dtype)  # type: ignore[no-any-return]
+
+
+def lowered_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``softmax`` for compiled graphs."""
+    return softmax_op()(x, dim, dtype, False)  # type: ignore[no-any-return]
+
+
+def lowered_log_softmax(
+    x: torch.Tensor, dim: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``log_softmax`` for compiled graphs."""
+    return softmax_op()(x, dim, dtype, True)  # type: ignore[no-any-return]
+
+
 def lowered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``mm`` for compiled graphs."""
     return batched_gemm_op()(a.unsqueeze(0), b.unsqueeze(0), None, 1.0, 1.0)[0]
@@ -188,5 +301,8 @@ LOWERINGS: dict[str, Callable[..., torch.Tensor]] = {
     "addmm": lowered_addmm,
     "matmul": lowered_matmul,
     "linear": lowered_linear,
+    "mean": lowered_mean,
+    "softmax": lowered_softmax,
+    "log_softmax": lowered_log_softmax,
 }
 """Registry op name -> its lowering (registered on CUDA by :mod:`..providers`)."""

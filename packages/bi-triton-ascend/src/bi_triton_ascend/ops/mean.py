@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -23,7 +23,7 @@ from ir_dispatch.layout import layout_key
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import launch_kernel
+from .._launch_cache import Launcher, launch_kernel
 from ._plans import OneLaunchPlan, PlanTable
 
 ONE_PASS_MAX = 16384
@@ -121,6 +121,35 @@ def mean(
         return _replay(plan, x)
     check_tensor("mean", "x", x)
     check_float("mean", "x", x)
+    rows = mean_rows(x, dim, keepdim, dtype)
+    one_pass = None
+    if rows.x2 is not None:
+        one_pass = _launch(rows.x2, rows.out, rows.round_to)
+        if rows.x2.data_ptr() != x.data_ptr():
+            one_pass = None  # the kernel read a copy: a replay could not pass x itself
+    if one_pass is not None:
+        plan = _MeanPlan(*one_pass, rows.out.numel(), rows.out.dtype, tuple(rows.shape))
+        _plans.keep(key, plan)
+    return rows.out.view(rows.shape)
+
+
+class MeanRows(NamedTuple):
+    """What :func:`mean` reduces, laid out for its kernels.
+
+    ``x2``: ``x``'s reduced dimensions moved last as ``[R, L]`` (``None`` when R = 0); ``out``:
+    the ``[R]`` output; the dtype each element is rounded to; the result's shape.
+    """
+
+    x2: torch.Tensor | None
+    out: torch.Tensor
+    round_to: tl.dtype
+    shape: list[int]
+
+
+def mean_rows(
+    x: torch.Tensor, dim: list[int] | None, keepdim: bool, dtype: torch.dtype | None
+) -> MeanRows:
+    """The rows :func:`mean` reduces (shared by the op and its ``torch.compile`` lowering)."""
     out_dtype = check_out_dtype("mean", dtype) or x.dtype
     red = _reduced_dims(x, dim)
     keep = [d for d in range(x.dim()) if d not in red]
@@ -132,21 +161,10 @@ def mean(
     for s in kept_shape:
         rows *= s
     out = torch.empty(rows, dtype=out_dtype, device=x.device)
-    one_pass = None
-    if rows > 0:
-        moved = x.permute(*keep, *red)
-        try:
-            x2 = moved.view(rows, length)
-        except RuntimeError:
-            x2 = moved.reshape(rows, length)
-        round_to = _TL[out_dtype if out_dtype.itemsize < x.dtype.itemsize else x.dtype]
-        one_pass = _launch(x2, out, round_to)
-        if x2.data_ptr() != x.data_ptr():
-            one_pass = None  # the kernel read a copy: a replay could not pass x itself
+    x2 = x.permute(*keep, *red).reshape(rows, length) if rows > 0 else None  # a view if it can
+    round_to = _TL[out_dtype if out_dtype.itemsize < x.dtype.itemsize else x.dtype]
     shape = [1 if d in red else x.shape[d] for d in range(x.dim())] if keepdim else kept_shape
-    if one_pass is not None:
-        _plans.keep(key, _MeanPlan(*one_pass, rows, out_dtype, tuple(shape)))
-    return out.view(shape)
+    return MeanRows(x2, out, round_to, shape)
 
 
 @dataclass(frozen=True)
@@ -187,12 +205,12 @@ _plans: PlanTable[_MeanPlan] = PlanTable(1024)
 
 
 def _launch(
-    x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype
+    x2: torch.Tensor, out: torch.Tensor, round_to: tl.dtype, launch: Launcher = launch_kernel
 ) -> tuple[tuple[int], tuple[int, ...], dict[str, Any]] | None:
-    """Launch the mean of ``x2``'s rows into ``out``.
+    """Launch the mean of ``x2``'s rows into ``out`` through ``launch``.
 
-    Returns the one-pass launch's grid, integer arguments and options; ``None`` when the rows
-    took the chunked path.
+    The lowering passes a ``launch`` that traces. Returns the one-pass launch's grid,
+    integer arguments and options; ``None`` when the rows took the chunked path.
     """
     rows, length = x2.shape
     if length <= ONE_PASS_MAX:
@@ -200,17 +218,17 @@ def _launch(
         grid = (programs,)
         ints = (rows, length, *x2.stride(), programs)
         options = {"ROUND_TO": round_to, "BLOCK": BLOCK, "num_warps": 4}
-        launch_kernel(_mean_rows_kernel, grid, x2, out, *ints, **options)
+        launch(_mean_rows_kernel, grid, x2, out, *ints, **options)
         return grid, ints, options
     chunk_len = BLOCK * triton.cdiv(triton.cdiv(length, BLOCK), MAX_CHUNKS)
     n_chunks = triton.cdiv(length, chunk_len)
     part = torch.empty((rows, n_chunks), dtype=torch.float32, device=x2.device)
-    launch_kernel(
+    launch(
         _chunk_sum_kernel, (rows, n_chunks),
         x2, part, length, *x2.stride(), chunk_len, n_chunks,
         ROUND_TO=round_to, BLOCK=BLOCK, num_warps=4,
     )  # fmt: skip
-    launch_kernel(
+    launch(
         _chunk_mean_kernel, (rows,),
         part, out, length, n_chunks, BLOCK_C=max(16, triton.next_power_of_2(n_chunks)), num_warps=4,
     )  # fmt: skip

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -35,7 +35,7 @@ from ir_dispatch.layout import layout_key
 
 from .. import _platform
 from .._checks import check_float, check_out_dtype, check_tensor, normalize_dim
-from .._launch_cache import launch_kernel
+from .._launch_cache import Launcher, launch_kernel
 from ._plans import OneLaunchPlan, PlanTable
 
 ONE_PASS_MAX = 8192
@@ -192,34 +192,63 @@ def _softmax_impl(
         return _replay(plan, x)
     check_tensor(op, "x", x)
     check_float(op, "x", x)
+    rows = softmax_rows(op, x, dim, dtype)
+    if rows.x2 is not None:
+        one_pass = _launch(rows.x2, rows.out2, log, rows.round_to)
+        if one_pass is not None and rows.x2.data_ptr() == x.data_ptr():
+            grid, ints, options = one_pass
+            plan = _RowPlan(
+                grid, ints, options, rows.out.shape, rows.out.dtype, rows.dim, x.dim() == 0
+            )
+            _plans.keep(key, plan)
+    return rows.result()
+
+
+class SoftmaxRows(NamedTuple):
+    """What a softmax normalizes, laid out for its kernels.
+
+    ``x2``: ``x`` with ``dim`` moved last as ``[R, L]`` (``None`` when empty); the output and
+    its ``[R, L]`` view; the dtype each element is rounded to; the normalized ``dim``.
+    """
+
+    x2: torch.Tensor | None
+    out: torch.Tensor
+    out2: torch.Tensor
+    round_to: tl.dtype
+    dim: int
+    scalar: bool
+
+    def result(self) -> torch.Tensor:
+        """``out`` with ``dim`` back in place (a 0-d input gives a 0-d result)."""
+        result = self.out.movedim(-1, self.dim)
+        return result.squeeze(0) if self.scalar else result
+
+
+def softmax_rows(op: str, x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> SoftmaxRows:
+    """The rows a softmax normalizes (shared by the ops and their ``torch.compile`` lowering)."""
     out_dtype = check_out_dtype(op, dtype) or x.dtype
     d = normalize_dim(op, dim, x.dim())
     xt = x.unsqueeze(0) if x.dim() == 0 else x
     moved = xt.movedim(d, -1)
     out = torch.empty(moved.shape, dtype=out_dtype, device=x.device)
-    if out.numel() > 0:
-        length = moved.shape[-1]
-        rows = moved.numel() // length
-        try:
-            x2 = moved.view(rows, length)
-        except RuntimeError:
-            x2 = moved.reshape(rows, length)
-        one_pass = _launch(x2, out.view(rows, length), log, rounding_dtype(x.dtype, dtype))
-        in_place = x2.data_ptr() == x.data_ptr()
-        if one_pass is not None and in_place:
-            grid, ints, options = one_pass
-            _plans.keep(key, _RowPlan(grid, ints, options, out.shape, out_dtype, d, x.dim() == 0))
-    result = out.movedim(-1, d)
-    return result.squeeze(0) if x.dim() == 0 else result
+    length = moved.shape[-1]
+    rows = out.numel() // length if length else 0
+    x2 = moved.reshape(rows, length) if out.numel() > 0 else None  # a view if it can
+    out2 = out.view(rows, length)
+    return SoftmaxRows(x2, out, out2, rounding_dtype(x.dtype, dtype), d, x.dim() == 0)
 
 
 def _launch(
-    x2: torch.Tensor, out2: torch.Tensor, log: bool, round_to: tl.dtype
+    x2: torch.Tensor,
+    out2: torch.Tensor,
+    log: bool,
+    round_to: tl.dtype,
+    launch: Launcher = launch_kernel,
 ) -> tuple[tuple[int], tuple[int, ...], dict[str, Any]] | None:
-    """Launch the softmax of ``x2``'s rows into ``out2``.
+    """Launch the softmax of ``x2``'s rows into ``out2`` through ``launch``.
 
-    Returns the one-pass launch's grid, integer arguments and options; ``None`` when the rows
-    took the chunked path.
+    The lowering passes a ``launch`` that traces. Returns the one-pass launch's grid,
+    integer arguments and options; ``None`` when the rows took the chunked path.
     """
     rows, length = x2.shape
     if length <= ONE_PASS_MAX:
@@ -229,11 +258,11 @@ def _launch(
         ints = (rows, length, *x2.stride(), out2.stride(0), programs)
         options = {"LOG": log, "ROUND_TO": round_to, "BLOCK": block,
                    "num_warps": min(16, max(1, block // 512))}  # fmt: skip
-        launch_kernel(_softmax_row_kernel, grid, x2, out2, *ints, **options)
+        launch(_softmax_row_kernel, grid, x2, out2, *ints, **options)
         return grid, ints, options
-    stats = chunk_stats(x2, round_to)
+    stats = chunk_stats(x2, round_to, launch)
     n_chunks = stats.shape[1]
-    launch_kernel(
+    launch(
         _chunk_write_kernel, (rows, n_chunks),
         x2, stats, out2, length, *x2.stride(), out2.stride(0), n_chunks,
         LOG=log, ROUND_TO=round_to, CHUNK=CHUNK, BLOCK_C=block_c(n_chunks), num_warps=CHUNK_WARPS,
@@ -246,12 +275,14 @@ def block_c(n_chunks: int) -> int:
     return max(16, triton.next_power_of_2(n_chunks))
 
 
-def chunk_stats(x2: torch.Tensor, round_to: tl.dtype) -> torch.Tensor:
+def chunk_stats(
+    x2: torch.Tensor, round_to: tl.dtype, launch: Launcher = launch_kernel
+) -> torch.Tensor:
     """``[rows, n_chunks, 2]`` fp32 max and sum of ``exp(x - max)`` of each :data:`CHUNK`."""
     rows, length = x2.shape
     n_chunks = triton.cdiv(length, CHUNK)
     stats = torch.empty((rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
-    launch_kernel(
+    launch(
         _chunk_stats_kernel, (rows, n_chunks),
         x2, stats, length, *x2.stride(), n_chunks,
         ROUND_TO=round_to, CHUNK=CHUNK, num_warps=CHUNK_WARPS,
