@@ -108,6 +108,26 @@ LOWER_ENV = "IR_DISPATCH_LOWER"
 LOWER_REDUCTIONS_ENV = "IR_DISPATCH_LOWER_REDUCTIONS"  # ``lowering.REDUCTIONS_ENV``
 
 
+# The opt-in and opt-out switches ``format_info`` lists, with what each one does.
+SWITCHES: tuple[tuple[str, str], ...] = (
+    (_hooks_gpu.ATTENTION_ENV,
+     "1: the kit's paged attention as FLASH_ATTN; CUDA, vLLM 0.26; opt-in"),
+    (_qk_fusion.ENV, "Qwen3 q/k norms + RoPE in one launch; CUDA, vLLM 0.26; on unless 0"),
+    (LAUNCH_TABLE_ENV,
+     "bi-triton-ascend relaunches compiled kernels without Triton's per-call binding; "
+     "CUDA; on unless 0"),
+    (REMEMBER_ENV,
+     "ir-dispatch remembers each op's provider and launch plan per argument layout; "
+     "on unless 0"),
+    (LOWER_ENV,
+     "torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
+     "calling ATen; in vLLM off unless 1: its CUDA graphs replay without that host time"),
+    (LOWER_REDUCTIONS_ENV,
+     "with the pass: compiled mean/softmax/log_softmax run the kit's kernels instead of "
+     "Inductor's own reductions; off unless 1"),
+)  # fmt: skip
+
+
 def gather(run_dry: bool = True) -> dict[str, Any]:
     """Everything ``vllm-bi info`` shows, as a JSON-ready dict."""
     import ir_dispatch
@@ -158,40 +178,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(f"{plugin.ENV_VAR}: {info['switch'][plugin.ENV_VAR] or 'unset (plugin inactive)'}")
     tp_switch = info["switch"].get(TP_INVARIANT_ENV)
     lines.append(f"{TP_INVARIANT_ENV}: {tp_switch or 'unset (bitwise at a fixed TP size only)'}")
-    attention = info["switch"].get(_hooks_gpu.ATTENTION_ENV)
-    lines.append(
-        f"{_hooks_gpu.ATTENTION_ENV}: {attention or 'unset'} "
-        "(1: the kit's paged attention as FLASH_ATTN; CUDA, vLLM 0.26; opt-in)"
-    )
-    fusion = info["switch"].get(_qk_fusion.ENV)
-    lines.append(
-        f"{_qk_fusion.ENV}: {fusion or 'unset'} "
-        "(Qwen3 q/k norms + RoPE in one launch; CUDA, vLLM 0.26; on unless 0)"
-    )
-    table = info["switch"].get(LAUNCH_TABLE_ENV)
-    lines.append(
-        f"{LAUNCH_TABLE_ENV}: {table or 'unset'} "
-        "(bi-triton-ascend relaunches compiled kernels without Triton's per-call binding; "
-        "CUDA; on unless 0)"
-    )
-    remember = info["switch"].get(REMEMBER_ENV)
-    lines.append(
-        f"{REMEMBER_ENV}: {remember or 'unset'} "
-        "(ir-dispatch remembers each op's provider and launch plan per argument layout; "
-        "on unless 0)"
-    )
-    lower = info["switch"].get(LOWER_ENV)
-    lines.append(
-        f"{LOWER_ENV}: {lower or 'unset'} "
-        "(torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
-        "calling ATen; in vLLM off unless 1: its CUDA graphs replay without that host time)"
-    )
-    reductions = info["switch"].get(LOWER_REDUCTIONS_ENV)
-    lines.append(
-        f"{LOWER_REDUCTIONS_ENV}: {reductions or 'unset'} "
-        "(with the pass: compiled mean/softmax/log_softmax run the registry's kernels instead "
-        "of Inductor's own reductions; off unless 1)"
-    )
+    for name, meaning in SWITCHES:
+        lines.append(f"{name}: {info['switch'].get(name) or 'unset'} ({meaning})")
     lines.append("provider packages for this platform:")
     for p in info["provider_packages"]:
         lines.append(f"  {p['module']:<28} {'ok' if p['ok'] else p['message']}")

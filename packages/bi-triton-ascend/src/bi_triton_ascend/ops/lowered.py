@@ -122,17 +122,15 @@ def _python_function(kernel: Any) -> Any:
 
 
 def _written(kernel: Any, args: dict[str, Any]) -> list[str] | None:
-    """The pointer arguments a GEMM kernel writes (of those passed); ``None`` for other kernels.
+    """The pointer arguments one of our kernels writes (of those passed); ``None`` for others.
 
     ``args`` holds the launch's arguments and constexprs by name.
     """
     fn = _python_function(kernel)
-    if fn is _python_function(_gemm_persistent_kernel):
-        written = ["c_ptr"]
-    elif fn is _python_function(_gemm_split_kernel):
+    if fn is _python_function(_gemm_split_kernel):
         written = ["c_ptr", "part_ptr", "count_ptr"] if args.get("SPLIT") else ["c_ptr"]
     else:
-        found = _row_kernel_writes().get(fn)
+        found = _kernel_writes().get(fn)
         if found is None:
             return None
         written = found
@@ -140,9 +138,13 @@ def _written(kernel: Any, args: dict[str, Any]) -> list[str] | None:
 
 
 @functools.cache
-def _row_kernel_writes() -> dict[Any, list[str]]:
-    """The row reductions' kernels (their Python functions) -> the pointers each writes."""
+def _kernel_writes() -> dict[Any, list[str]]:
+    """This package's kernels (their Python functions) -> the pointers each writes.
+
+    The split GEMM kernel, whose writes depend on ``SPLIT``, is :func:`_written`'s own case.
+    """
     kernels = {
+        _gemm_persistent_kernel: ["c_ptr"],
         _mean_rows_kernel: ["out_ptr"],
         _chunk_sum_kernel: ["part_ptr"],
         _chunk_mean_kernel: ["out_ptr"],
@@ -154,7 +156,9 @@ def _row_kernel_writes() -> dict[Any, list[str]]:
 
 
 def declare_kernel_writes() -> bool:
-    """Make torch's functionalization see only what the GEMM kernels write; whether it could.
+    """Make torch's functionalization see only what our kernels write; whether it could.
+
+    The kernels: the GEMMs and the row reductions (:func:`_written`).
 
     Wraps ``torch._higher_order_ops.triton_kernel_wrap``'s ``identify_mutated_tensors`` (torch
     up to 2.12) or ``get_mutated_tensors`` (later): other kernels keep torch's own analysis.
