@@ -282,17 +282,25 @@ def repeat_ms(
     recorder costs no timed repetition; ``setup``, run untimed before each, is not recorded)."""
     times, providers = [], {}
     for i in range(warmup + reps):
-        if setup is not None:
-            setup()
-        if i == 0:
-            with ird.recording() as recorder:
-                ms = time_once_ms(run)
-            providers = recorder.providers()
-        else:
-            ms = time_once_ms(run)
+        ms, recorded = one_repetition(run, setup, record=i == 0)
+        providers = recorded if recorded is not None else providers
         if i >= warmup:
             times.append(ms)
     return times, providers
+
+
+def one_repetition(
+    run: Callable[[], Any], setup: Callable[[], Any] | None, record: bool
+) -> tuple[float, dict[str, list[str]] | None]:
+    """``setup`` untimed, then ``run`` timed (ms); with ``record``, also the providers ``run``
+    dispatched to (``None`` without)."""
+    if setup is not None:
+        setup()
+    if not record:
+        return time_once_ms(run), None
+    with ird.recording() as recorder:
+        ms = time_once_ms(run)
+    return ms, recorder.providers()
 
 
 Timed = tuple[Callable[[], Any], Callable[[], Any] | None]  # (timed run, untimed setup)
@@ -333,14 +341,9 @@ def measure_case_interleaved(
         for mode in MODES if i % 2 == 0 else MODES[::-1]:
             run, setup = timed[mode]
             with run_mode(mode):
-                if setup is not None:
-                    setup()
-                if i == 0:
-                    with ird.recording() as recorder:
-                        ms = time_once_ms(run)
-                    used[mode] = recorder.providers()
-                else:
-                    ms = time_once_ms(run)
+                ms, recorded = one_repetition(run, setup, record=i == 0)
+            if recorded is not None:
+                used[mode] = recorded
             if i >= settings.warmup:
                 times[mode].append(ms)
     tokens = case.tokens(settings.steps)

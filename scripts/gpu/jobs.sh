@@ -554,6 +554,13 @@ lowered_tests() {
     -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_${tag}_cuda.junit.xml" "$@"
 }
 
+# lowering_pass_tests TAG SECONDS: ir-dispatch's lowering pass and overrides tests on CUDA.
+lowering_pass_tests() {
+  timeout "$2" python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
+    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_${1}_cuda.junit.xml"
+}
+
 # compiled_level_06 SECONDS: the 0.6B model level under torch.compile only, two rounds.
 compiled_level_06() {
   timeout "$1" python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile \
@@ -564,9 +571,7 @@ compiled_level_06() {
 # the 0.6B model level (two rounds).
 job_lowering() {
   lowered_tests lowered 200
-  timeout 60 python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
-    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
-    --junitxml="$JOB_DIR/ir_dispatch_lowering_cuda.junit.xml"
+  lowering_pass_tests lowering 60
   timeout 230 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowered.json"
 }
@@ -602,7 +607,7 @@ job_lowering5() {
   compiled_level_06 320
 }
 
-# #4, next session: the lowering (opt-in) with the writes found under torch's Autotuner wrap;
+# #4: the lowering (opt-in) with the writes found under torch's Autotuner wrap;
 # its CUDA tests, then the 0.6B and 8B compiled levels with it on (two rounds each).
 job_lowering6() {
   lowered_tests lowered6 150
@@ -617,9 +622,7 @@ job_lowering8() {
 # ir-dispatch CUDA tests, then the 0.6B model level, eager and compile, two rounds.
 job_lowering9a() {
   unset IR_DISPATCH_LOWER
-  timeout 90 python3 -m pytest packages/ir-dispatch/tests/test_lowering.py \
-    packages/ir-dispatch/tests/test_overrides.py -q -p no:cacheprovider -rs \
-    --junitxml="$JOB_DIR/ir_dispatch_lowering_default_cuda.junit.xml"
+  lowering_pass_tests lowering_default 90
   timeout 440 python3 benchmarks/model_decoder.py --shapes 0.6b --compile eager,compile \
     --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_lowering_default.json"
 }
