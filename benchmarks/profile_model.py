@@ -210,6 +210,25 @@ def profile_case(
             "python_top": python_top, **diagnostics}  # fmt: skip
 
 
+def parse_cases(text: str, prompt: int) -> list[md.Case]:
+    """``decode:B`` (batch B after a ``prompt``-token cache) and ``prefill:BxS`` cases."""
+    cases = []
+    for item in text.split(","):
+        phase, _, size = item.strip().partition(":")
+        try:
+            if phase == "decode":
+                cases.append(md.Case("decode", int(size), prompt))
+                continue
+            if phase == "prefill":
+                batch, _, seq = size.partition("x")
+                cases.append(md.Case("prefill", int(batch), int(seq)))
+                continue
+        except ValueError:
+            pass
+        raise ValueError(f"--cases: expected decode:B or prefill:BxS items, got {item!r}")
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="0.6b", choices=sorted(md.SHAPES), help="tiny: CPU, CI")
@@ -217,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="decode steps profiled")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--compile", default="eager", choices=md.COMPILE_MODES)
+    p.add_argument(
+        "--cases",
+        help="comma list of decode:B and prefill:BxS (default: decode:1,decode:32,"
+        "prefill:1x2048; tiny: decode:1,decode:2,prefill:1x64)",
+    )
     p.add_argument("--out", type=Path, help="default: $OUT or benchmarks/results")
     args = p.parse_args(argv)
     import bi_triton_ascend  # noqa: F401  (registers the batch-invariant kernels)
@@ -225,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     layers = args.layers or shape.layers
     tiny = shape.name == "tiny"
     prompt = 16 if tiny else 512
-    cases = [md.Case("decode", 1, prompt), md.Case("decode", 2 if tiny else 32, prompt),
-             md.Case("prefill", 1, 64 if tiny else 2048)]  # fmt: skip
+    cases = parse_cases(args.cases, prompt) if args.cases else [
+        md.Case("decode", 1, prompt), md.Case("decode", 2 if tiny else 32, prompt),
+        md.Case("prefill", 1, 64 if tiny else 2048),
+    ]  # fmt: skip
     model = md.build_model(shape, layers, prompt + args.steps + 8)
     rows = []
     for case in cases:

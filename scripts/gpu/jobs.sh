@@ -673,3 +673,56 @@ job_reductions() {
   IR_DISPATCH_LOWER_REDUCTIONS=1 timeout 330 python3 benchmarks/model_decoder.py --shapes 0.6b \
     --compile compile --rounds 2 --out "$JOB_DIR/model_decoder_0.6b_compile_reductions.json"
 }
+
+# #4: the 0.6B compiled level with Inductor's own reductions (routing off), its invariance check
+# and the compiled prefill profile at 16 x 512 (the cell at 0.77-0.81 in the sixteenth session).
+job_compilebits() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 250 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_compile_bits.json"
+  timeout 200 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
+    --cases prefill:16x512,prefill:1x2048 --out "$JOB_DIR"
+}
+
+# #4: where the compiled BI model loses its bits (benchmarks/compile_bits.py: one kind of
+# submodule compiled at a time, reductions routed or not, Inductor's emulate_precision_casts),
+# then the 0.6B compiled level with emulate_precision_casts on (speed and invariance check).
+job_compilecasts() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 260 python3 benchmarks/compile_bits.py --shape 0.6b --layers 2 --out "$JOB_DIR"
+  TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 timeout 250 python3 benchmarks/model_decoder.py \
+    --shapes 0.6b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_compile_emulate_casts.json"
+}
+
+# #4: the compiled level with ir-dispatch's new defaults (reductions routed and eager casts kept
+# in batch-invariant graphs): the 0.6B speed and invariance check, then the compiled profile at
+# prefill 16 x 512 and decode batch 32.
+job_compiledefault() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 270 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_compile_invariant.json"
+  timeout 170 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
+    --cases prefill:16x512,decode:32 --out "$JOB_DIR"
+}
+
+# #4: compiled batch-invariant graphs made invariant by default (reductions routed, eager casts
+# kept, a softmax cast back to bf16 written in bf16): the lowering tests on CUDA, then the
+# compiled level at 0.6B and 8B (speed and the invariance check).
+job_invariantcompile() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  lowered_tests invariant_compile 150
+  lowering_pass_tests invariant_compile 60
+  timeout 210 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_compile_invariant_fold.json"
+  timeout 160 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_8b_compile_invariant.json"
+}
+
+# #4: the 8B compiled level with the invariant defaults, with its invariance check (the
+# invariantcompile job's 8B run was cut by its limit before the check).
+job_invariant8b() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 290 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_8b_compile_invariant.json"
+}

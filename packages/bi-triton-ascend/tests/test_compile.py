@@ -103,7 +103,19 @@ def test_aten_overrides_under_aot_eager_reach_every_op(device: torch.device) -> 
 
 
 @pytest.mark.usefixtures("prefer_triton")
-def test_aten_overrides_under_inductor_reach_only_the_gemms(device: torch.device) -> None:
+def test_under_inductor_the_reductions_reach_the_kit_too(device: torch.device) -> None:
+    """ir-dispatch's pass routes Inductor's would-be reductions to the registry (the default)."""
+    seen = _compiled_providers("inductor", device)
+    for name in ("softmax", "log_softmax", "mean"):
+        assert seen.get(name) == ["triton"], (name, seen)
+    assert all(providers == ["triton"] for providers in seen.values()), seen
+
+
+@pytest.mark.usefixtures("prefer_triton")
+def test_aten_overrides_under_inductor_reach_only_the_gemms_without_the_routing(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")
     seen = _compiled_providers("inductor", device)
     assert set(seen) <= {"mm", "addmm", "bmm", "matmul", "linear"}, seen
     assert seen and all(providers == ["triton"] for providers in seen.values()), seen

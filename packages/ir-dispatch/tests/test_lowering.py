@@ -225,7 +225,7 @@ def test_no_lowering_registered_means_no_pass(monkeypatch: pytest.MonkeyPatch) -
     from ir_dispatch.lowering import lowerings_registered
 
     monkeypatch.setenv("IR_DISPATCH_LOWER", "1")
-    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)  # routing installs it
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")  # routing (the default) installs it
     if lowerings_registered():
         pytest.skip("a provider registered a lowering here (CUDA)")
     with ird.aten_overrides():
@@ -273,6 +273,16 @@ def route_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
 
 
+# These compare a routed graph with the eager overrides on CPU tensors, which only ir-dispatch's
+# CPU provider makes batch-invariant; it registers for the CPU platform, so on a CUDA host both
+# paths fall back to other implementations (their bits differed in 9 cases on the H100 host).
+_cpu_platform_only = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="CPU tensors on a CUDA host get no batch-invariant CPU provider (CPU platform only)",
+)
+
+
+@_cpu_platform_only
 @pytest.mark.parametrize(
     "name, op_name, fn", _reduction_cases(), ids=[c[0] for c in _reduction_cases()]
 )
@@ -290,9 +300,11 @@ def test_reductions_go_to_the_registry_op_when_routed(
     assert result.dtype == expected.dtype and torch.equal(result, expected)
 
 
-def test_reductions_are_left_to_inductor_unless_routed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even where a lowering is registered (bi-triton-ascend on CUDA): routing is opt-in."""
-    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+def test_reductions_are_left_to_inductor_when_routing_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``IR_DISPATCH_LOWER_REDUCTIONS=0``: even registered lowerings are not used for them."""
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")
 
     def lowered(x: torch.Tensor, *args: Any) -> torch.Tensor:
         return x
@@ -356,9 +368,9 @@ def test_routing_reductions_changes_the_cache_key_and_installs_the_pass(
 ) -> None:
     from ir_dispatch.lowering import lowerings_fingerprint, lowerings_registered
 
-    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")
     off = lowerings_fingerprint()
-    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS")  # the default: routed
     assert lowerings_fingerprint() != off
     if lowerings_registered():
         pytest.skip("a provider registered a lowering here (CUDA): the pass is installed anyway")
@@ -367,3 +379,98 @@ def test_routing_reductions_changes_the_cache_key_and_installs_the_pass(
     monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "maybe")
     with pytest.raises(ValueError, match="IR_DISPATCH_LOWER_REDUCTIONS='maybe'"):
         lowerings_fingerprint()
+
+
+def test_reductions_are_routed_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(lambda x: x.softmax(-1), torch.randn(3, 5))
+    assert ops.softmax.torch_op in _targets(gm), gm.code
+
+
+def test_the_pass_keeps_eager_casts_in_batch_invariant_graphs_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor's ``emulate_precision_casts`` is on while a BI graph compiles (the routing on),
+    and back to the user's value for other graphs and once the pass is removed."""
+    from torch._inductor import config
+
+    from ir_dispatch._inductor_pass import LoweringPass
+
+    seen: list[bool] = []
+    lowering = LoweringPass(lambda graph: seen.append(config.emulate_precision_casts))
+    graph = torch.fx.Graph()
+    monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS", raising=False)
+    with config.patch(emulate_precision_casts=False):
+        with ird.batch_invariant():
+            lowering(graph)
+        lowering(graph)
+        with ird.batch_invariant():
+            monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")
+            lowering(graph)
+        assert seen == [True, False, False]
+        monkeypatch.delenv("IR_DISPATCH_LOWER_REDUCTIONS")
+        with ird.aten_overrides(), ird.batch_invariant():
+            installed = config.pre_grad_custom_pass
+            assert ird.lowering_installed()
+            installed(graph)
+            assert config.emulate_precision_casts is True
+        assert config.emulate_precision_casts is False  # uninstalling restored the user's value
+
+
+def test_the_cache_key_follows_the_routing_and_its_casts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph cached without the eager casts must not be reused with them."""
+    from ir_dispatch.lowering import lowerings_fingerprint
+
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "0")
+    off = lowerings_fingerprint()
+    monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
+    assert "reductions+casts" not in off and lowerings_fingerprint() != off
+
+
+@pytest.mark.parametrize("op_name", ["softmax", "log_softmax"])
+def test_a_softmax_cast_back_to_its_input_dtype_is_written_in_that_dtype(
+    route_reductions: None, op_name: str
+) -> None:
+    """``softmax(x, dtype=fp32).to(x.dtype)``: one kernel writing bf16, the same bits."""
+    fn_torch = getattr(F, op_name)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return fn_torch(x, dim=-1, dtype=torch.float32).to(x.dtype)
+
+    x = torch.randn(4, 6, 33).to(torch.bfloat16)
+    with ird.batch_invariant():
+        gm, result = _compiled_graph(fn, x)
+        with ird.aten_overrides():
+            expected = fn(x)
+    assert "to" not in _targets(gm), gm.code
+    routed = [n for n in gm.graph.nodes if n.target == getattr(ops, op_name).torch_op]
+    assert len(routed) == 1 and routed[0].args[2] is None, gm.code
+    assert result.dtype == torch.bfloat16 and torch.equal(result, expected)
+
+
+def _cast_and_keep(s: torch.Tensor) -> torch.Tensor:
+    """The softmax cast to bf16 and used as it is too (so its fp32 result is needed)."""
+    return s.to(torch.bfloat16) * s
+
+
+@pytest.mark.parametrize(
+    "fn, dtype",
+    [
+        (lambda x: F.softmax(x, dim=-1).to(torch.bfloat16), torch.float32),  # not x's dtype
+        (lambda x: _cast_and_keep(F.softmax(x, dim=-1, dtype=torch.float32)), torch.bfloat16),
+        (lambda x: F.softmax(x, dim=-1, dtype=torch.float32).to(torch.float16), torch.bfloat16),
+    ],
+    ids=["cast to another dtype", "softmax used twice", "cast to a third dtype"],
+)
+@_cpu_platform_only
+def test_other_casts_after_a_softmax_stay(
+    route_reductions: None, fn: Callable[..., Any], dtype: torch.dtype
+) -> None:
+    x = torch.randn(3, 17).to(dtype)
+    with ird.batch_invariant():
+        gm, result = _compiled_graph(fn, x)
+        with ird.aten_overrides():
+            expected = fn(x)
+    assert "to" in _targets(gm), gm.code
+    assert torch.equal(result, expected)

@@ -11,7 +11,30 @@ from typing import Any
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from .lowering import lower_graph, lowerings_fingerprint
+from .lowering import lower_graph, lowerings_fingerprint, reductions_routed
+from .mode import is_batch_invariant
+
+_user_casts: list[bool] = []  # Inductor's emulate_precision_casts before eager_casts(True)
+
+
+def eager_casts(on: bool) -> None:
+    """Inductor's ``emulate_precision_casts`` on, or back to what it was before.
+
+    Inductor elides the bf16 round trips between fused operations where its fusions allow, and
+    which fusions it makes follows the shapes: a compiled Qwen3 decoder in batch-invariant mode,
+    its reductions already routed to the kit, still gave a prompt other logits inside a batch
+    than alone until the casts were kept (H100 and CPU, ``benchmarks/compile_bits.py``). With
+    both, the compiled model gave the eager model's bits. Set by the pass for each graph it
+    sees (it runs first in every Inductor compile, before the config enters the cache keys).
+    """
+    from torch._inductor import config
+
+    if on:
+        if not _user_casts:
+            _user_casts.append(config.emulate_precision_casts)
+        config.emulate_precision_casts = True
+    elif _user_casts:
+        config.emulate_precision_casts = _user_casts.pop()
 
 
 class LoweringPass(CustomGraphPass):  # type: ignore[misc]
@@ -23,6 +46,7 @@ class LoweringPass(CustomGraphPass):  # type: ignore[misc]
         self.chained = tuple(chained) if isinstance(chained, list | tuple) else (chained,)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        eager_casts(is_batch_invariant() and reductions_routed())
         lower_graph(graph)
         for chained in self.chained:
             chained(graph)

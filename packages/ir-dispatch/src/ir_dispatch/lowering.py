@@ -18,19 +18,20 @@ autograd tracing (Inductor's pre-grad pass): a call whose result requires grad i
 do not matter.
 
 On by default wherever an implementation registered a lowering (bi-triton-ascend does on
-CUDA): on an H100 it took the compiled 0.6B decode step from 0.57-0.91x of default mode's
-tokens/s (extern GEMMs) to 0.89-1.02x at batch 1 and 1.15-1.40x at batch 32 (two runs).
-``IR_DISPATCH_LOWER=0`` turns it off, ``1`` on. Callers whose compiled graphs are replayed as
-CUDA graphs gain nothing from it (the host time it saves is not in a replay) and may make it
+CUDA) or the reductions are routed (the default, below): on an H100 the GEMM lowerings took the
+compiled 0.6B decode step from 0.57-0.91x of default mode's tokens/s (extern GEMMs) to
+0.89-1.02x at batch 1 and 1.15-1.40x at batch 32 (two runs). ``IR_DISPATCH_LOWER=0`` turns the
+pass off, ``1`` on. Callers whose compiled graphs are replayed as CUDA graphs may make it
 opt-in (``install_aten_overrides(lowering_default=False)``, as the vLLM plugin does).
 
-Reductions are the other gap: Inductor compiles ``mean``, ``softmax`` and ``log_softmax``
-(an RMSNorm written as ``pow``/``mean``, attention's softmax) into kernels of its own, which
-never reach the overrides and whose reduction order this kit does not control. With
-``IR_DISPATCH_LOWER_REDUCTIONS=1`` the pass routes those calls too: to the selected
-implementation's lowering (bi-triton-ascend registers them on CUDA), else to the registry op's
-custom op, which runs the kit's kernel at the cost of a Python call per op. Opt-in until it
-has run on a GPU.
+Without more, a compiled graph is still not batch-invariant (measured on an H100 and on CPU:
+``benchmarks/compile_bits.py``). Inductor compiles ``mean``, ``softmax`` and ``log_softmax``
+(an RMSNorm written as ``pow``/``mean``, attention's softmax) into reductions of its own, whose
+block shapes follow the whole shape; and which bf16 round trips its fusions elide follows the
+shapes too. So the pass also routes those calls, to the selected implementation's lowering
+(bi-triton-ascend registers them on CUDA) or else the registry op's custom op (the kit's
+kernel, at a Python call per op), and has Inductor keep eager's casts in batch-invariant graphs
+(``emulate_precision_casts``). ``IR_DISPATCH_LOWER_REDUCTIONS=0`` leaves both to Inductor.
 """
 
 from __future__ import annotations
@@ -176,6 +177,50 @@ def _traced_value(arg: Any) -> Any:
     return arg
 
 
+_SOFTMAXES = frozenset({"softmax", "log_softmax"})
+# Tensor methods that only convert their tensor to a float dtype: name -> the dtype, or None
+# for ``to``, whose dtype is its one other argument.
+_CASTS: dict[str, torch.dtype | None] = {
+    "to": None, "bfloat16": torch.bfloat16, "half": torch.float16, "float": torch.float32,
+}  # fmt: skip
+
+
+def _cast_dtype(node: torch.fx.Node) -> torch.dtype | None:
+    """The dtype ``node`` converts its first argument to, if it does only that."""
+    if node.op != "call_method" or node.target not in _CASTS:
+        return None
+    fixed = _CASTS[str(node.target)]
+    if fixed is not None:
+        return fixed if len(node.args) == 1 and not node.kwargs else None
+    rest = (*node.args[1:], *node.kwargs.values())
+    keys_ok = set(node.kwargs) <= {"dtype"}
+    return rest[0] if keys_ok and len(rest) == 1 and isinstance(rest[0], torch.dtype) else None
+
+
+def _fold_cast_back(graph: torch.fx.Graph, node: torch.fx.Node, x: Any) -> None:
+    """Let a routed softmax whose only use casts it back to its input's dtype write that dtype.
+
+    ``softmax(x, -1, dtype=torch.float32).to(x.dtype)`` (transformers' eager attention) rounds
+    its fp32 result once to bf16 either way, so asking the kernel for ``x``'s dtype gives the
+    same bits without an fp32 result written and read back: at 16 x 512 tokens on the 0.6B
+    model, an fp32 write, read and cast of attention scores cost about as much per layer as the
+    softmax itself (H100 profile, ``benchmarks/profile_model.py``).
+    """
+    if len(node.users) != 1 or not isinstance(x, torch.Tensor):
+        return
+    (user,) = node.users
+    dtype = node.args[2]
+    if user.args[0] is not node or _cast_dtype(user) != x.dtype:
+        return
+    if not isinstance(dtype, torch.dtype) or dtype.itemsize < x.dtype.itemsize:
+        return  # dtype narrower than x rounds the input first: not the same computation
+    node.args = (node.args[0], node.args[1], None)
+    if "example_value" in user.meta:
+        node.meta["example_value"] = user.meta["example_value"]
+    user.replace_all_uses_with(node)
+    graph.erase_node(user)
+
+
 def lower_graph(graph: torch.fx.Graph) -> int:
     """Rewrite the graph's GEMM calls to the lowerings of the implementations dispatch selects.
 
@@ -193,7 +238,7 @@ def lower_graph(graph: torch.fx.Graph) -> int:
             continue
         op, args = route
         if op.name in _REDUCTIONS and not route_reductions:
-            continue  # left to Inductor (opt-in: IR_DISPATCH_LOWER_REDUCTIONS)
+            continue  # left to Inductor (IR_DISPATCH_LOWER_REDUCTIONS=0)
         values = [_traced_value(a) for a in args]
         if any(v is _MISSING for v in values) or not isinstance(values[0], torch.Tensor):
             continue
@@ -212,6 +257,8 @@ def lower_graph(graph: torch.fx.Graph) -> int:
             continue
         node.op, node.target, node.args, node.kwargs = "call_function", target, args, {}
         op._note(impl, tuple(values))  # recording() sees compile-time choices as calls
+        if op.name in _SOFTMAXES:
+            _fold_cast_back(graph, node, values[0])
         rewritten += 1
     if rewritten:
         logger.debug("ir_dispatch lowering: %d calls rewritten", rewritten)
@@ -220,7 +267,9 @@ def lower_graph(graph: torch.fx.Graph) -> int:
 
 def lowerings_fingerprint() -> str:
     """What the pass would do, for Inductor's cache key: the mode and every lowering's source."""
-    parts: list[str] = [f"bi={is_batch_invariant()}", f"reductions={reductions_routed()}"]
+    # The routing switch also keeps eager's casts (``_inductor_pass.eager_casts``): a cached
+    # graph compiled without them must not be reused with them.
+    parts: list[str] = [f"bi={is_batch_invariant()}", f"reductions+casts={reductions_routed()}"]
     for name in sorted({n for n, _ in (*_FUNCTIONS.values(), *_METHODS.values())}):
         op = getattr(ops, name)
         for impl in op.impls:
@@ -258,14 +307,18 @@ def lowering_enabled(default: bool = True) -> bool:
 
 
 def reductions_routed() -> bool:
-    """Whether the pass routes reductions too (off by default).
+    """Whether the pass makes batch-invariant graphs invariant (on unless ``..._REDUCTIONS=0``).
 
-    ``IR_DISPATCH_LOWER_REDUCTIONS=1`` routes ``mean``, ``softmax`` and ``log_softmax`` calls in
-    batch-invariant graphs to the selected implementation's lowering or, without one, to the
-    registry's custom op (the kit's kernel, for a Python call per op at run time). Inductor
-    otherwise compiles them into reductions of its own, whose order this kit does not control.
+    It routes ``mean``, ``softmax`` and ``log_softmax`` calls to the selected implementation's
+    lowering or, without one, to the registry's custom op (the kit's kernel, for a Python call
+    per op at run time), and has Inductor keep eager's low-precision casts
+    (:func:`~ir_dispatch._inductor_pass.eager_casts`). Without both, a compiled Qwen3 decoder
+    gave a prompt other logits inside a batch than alone, on an H100 and on CPU
+    (``benchmarks/compile_bits.py``): Inductor's own reductions take their block shapes from
+    the whole shape, and which bf16 round trips its fusions elide follows the shapes too.
+    ``IR_DISPATCH_LOWER_REDUCTIONS=0`` leaves both to Inductor: faster, not batch-invariant.
     """
-    return _switch(REDUCTIONS_ENV, False)
+    return _switch(REDUCTIONS_ENV, True)
 
 
 def lowerings_registered() -> bool:
@@ -278,8 +331,8 @@ def install_lowering(default: bool = True) -> bool:
     """Put :func:`lower_graph` in Inductor's pre-grad passes; returns whether it is installed.
 
     Installed when :func:`lowering_enabled` (``default`` when ``IR_DISPATCH_LOWER`` is unset)
-    and some implementation registered a lowering or :func:`reductions_routed`, so a process
-    with neither (CPU, interpreter) does not import Inductor for it. Passes set before
+    and some implementation registered a lowering or :func:`reductions_routed` (the default),
+    so a process with neither does not import Inductor for it. Passes set before
     (``torch._inductor.config.pre_grad_custom_pass``) still run, after this one. Idempotent.
     """
     if _installed:
@@ -305,6 +358,10 @@ def uninstall_lowering() -> None:
     lowering = _installed.pop()
     previous = lowering.previous
     from torch._inductor import config
+
+    from ._inductor_pass import eager_casts
+
+    eager_casts(False)
 
     if config.pre_grad_custom_pass is lowering:
         config.pre_grad_custom_pass = previous

@@ -123,8 +123,8 @@ SWITCHES: tuple[tuple[str, str], ...] = (
      "torch.compile graphs launch the batch-invariant GEMM kernels themselves instead of "
      "calling ATen; in vLLM off unless 1: its CUDA graphs replay without that host time"),
     (LOWER_REDUCTIONS_ENV,
-     "with the pass: compiled mean/softmax/log_softmax run the kit's kernels instead of "
-     "Inductor's own reductions; off unless 1"),
+     "with the pass: compiled batch-invariant graphs run the kit's mean/softmax/log_softmax "
+     "and keep eager's casts, so they stay batch-invariant; on unless 0"),
 )  # fmt: skip
 
 

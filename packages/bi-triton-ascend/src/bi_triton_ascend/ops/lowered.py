@@ -19,8 +19,8 @@ it what the two GEMM kernels write: the output, and the partials and counters of
 The row reductions work the same way: ``bi_triton::mean`` and ``bi_triton::softmax`` (with
 ``log``) lay their rows out with the eager ops' helpers (:func:`~.mean.mean_rows`,
 :func:`~.softmax.softmax_rows`) and launch through the eager ops' own ``_launch`` with a
-launcher that traces. ir-dispatch's pass uses them only when its reduction routing is on
-(``IR_DISPATCH_LOWER_REDUCTIONS=1``).
+launcher that traces. ir-dispatch's pass uses them while its reduction routing is on (the
+default; ``IR_DISPATCH_LOWER_REDUCTIONS=0`` turns it off).
 
 Registered as lowerings on CUDA only: Inductor launches user Triton kernels on GPUs, and
 Triton's interpreter runs the same body here when the op is called directly.
