@@ -76,6 +76,8 @@ VARIANTS = [
 @contextlib.contextmanager
 def defaults_kept(variant: Variant) -> Iterator[None]:
     """The variant's routing switch and cast handling for the block."""
+    from torch._inductor import config as inductor_config
+
     from ir_dispatch import _inductor_pass
 
     saved_env = os.environ.get("IR_DISPATCH_LOWER_REDUCTIONS")
@@ -84,7 +86,7 @@ def defaults_kept(variant: Variant) -> Iterator[None]:
     if not variant.casts:
         _inductor_pass.eager_casts = lambda on: None  # type: ignore[assignment]
     try:
-        with torch._inductor.config.patch(variant.inductor):
+        with inductor_config.patch(variant.inductor):
             yield
     finally:
         _inductor_pass.eager_casts = saved_casts  # type: ignore[assignment]

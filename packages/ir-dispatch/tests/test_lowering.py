@@ -273,16 +273,6 @@ def route_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IR_DISPATCH_LOWER_REDUCTIONS", "1")
 
 
-# These compare a routed graph with the eager overrides on CPU tensors, which only ir-dispatch's
-# CPU provider makes batch-invariant; it registers for the CPU platform, so on a CUDA host both
-# paths fall back to other implementations (their bits differed in 9 cases on the H100 host).
-_cpu_platform_only = pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="CPU tensors on a CUDA host get no batch-invariant CPU provider (CPU platform only)",
-)
-
-
-@_cpu_platform_only
 @pytest.mark.parametrize(
     "name, op_name, fn", _reduction_cases(), ids=[c[0] for c in _reduction_cases()]
 )
@@ -463,7 +453,6 @@ def _cast_and_keep(s: torch.Tensor) -> torch.Tensor:
     ],
     ids=["cast to another dtype", "softmax used twice", "cast to a third dtype"],
 )
-@_cpu_platform_only
 def test_other_casts_after_a_softmax_stay(
     route_reductions: None, fn: Callable[..., Any], dtype: torch.dtype
 ) -> None:

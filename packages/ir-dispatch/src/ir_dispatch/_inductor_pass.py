@@ -24,8 +24,9 @@ def eager_casts(on: bool) -> None:
     which fusions it makes follows the shapes: a compiled Qwen3 decoder in batch-invariant mode,
     its reductions already routed to the kit, still gave a prompt other logits inside a batch
     than alone until the casts were kept (H100 and CPU, ``benchmarks/compile_bits.py``). With
-    both, the compiled model gave the eager model's bits. Set by the pass for each graph it
-    sees (it runs first in every Inductor compile, before the config enters the cache keys).
+    both, the compiled model gave the eager model's bits. Set by the pass before Inductor
+    compiles each graph; a graph Inductor finds in its caches skips the pass, and was compiled
+    with the same setting, since the switch is part of the pass's cache key.
     """
     from torch._inductor import config
 
