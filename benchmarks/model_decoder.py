@@ -25,9 +25,9 @@ a whole round of one mode at half speed) lands on both modes alike; BI rows then
 
 After each compile mode's timings, the run checks what the speed is for: per mode, a probe
 prompt's logits alone against its logits at the first, middle and last row of the largest
-prefill batch, bit for bit (``invariance`` in the JSON; ``summary.bi_invariant``). Under
-compile that is a fresh graph per batch size, with whatever reductions Inductor wrote itself;
-``--no-invariance`` skips it.
+prefill batch, and its greedy decode steps alone against the same rows of the largest decode
+batch, bit for bit (``invariance`` in the JSON; ``summary.bi_invariant``). Under compile that is
+a fresh graph per batch size; ``--no-invariance`` skips it.
 
 Every repetition is kept; the median is reported. Each row also lists the providers the
 registry dispatched to in its first run (``providers_used``; empty in default mode): a BI row
@@ -75,7 +75,7 @@ TABLE_COLUMNS = [
     "paired_ratio",
 ]  # fmt: skip
 INVARIANCE_COLUMNS = [
-    "shape", "compile", "mode", "batch", "seq", "probe_rows", "bitwise_equal", "error",
+    "shape", "compile", "mode", "phase", "batch", "seq", "probe_rows", "bitwise_equal", "error",
 ]  # fmt: skip
 
 
@@ -241,9 +241,13 @@ class DecodeRunner:
         )  # fmt: skip
         self.next_ids = out.logits[:, -1:].argmax(-1)
 
-    def steps(self) -> None:
-        """One new token per row per step; each step feeds back the previous argmax."""
-        ids = self.next_ids
+    def steps(self, record: bool = False) -> list[torch.Tensor]:
+        """One new token per row per step; each step feeds back the previous argmax.
+
+        Returns each step's last-position logits when ``record`` (the invariance check), else
+        nothing (the timed path keeps no reference).
+        """
+        ids, recorded = self.next_ids, []
         for i in range(self.n_steps):
             position = torch.tensor([self.case.seq + i], device=device())
             out = self.fn(
@@ -251,6 +255,9 @@ class DecodeRunner:
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
             ids = out.logits[:, -1:].argmax(-1)
+            if record:
+                recorded.append(out.logits[:, -1])
+        return recorded
 
 
 # ------------------------------------------------------------------------------ timing
@@ -495,27 +502,54 @@ def probe_rows_match(fn: Callable[..., Any], case: Case, vocab: int) -> tuple[li
     return rows, all(torch.equal(together[r], alone[0]) for r in rows)
 
 
+def decode_rows_match(
+    model: torch.nn.Module, fn: Callable[..., Any], case: Case, vocab: int, steps: int
+) -> tuple[list[int], bool]:
+    """A probe prompt decoded alone and at the first, middle and last row of a ``case.batch``
+    batch (greedy, static cache, eager prefill, ``fn`` per step): the rows, and whether every
+    step's logits there equal the lone run's, bit for bit. Under compile the two batch sizes
+    run separate decode graphs."""
+    probe = random_ids(1, case.seq, vocab)
+    rows = sorted({0, case.batch // 2, case.batch - 1})
+    runs = {}
+    for batch, at in ((1, [0]), (case.batch, rows)):
+        runner = DecodeRunner(model, fn, replace(case, batch=batch), steps, vocab)
+        runner.prompt[at] = probe[0]
+        runner.prefill()
+        runs[batch] = runner.steps(record=True)
+    pairs = zip(runs[1], runs[case.batch], strict=True)
+    return rows, all(torch.equal(many[r], one[0]) for one, many in pairs for r in rows)
+
+
 def check_invariance(
     model: torch.nn.Module, shape: ModelShape, layers: int, compile_mode: str, settings: Settings
 ) -> list[dict[str, Any]]:
     """Per mode, whether the largest prefill batch gives a probe row its bits alone: what BI
     mode promises, checked in the configuration whose speed was measured (under compile, a
     fresh graph per batch size, with the reductions Inductor writes itself)."""
-    case = max((c for c in settings.cases if c.phase == "prefill"), key=lambda c: c.batch)
     checks = []
-    for mode in MODES:
-        check: dict[str, Any] = {
-            "shape": shape.name, "layers": layers, "compile": compile_mode, "mode": mode,
-            "batch": case.batch, "seq": case.seq,
-        }  # fmt: skip
-        try:
-            with run_mode(mode):
-                fn = forward_fn(model, compile_mode)
-                rows, equal = probe_rows_match(fn, case, shape.vocab_size)
-            check.update(probe_rows=rows, bitwise_equal=equal)
-        except Exception as exc:
-            check.update(bitwise_equal=None, error=f"{type(exc).__name__}: {exc}"[:500])
-        checks.append(check)
+    for phase in ("prefill", "decode"):
+        cases = [c for c in settings.cases if c.phase == phase]
+        if not cases:
+            continue
+        case = max(cases, key=lambda c: c.batch)
+        for mode in MODES:
+            check: dict[str, Any] = {
+                "shape": shape.name, "layers": layers, "compile": compile_mode, "mode": mode,
+                "phase": phase, "batch": case.batch, "seq": case.seq,
+            }  # fmt: skip
+            try:
+                with run_mode(mode):
+                    fn = forward_fn(model, compile_mode)
+                    if phase == "prefill":
+                        rows, equal = probe_rows_match(fn, case, shape.vocab_size)
+                    else:
+                        steps = min(settings.steps, 4)
+                        rows, equal = decode_rows_match(model, fn, case, shape.vocab_size, steps)
+                check.update(probe_rows=rows, bitwise_equal=equal)
+            except Exception as exc:
+                check.update(bitwise_equal=None, error=f"{type(exc).__name__}: {exc}"[:500])
+            checks.append(check)
     return checks
 
 

@@ -108,6 +108,23 @@ def test_the_probe_check_fails_when_a_row_depends_on_the_batch() -> None:
     assert module.probe_rows_match(batch_variant, case, vocab=50) == ([0, 2, 4], False)
 
 
+def test_the_decode_check_fails_when_a_row_depends_on_the_batch() -> None:
+    """``decode_rows_match`` (the decode half of the check) must be able to fail too."""
+    module = load_script()
+    model = module.build_model(module.SHAPES["tiny"], 1, 32)
+    case = module.Case("decode", 3, 8)
+
+    def batch_variant(**kwargs: object) -> object:
+        out = model(**kwargs)
+        out.logits = out.logits + kwargs["input_ids"].shape[0]  # type: ignore[union-attr]
+        return out
+
+    with torch.inference_mode():
+        assert module.decode_rows_match(model, model, case, 256, steps=2) == ([0, 1, 2], True)
+        found = module.decode_rows_match(model, batch_variant, case, 256, steps=2)
+    assert found == ([0, 1, 2], False)
+
+
 def test_interleave_refuses_compiled_modes() -> None:
     module = load_script()
     with pytest.raises(SystemExit, match="--interleave needs --compile eager"):

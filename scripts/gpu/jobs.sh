@@ -700,7 +700,7 @@ job_compilecasts() {
 # prefill 16 x 512 and decode batch 32.
 job_compiledefault() {
   unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
-  timeout 270 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
+  timeout 380 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_0.6b_compile_invariant.json"
   timeout 170 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
     --cases prefill:16x512,decode:32 --out "$JOB_DIR"
@@ -723,6 +723,6 @@ job_invariantcompile() {
 # invariantcompile job's 8B run was cut by its limit before the check).
 job_invariant8b() {
   unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
-  timeout 290 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --rounds 2 \
+  timeout 480 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_8b_compile_invariant.json"
 }
