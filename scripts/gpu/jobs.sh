@@ -677,11 +677,17 @@ job_reductions() {
 # #4: the 0.6B compiled level with Inductor's own reductions (routing off), its invariance check
 # and the compiled prefill profile at 16 x 512 (the cell at 0.77-0.81 in the sixteenth session).
 job_compilebits() {
-  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  unset IR_DISPATCH_LOWER
+  export IR_DISPATCH_LOWER_REDUCTIONS=0  # the routing became the default after this job ran
   timeout 250 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_0.6b_compile_bits.json"
-  timeout 200 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
-    --cases prefill:16x512,prefill:1x2048 --out "$JOB_DIR"
+  compiled_profile_06 200 prefill:16x512,prefill:1x2048
+}
+
+# compiled_profile_06 SECONDS CASES: the 0.6B compiled profile (top 24 kernels) of CASES.
+compiled_profile_06() {
+  timeout "$1" python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
+    --cases "$2" --out "$JOB_DIR"
 }
 
 # #4: where the compiled BI model loses its bits (benchmarks/compile_bits.py: one kind of
@@ -702,8 +708,7 @@ job_compiledefault() {
   unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
   timeout 380 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_0.6b_compile_invariant.json"
-  timeout 170 python3 benchmarks/profile_model.py --shape 0.6b --compile compile --top 24 \
-    --cases prefill:16x512,decode:32 --out "$JOB_DIR"
+  compiled_profile_06 170 prefill:16x512,decode:32
 }
 
 # #4: compiled batch-invariant graphs made invariant by default (reductions routed, eager casts
