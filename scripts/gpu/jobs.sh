@@ -731,3 +731,25 @@ job_invariant8b() {
   timeout 480 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_8b_compile_invariant.json"
 }
+
+# #4, eighteenth session: RMSNorm's statistic read once (mean_of_squares, put in compiled graphs
+# by ir-dispatch's pass) and short rows several to a program. Part a: the mean and lowering tests
+# on CUDA, then the compiled 0.6B profile at prefill 16 x 512 and 1 x 2048.
+job_meansqa() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/test_mean.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_mean_cuda.junit.xml"
+  lowered_tests meansq 170
+  compiled_profile_06 200 prefill:16x512,prefill:1x2048
+}
+
+# Part b: the mean tests again (bf16 rows laid out as fp32 rows), then the compiled 0.6B level
+# (speed and the prefill and decode invariance checks).
+job_meansqb() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 60 python3 -m pytest packages/bi-triton-ascend/tests/test_mean.py -q \
+    -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_mean_lanes_cuda.junit.xml"
+  lowered_tests meansq_lanes 150 -k "routed or eagerly"
+  timeout 360 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
+    --out "$JOB_DIR/model_decoder_0.6b_compile_meansq.json"
+}

@@ -100,6 +100,18 @@ def _reduction_cases(
         ("mean, all", bta.mean, lowered.lowered_mean, (r(6, 50), None, False, None)),
         ("mean, transposed", bta.mean, lowered.lowered_mean, (r(40, 3).t(), [1], False, None)),
         ("mean, chunked row", bta.mean, lowered.lowered_mean, (r(2, 16385), [1], True, None)),
+        (
+            "mean of squares, 4100",
+            bta.mean_of_squares,
+            lowered.lowered_mean_of_squares,
+            (r(3, 4100), [-1], True),
+        ),
+        (
+            "mean of squares, chunked",
+            bta.mean_of_squares,
+            lowered.lowered_mean_of_squares,
+            (r(2, 16385), [1], False),
+        ),
         ("softmax", bta.softmax, lowered.lowered_softmax, (r(4, 530), -1, torch.float32)),
         ("softmax, middle dim", bta.softmax, lowered.lowered_softmax, (r(3, 9, 5), 1, None)),
         ("softmax, chunked", bta.softmax, lowered.lowered_softmax, (r(2, 8193), 1, None)),
@@ -353,6 +365,12 @@ def test_routed_reductions_run_the_kits_kernels_batch_invariantly(device: torch.
             assert "_mean_rows_kernel" in code or "_softmax_row_kernel" in code, code
             assert not _copied(code), f"an input copied:\n{code}"
             assert torch.equal(result, _eager(fn, args))
+        for width in (128, 4096):  # one lane block; four (where an FMA would change the bits)
+            args = rand(5, width, dtype=bf16, device=device)
+            with ird.recording() as rec:
+                result, code = _compiled(_rms_then_softmax, args)
+            assert rec.providers().get("mean_of_squares") == ["triton"], rec.providers()
+            assert torch.equal(result, _eager(_rms_then_softmax, args)), width
         alone, code = _compiled(_rms_then_softmax, probe)
         assert "_mean_rows_kernel" in code and "_softmax_row_kernel" in code, code
         for m in (2, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257):

@@ -43,13 +43,67 @@ def test_dtype_argument_and_long_rows(
     assert_accurate(bta.mean(x), x.double().mean(), torch.bfloat16)  # one row of 4000
 
 
-def test_rows_alone_equal_rows_in_any_batch(device: torch.device) -> None:
-    probe = rand(1, 300, dtype=torch.bfloat16, device=device)
-    alone = bta.mean(probe, [-1])
+@pytest.mark.parametrize("op", ["mean", "mean_of_squares"])
+@pytest.mark.parametrize("length", [128, 300, 4100])
+def test_rows_alone_equal_rows_in_any_batch(op: str, length: int, device: torch.device) -> None:
+    """Rows of 128 go 32 to a program and rows of 300 eight (``row_tile``): the probe's bits
+    must not depend on which slot of a tile it lands in, nor on how many rows share it."""
+    fn = getattr(bta, op)
+    probe = rand(1, length, dtype=torch.bfloat16, device=device)
+    alone = fn(probe, [-1])
     for m in batches():
-        out = bta.mean(with_probe(probe, m), [-1])
+        out = fn(with_probe(probe, m), [-1])
         for p in probe_positions(m):
             assert torch.equal(out[p], alone[0]), f"M={m}, row {p}"
+
+
+def test_rows_in_every_tile_slot(device: torch.device) -> None:
+    """A probe at each of the 32 slots of a 128-wide row tile gives the bits it has alone."""
+    block, tile_rows = mean_module.row_tile(128)
+    assert (block, tile_rows) == (128, 32)
+    probe = rand(1, 128, dtype=torch.float32, device=device)
+    alone = bta.mean(probe, [-1])
+    batch = rand(2 * tile_rows + 3, 128, dtype=torch.float32, device=device)
+    for slot in range(tile_rows + 1):
+        trial = batch.clone()
+        trial[slot] = probe[0]
+        assert torch.equal(bta.mean(trial, [-1])[slot], alone[0]), slot
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("length", [1, 37, 128, 1024, 4100])
+def test_mean_of_squares_is_mean_of_the_fp32_squares(
+    dtype: torch.dtype, length: int, device: torch.device
+) -> None:
+    """The pattern's bits (``x.float().pow(2)``, then ``mean``), and float64's value."""
+    x = rand(5, 3, length, dtype=dtype, device=device, scale=3.0)
+    got = bta.mean_of_squares(x, [-1], True)
+    assert got.dtype == torch.float32 and got.shape == (5, 3, 1)
+    assert torch.equal(got, bta.mean(x.float().pow(2), [-1], True))
+    assert_accurate(got, x.double().pow(2).mean(-1, keepdim=True), torch.float32)
+
+
+def test_mean_of_squares_odd_layouts_and_long_rows(
+    monkeypatch: pytest.MonkeyPatch, device: torch.device
+) -> None:
+    """Transposed rows, several dims, and the chunked path all keep the pattern's bits."""
+    x = rand(40, 3, dtype=torch.bfloat16, device=device).t()
+    assert torch.equal(bta.mean_of_squares(x, [1]), bta.mean(x.float().pow(2), [1]))
+    y = rand(3, 4, 7, dtype=torch.float16, device=device)
+    assert torch.equal(bta.mean_of_squares(y, [0, 2]), bta.mean(y.float().pow(2), [0, 2]))
+    assert torch.equal(bta.mean_of_squares(y), bta.mean(y.float().pow(2)))
+    monkeypatch.setattr(mean_module, "ONE_PASS_MAX", 32)
+    monkeypatch.setattr(mean_module, "BLOCK", 16)
+    monkeypatch.setattr(mean_module, "MAX_CHUNKS", 4)
+    z = rand(4, 1000, dtype=torch.bfloat16, device=device)
+    got = bta.mean_of_squares(z, [-1])
+    assert torch.equal(got, bta.mean(z.float().pow(2), [-1]))
+    assert_accurate(got, z.double().pow(2).mean(-1), torch.float32)
+
+
+def test_mean_of_squares_refuses_integers(device: torch.device) -> None:
+    with pytest.raises(TypeError, match="x"):
+        bta.mean_of_squares(torch.arange(6, device=device).reshape(2, 3), [-1])
 
 
 def test_empty(device: torch.device) -> None:

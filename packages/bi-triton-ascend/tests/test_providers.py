@@ -13,8 +13,9 @@ import ir_dispatch as ird
 from bi_triton_ascend import _platform, providers
 from ir_dispatch import PlatformKind, ops
 
-OPS = ["addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean", "mm",
-       "qk_norm_rope", "rms_norm", "softmax", "token_logprobs"]  # fmt: skip
+OPS = ["addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean",
+       "mean_of_squares", "mm", "qk_norm_rope", "rms_norm", "softmax",
+       "token_logprobs"]  # fmt: skip
 
 
 def test_every_op_is_registered_batch_invariant() -> None:

@@ -184,6 +184,7 @@ def test_registration_table() -> None:
         "softmax",
         "log_softmax",
         "mean",
+        "mean_of_squares",
     ]
     for name in cpu.registered_ops():
         impl = ird.get_op(name).impl("cpu")
@@ -239,6 +240,19 @@ def test_aten_overrides_reach_the_cpu_provider_without_recursion() -> None:
     assert torch.equal(lp, cpu_rows.log_softmax(y, -1))
     assert torch.equal(m, cpu_rows.mean(y, [-1], True))
     assert torch.equal(z, cpu_gemm.bmm(x.reshape(5, 1, 64), w.t().expand(5, 64, 32)))
+
+
+def test_mean_of_squares_is_the_patterns_bits_and_batch_invariant() -> None:
+    x = _randn(7, 300, dtype=torch.bfloat16, seed=3)
+    with ird.batch_invariant():
+        assert ird.explain("mean_of_squares", x, [-1], True).chosen == "cpu"
+        got = ops.mean_of_squares(x, [-1], True)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, cpu_rows.mean(x.float().pow(2), [-1], True))
+    torch.testing.assert_close(got.double(), x.double().pow(2).mean(-1, keepdim=True))
+    _check(lambda rows: cpu_rows.mean_of_squares(rows, [-1]), 300, torch.bfloat16)
+    with pytest.raises(TypeError, match="x"):
+        cpu_rows.mean_of_squares(torch.arange(4), [0])
 
 
 def test_custom_ops_pass_opcheck_and_compile_in_batch_invariant_mode() -> None:

@@ -476,3 +476,92 @@ def test_other_casts_after_a_softmax_stay(
             expected = fn(x)
     assert "to" in _targets(gm), gm.code
     assert torch.equal(result, expected)
+
+
+def _lowered_mean_of_squares(x: torch.Tensor, dim: Any, keepdim: bool) -> torch.Tensor:
+    return x.float().pow(2).mean(dim, keepdim) + 1  # distinguishable from the pattern
+
+
+@pytest.fixture
+def squares_lowering() -> Iterator[None]:
+    """Provider ``lowtest`` on ``mean_of_squares``, with a lowering."""
+    ops.mean_of_squares.register_impl(
+        "lowtest", batch_invariant=True, priority=1000, lowering=_lowered_mean_of_squares
+    )(ops.mean_of_squares.impls[-1].fn)
+    try:
+        yield
+    finally:
+        ops.mean_of_squares.unregister_impl("lowtest")
+
+
+def _rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """``transformers``' RMSNorm: the fp32 ``x`` is used again after its statistic."""
+    xf = x.to(torch.float32)
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+
+def _squares_cases() -> list[tuple[str, Callable[..., Any], torch.dtype]]:
+    """(id, function, x's dtype) for each form of RMSNorm's statistic the pass rewrites."""
+    return [
+        ("x.float().pow(2)", lambda x: x.float().pow(2).mean(-1, keepdim=True), torch.bfloat16),
+        ("torch.pow, fp16", lambda x: torch.pow(x.to(torch.float32), 2).mean(-1), torch.float16),
+        ("** 2, fp32 x", lambda x: (x**2).mean((0, 2)), torch.float32),
+        ("RMSNorm", _rms_norm, torch.bfloat16),
+    ]
+
+
+@pytest.mark.parametrize("name, fn, dtype", _squares_cases(), ids=[c[0] for c in _squares_cases()])
+def test_rmsnorms_statistic_becomes_mean_of_squares_where_it_has_a_lowering(
+    route_reductions: None,
+    squares_lowering: None,
+    name: str,
+    fn: Callable[..., Any],
+    dtype: torch.dtype,
+) -> None:
+    """The lowering reads ``x`` itself (not its fp32 copy), and the ``pow`` is gone."""
+    x = torch.randn(3, 4, 16).to(dtype)
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(fn, x)
+    calls = [n for n in gm.graph.nodes if n.target is _lowered_mean_of_squares]
+    assert len(calls) == 1, gm.code
+    (source,) = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert calls[0].args[0] is source, gm.code
+    assert not {"pow", torch.pow} & _targets(gm) and ops.mean.torch_op not in _targets(gm)
+
+
+@pytest.mark.parametrize(
+    "fn, dtype",
+    [
+        (lambda x: x.pow(2).mean(-1), torch.bfloat16),  # a bf16 square: rounded to bf16
+        (lambda x: x.float().pow(3).mean(-1), torch.bfloat16),
+        (lambda x: x.float().pow(2).mean(-1, dtype=torch.float64), torch.bfloat16),
+        (lambda x: (x.float() * x.float()).mean(-1), torch.bfloat16),
+    ],
+    ids=["bf16 square", "cube", "mean dtype", "product"],
+)
+def test_other_means_stay_means(
+    route_reductions: None, squares_lowering: None, fn: Callable[..., Any], dtype: torch.dtype
+) -> None:
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(fn, torch.randn(3, 16).to(dtype))
+    assert _lowered_mean_of_squares not in _targets(gm) and ops.mean.torch_op in _targets(gm)
+
+
+def test_without_a_lowering_the_statistic_stays_a_routed_mean(route_reductions: None) -> None:
+    """Where no implementation has a lowering (CPU), ``mean`` is routed as before."""
+    with ird.batch_invariant():
+        gm, _ = _compiled_graph(_rms_norm, torch.randn(3, 16).to(torch.bfloat16))
+    assert ops.mean.torch_op in _targets(gm) and "pow" in _targets(gm), gm.code
+
+
+def test_the_cache_key_covers_the_mean_of_squares_lowering(squares_lowering: None) -> None:
+    from ir_dispatch.lowering import lowerings_fingerprint
+
+    with_it = lowerings_fingerprint()
+    ops.mean_of_squares.unregister_impl("lowtest")
+    try:
+        assert lowerings_fingerprint() != with_it
+    finally:
+        ops.mean_of_squares.register_impl(
+            "lowtest", batch_invariant=True, priority=1000, lowering=_lowered_mean_of_squares
+        )(ops.mean_of_squares.impls[-1].fn)

@@ -22,13 +22,13 @@ from .providers import PROVIDER, register, supported, unregister
 __version__ = "0.1.0"
 
 _OPS = (
-    "addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean", "mm",
-    "qk_norm_rope", "rms_norm", "softmax", "token_logprobs",
+    "addmm", "bmm", "fused_add_rms_norm", "linear", "log_softmax", "matmul", "mean",
+    "mean_of_squares", "mm", "qk_norm_rope", "rms_norm", "softmax", "token_logprobs",
 )  # fmt: skip
 
 if TYPE_CHECKING:  # the defining modules (``ops.mean`` is also a submodule's name)
     from .ops.matmul import linear, matmul
-    from .ops.mean import mean
+    from .ops.mean import mean, mean_of_squares
     from .ops.mm import addmm, bmm, mm
     from .ops.qk_norm_rope import qk_norm_rope
     from .ops.rms_norm import fused_add_rms_norm, rms_norm
@@ -57,6 +57,7 @@ __all__ = [
     "log_softmax",
     "matmul",
     "mean",
+    "mean_of_squares",
     "mm",
     "qk_norm_rope",
     "register",

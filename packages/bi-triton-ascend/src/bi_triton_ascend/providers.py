@@ -121,6 +121,11 @@ def _mean_accepts(
     return _verdict(dtype, x=x)
 
 
+def _mean_of_squares_accepts(x: object, dim: object = None, keepdim: bool = False) -> bool | str:
+    """Batch-invariant mode; x bf16/fp16/fp32 on a Triton device."""
+    return _verdict(x=x)
+
+
 def _token_logprobs_accepts(logits: object, token_ids: object) -> bool | str:
     """Batch-invariant mode; logits bf16/fp16/fp32 on a Triton device, int32/int64 token_ids.
 
@@ -141,7 +146,7 @@ def _table() -> list[Entry]:
     """(op, kernel function, argument check, note, launch-plan hook) per op."""
     from . import ops
     from .ops.matmul import prepare_linear, prepare_matmul
-    from .ops.mean import prepare_mean
+    from .ops.mean import prepare_mean, prepare_mean_of_squares
     from .ops.mm import prepare_addmm, prepare_bmm, prepare_mm
     from .ops.rms_norm import prepare_fused_add_rms_norm, prepare_rms_norm
     from .ops.softmax import prepare_log_softmax, prepare_softmax
@@ -201,6 +206,13 @@ def _table() -> list[Entry]:
             prepare_mean,
         ),
         (
+            ir_ops.mean_of_squares,
+            ops.mean_of_squares,
+            _mean_of_squares_accepts,
+            "mean's sums of the fp32 squares, each rounded; x read once",
+            prepare_mean_of_squares,
+        ),
+        (
             ir_ops.token_logprobs,
             ops.token_logprobs,
             _token_logprobs_accepts,
@@ -253,6 +265,6 @@ def unregister() -> None:
     for op in (
         ir_ops.mm, ir_ops.addmm, ir_ops.bmm, ir_ops.matmul, ir_ops.linear, ir_ops.rms_norm,
         ir_ops.fused_add_rms_norm, ir_ops.qk_norm_rope, ir_ops.softmax, ir_ops.log_softmax,
-        ir_ops.mean, ir_ops.token_logprobs,
+        ir_ops.mean, ir_ops.mean_of_squares, ir_ops.token_logprobs,
     ):  # fmt: skip
         op.unregister_impl(PROVIDER)

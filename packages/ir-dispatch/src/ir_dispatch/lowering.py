@@ -221,6 +221,71 @@ def _fold_cast_back(graph: torch.fx.Graph, node: torch.fx.Node, x: Any) -> None:
     graph.erase_node(user)
 
 
+_POWS = frozenset({torch.pow, operator.pow})
+
+
+def _squared(node: Any) -> torch.fx.Node | None:
+    """``t`` when ``node`` is ``t.pow(2)`` / ``torch.pow(t, 2)`` / ``t ** 2``; else ``None``."""
+    if not isinstance(node, torch.fx.Node) or node.kwargs or len(node.args) != 2:
+        return None
+    is_pow = (node.op == "call_method" and node.target == "pow") or (
+        node.op == "call_function" and node.target in _POWS
+    )
+    base, exponent = node.args
+    if not is_pow or type(exponent) is not int or exponent != 2:
+        return None
+    return base if isinstance(base, torch.fx.Node) else None
+
+
+def _mean_of_squares_args(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``(x, dims, keepdim)`` for a routed mean of ``x.float().pow(2)``; else ``None``.
+
+    RMSNorm as ``transformers`` writes it; ``x`` is the cast's bf16/fp16 source, or the fp32
+    tensor squared.
+    """
+    source, dims, keepdim, dtype = args
+    base = _squared(source)
+    if base is None or dtype is not None:
+        return None
+    squared_value = _traced_value(base)
+    if not isinstance(squared_value, torch.Tensor) or squared_value.dtype != torch.float32:
+        return None  # the square of a bf16 tensor is rounded to bf16: another computation
+    if _cast_dtype(base) == torch.float32 and isinstance(base.args[0], torch.fx.Node):
+        inner = _traced_value(base.args[0])
+        if isinstance(inner, torch.Tensor) and inner.dtype in (torch.bfloat16, torch.float16):
+            base = base.args[0]  # widening to fp32 is exact: the kernel reads x itself
+    return (base, dims, keepdim)
+
+
+def _route_mean_of_squares(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
+    """Rewrite a routed ``mean`` of ``x.float().pow(2)`` to ``mean_of_squares(x)``'s lowering.
+
+    The kernel reads ``x`` once where the pattern writes fp32 squares for ``mean`` to read
+    back, and rounds each square as ``pow`` does (the same bits). Only where the implementation
+    selected has a lowering (a Python call per op would cost more than it saves); the ``pow``
+    is removed when nothing else uses it.
+    """
+    args = _mean_of_squares_args(tuple(node.args))
+    if args is None:
+        return False
+    values = [_traced_value(a) for a in args]
+    if any(v is _MISSING for v in values):
+        return False
+    try:
+        impl = ops.mean_of_squares.select(*values)
+    except Exception as error:
+        logger.debug("ir_dispatch lowering: mean_of_squares not used: %s", error)
+        return False
+    if impl.lowering is None:
+        return False
+    squares = node.args[0]
+    node.target, node.args = impl.lowering, args
+    ops.mean_of_squares._note(impl, tuple(values))
+    if isinstance(squares, torch.fx.Node) and not squares.users:
+        graph.erase_node(squares)
+    return True
+
+
 def lower_graph(graph: torch.fx.Graph) -> int:
     """Rewrite the graph's GEMM calls to the lowerings of the implementations dispatch selects.
 
@@ -256,6 +321,9 @@ def lower_graph(graph: torch.fx.Graph) -> int:
         if target is None:
             continue
         node.op, node.target, node.args, node.kwargs = "call_function", target, args, {}
+        if op.name == "mean" and _route_mean_of_squares(graph, node):
+            rewritten += 1
+            continue
         op._note(impl, tuple(values))  # recording() sees compile-time choices as calls
         if op.name in _SOFTMAXES:
             _fold_cast_back(graph, node, values[0])
@@ -270,7 +338,8 @@ def lowerings_fingerprint() -> str:
     # The routing switch also keeps eager's casts (``_inductor_pass.eager_casts``): a cached
     # graph compiled without them must not be reused with them.
     parts: list[str] = [f"bi={is_batch_invariant()}", f"reductions+casts={reductions_routed()}"]
-    for name in sorted({n for n, _ in (*_FUNCTIONS.values(), *_METHODS.values())}):
+    names = {n for n, _ in (*_FUNCTIONS.values(), *_METHODS.values())} | {"mean_of_squares"}
+    for name in sorted(names):
         op = getattr(ops, name)
         for impl in op.impls:
             if impl.lowering is not None:

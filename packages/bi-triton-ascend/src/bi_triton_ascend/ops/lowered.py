@@ -16,11 +16,12 @@ kernel's TTIR, and through the K loop's carried pointers it counts the GEMM's in
 written too, which would copy every weight at every call. :func:`declare_kernel_writes` tells
 it what the two GEMM kernels write: the output, and the partials and counters of a split.
 
-The row reductions work the same way: ``bi_triton::mean`` and ``bi_triton::softmax`` (with
-``log``) lay their rows out with the eager ops' helpers (:func:`~.mean.mean_rows`,
-:func:`~.softmax.softmax_rows`) and launch through the eager ops' own ``_launch`` with a
-launcher that traces. ir-dispatch's pass uses them while its reduction routing is on (the
-default; ``IR_DISPATCH_LOWER_REDUCTIONS=0`` turns it off).
+The row reductions work the same way: ``bi_triton::mean`` (and ``bi_triton::mean_of_squares``,
+which the pass puts where a graph takes ``x.float().pow(2).mean(...)``) and
+``bi_triton::softmax`` (with ``log``) lay their rows out with the eager ops' helpers
+(:func:`~.mean.mean_rows`, :func:`~.softmax.softmax_rows`) and launch through the eager ops'
+own ``_launch`` with a launcher that traces. ir-dispatch's pass uses them while its reduction
+routing is on (the default; ``IR_DISPATCH_LOWER_REDUCTIONS=0`` turns it off).
 
 Registered as lowerings on CUDA only: Inductor launches user Triton kernels on GPUs, and
 Triton's interpreter runs the same body here when the op is called directly.
@@ -96,6 +97,16 @@ def launch_mean(
     rows = mean_rows(x, dim, keepdim, dtype)
     if rows.x2 is not None:
         _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap))
+    return rows.out.view(rows.shape)
+
+
+def launch_mean_of_squares(
+    x: torch.Tensor, dim: list[int] | None, keepdim: bool, wrap: Callable[[Any], Any]
+) -> torch.Tensor:
+    """:func:`~.mean.mean_of_squares`'s launch with each kernel passed through ``wrap``."""
+    rows = mean_rows(x, dim, keepdim, torch.float32)
+    if rows.x2 is not None:
+        _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap), square=True)
     return rows.out.view(rows.shape)
 
 
@@ -232,6 +243,20 @@ def mean_op() -> Any:
 
 
 @functools.cache
+def mean_of_squares_op() -> Any:
+    """The ``bi_triton::mean_of_squares`` op, defined on first use (with the writes declared)."""
+    from torch.library import triton_op, wrap_triton
+
+    declare_kernel_writes()
+
+    @triton_op("bi_triton::mean_of_squares", mutates_args=())
+    def mean_of_squares(x: torch.Tensor, dim: list[int] | None, keepdim: bool) -> torch.Tensor:
+        return launch_mean_of_squares(x, dim, keepdim, wrap_triton)
+
+    return mean_of_squares
+
+
+@functools.cache
 def softmax_op() -> Any:
     """The ``bi_triton::softmax`` op (``log``: log_softmax), defined on first use."""
     from torch.library import triton_op, wrap_triton
@@ -253,6 +278,13 @@ def lowered_mean(
 ) -> torch.Tensor:
     """``mean`` for compiled graphs."""
     return mean_op()(x, dim, keepdim, dtype)  # type: ignore[no-any-return]
+
+
+def lowered_mean_of_squares(
+    x: torch.Tensor, dim: list[int] | None = None, keepdim: bool = False
+) -> torch.Tensor:
+    """``mean_of_squares`` for compiled graphs."""
+    return mean_of_squares_op()(x, dim, keepdim)  # type: ignore[no-any-return]
 
 
 def lowered_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -306,6 +338,7 @@ LOWERINGS: dict[str, Callable[..., torch.Tensor]] = {
     "matmul": lowered_matmul,
     "linear": lowered_linear,
     "mean": lowered_mean,
+    "mean_of_squares": lowered_mean_of_squares,
     "softmax": lowered_softmax,
     "log_softmax": lowered_log_softmax,
 }

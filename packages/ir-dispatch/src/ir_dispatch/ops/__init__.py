@@ -7,7 +7,7 @@ from . import composite as _composite  # noqa: F401  (registers the composite im
 from .collectives import all_reduce
 from .linalg import addmm, bmm, linear, matmul, mm, scaled_mm
 from .norm import fused_add_rms_norm, qk_norm_rope, rms_norm
-from .reduce import log_softmax, mean, softmax, token_logprobs
+from .reduce import log_softmax, mean, mean_of_squares, softmax, token_logprobs
 
 __all__ = [
     "addmm",
@@ -18,6 +18,7 @@ __all__ = [
     "log_softmax",
     "matmul",
     "mean",
+    "mean_of_squares",
     "mm",
     "qk_norm_rope",
     "rms_norm",

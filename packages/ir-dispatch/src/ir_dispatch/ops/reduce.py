@@ -1,4 +1,4 @@
-"""Native references of the row reductions (softmax family, token logprobs and mean)."""
+"""Native references of the row reductions: softmax family, token logprobs, means."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def mean(
 ) -> torch.Tensor:
     """Mean over ``dim`` (all dims if ``None``), like ``torch.mean``."""
     return torch.mean(x, dim=dim, keepdim=keepdim, dtype=dtype)
+
+
+@register_op(has_reduction=True, native_variant_on=REDUCTION_VARIANT_ON)
+def mean_of_squares(
+    x: torch.Tensor, dim: list[int] | None = None, keepdim: bool = False
+) -> torch.Tensor:
+    """``x.float().pow(2).mean(dim, keepdim)``: the statistic of an RMSNorm written in torch.
+
+    An op of its own so that a kernel can read ``x`` once, where the pattern writes the fp32
+    squares and reads them back; ir-dispatch's lowering pass puts it in compiled graphs in
+    place of that pattern (:mod:`ir_dispatch.lowering`). Implementations give the pattern's
+    bits: each square rounded to fp32, then summed as their ``mean`` sums.
+    """
+    return x.float().pow(2).mean(dim=dim, keepdim=keepdim)

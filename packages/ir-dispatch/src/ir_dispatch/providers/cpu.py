@@ -83,6 +83,11 @@ def _float_or_converted(x: object, dtype: object) -> bool | str:
     return _verdict(x=x)
 
 
+def _mean_of_squares_accepts(x: object, dim: object = None, keepdim: object = False) -> bool | str:
+    """``mean_of_squares``: batch-invariant mode; x floating."""
+    return _verdict(x=x)
+
+
 def _norm_accepts(x: object, *args: object, **kwargs: object) -> bool | str:
     """``rms_norm``/``fused_add_rms_norm``: batch-invariant mode; x fp32/bf16/fp16/fp64."""
     return _verdict(x=x)
@@ -115,6 +120,7 @@ _TABLE: tuple[tuple[Any, Callable[..., Any], Callable[..., bool | str], str], ..
     (ops.softmax, cpu_rows.softmax, _softmax_accepts, _ROW_NOTE),
     (ops.log_softmax, cpu_rows.log_softmax, _softmax_accepts, _ROW_NOTE),
     (ops.mean, cpu_rows.mean, _mean_accepts, _ROW_NOTE),
+    (ops.mean_of_squares, cpu_rows.mean_of_squares, _mean_of_squares_accepts, _ROW_NOTE),
 )
 
 

@@ -189,6 +189,19 @@ def mean(
     return result
 
 
+def mean_of_squares(
+    x: torch.Tensor, dim: list[int] | None = None, keepdim: bool = False
+) -> torch.Tensor:
+    """Batch-invariant ``x.float().pow(2).mean(dim, keepdim)``: :func:`mean` of the squares.
+
+    Exactly the pattern's bits in batch-invariant mode (ATen's ``pow``, then this ``mean``).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_float("x", x)
+    return mean(x.float().pow(2), dim, keepdim)
+
+
 def _normalise(summed: torch.Tensor, epsilon: float, out_dtype: torch.dtype) -> torch.Tensor:
     """``summed / sqrt(mean(summed**2, -1) + epsilon)`` in fp32, cast to ``out_dtype``."""
     width = summed.shape[-1]
