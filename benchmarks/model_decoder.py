@@ -18,10 +18,12 @@ Measured per shape, in one run and side by side (default mode, then BI mode, per
   replays CUDA graphs as vLLM's decode steps do. That column shows the kernels without the
   per-op host cost; it is reported beside the issue's target and not counted in it.
 
-With ``--interleave`` (eager only) the two modes take turns repetition by repetition, the
-order flipped each time, so that a host slowdown lasting seconds (seen on the lent machines:
-a whole round of one mode at half speed) lands on both modes alike; BI rows then also carry
-``paired_ratio``, the median over repetition pairs of BI tokens/s over default's.
+With ``--interleave`` the two modes take turns repetition by repetition, the order flipped each
+time, so that a host slowdown lasting seconds (seen on the lent machines: a whole round of one
+mode at half speed) lands on both modes alike; BI rows then also carry ``paired_ratio``, the
+median over repetition pairs of BI tokens/s over default's. Under compile each mode then runs
+its own compiled wrapper (:func:`mode_forward`), traced whole (``fullgraph``), so that neither
+mode can reach a graph the other compiled.
 
 After each compile mode's timings, the run checks what the speed is for: per mode, a probe
 prompt's logits alone against its logits at the first, middle and last row of the largest
@@ -198,6 +200,24 @@ def run_mode(mode: str) -> Iterator[None]:
         yield
 
 
+def mode_forward(model: torch.nn.Module, compile_mode: str, mode: str) -> Callable[..., Any]:
+    """``mode``'s forward when the modes take turns: eager, or a compiled wrapper of its own.
+
+    Dynamo keys its graphs on the code object it traces and its guards do not see the dispatch
+    mode, so each mode gets a wrapper with a code object of its own. ``fullgraph``: a graph
+    break would leave the model's inner frames to a cache both modes share (an error instead).
+    """
+    if compile_mode == "eager":
+        return model
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return model(*args, **kwargs)
+
+    forward.__code__ = forward.__code__.replace(co_name=f"forward_{mode}")
+    options: dict[str, Any] = {"mode": "reduce-overhead"} if compile_mode == "graphs" else {}
+    return torch.compile(forward, dynamic=False, fullgraph=True, **options)
+
+
 def forward_fn(model: torch.nn.Module, compile_mode: str) -> Callable[..., Any]:
     """The model's forward, eager or freshly compiled (dynamo's cache dropped first, since its
     guards do not see the dispatch mode and would reuse the other mode's graph)."""
@@ -336,12 +356,16 @@ def measure_case(
 
 @torch.inference_mode()
 def measure_case_interleaved(
-    model: torch.nn.Module, case: Case, settings: Settings, vocab: int
+    model: torch.nn.Module,
+    fns: dict[str, Callable[..., Any]],
+    case: Case,
+    settings: Settings,
+    vocab: int,
 ) -> dict[str, tuple[list[float], dict[str, list[str]]]]:
-    """Eager ``case`` in both modes, one repetition of each in turn, the order flipped every
-    time: a host slowdown lasting seconds then lands on both modes alike. Per mode, tokens/s
-    of every repetition and the providers of its first run."""
-    timed = {mode: timed_case(model, model, case, settings, vocab) for mode in MODES}
+    """``case`` in both modes (each with its forward in ``fns``), one repetition of each in
+    turn, the order flipped every time: a host slowdown lasting seconds then lands on both modes
+    alike. Per mode, tokens/s of every repetition and the providers of its first run."""
+    timed = {mode: timed_case(model, fns[mode], case, settings, vocab) for mode in MODES}
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     used: dict[str, dict[str, list[str]]] = {mode: {} for mode in MODES}
     for i in range(settings.warmup + settings.reps):
@@ -398,20 +422,24 @@ def measure_mode(
 
 
 def measure_interleaved(
-    model: torch.nn.Module, shape: ModelShape, layers: int, settings: Settings
+    model: torch.nn.Module, shape: ModelShape, layers: int, compile_mode: str, settings: Settings
 ) -> list[dict[str, Any]]:
-    """Every case eager, both modes interleaved repetition by repetition. BI rows also get
+    """Every case, both modes interleaved repetition by repetition. BI rows also get
     ``paired_ratios``: BI tokens/s over default's in the same pair of repetitions."""
     rows = []
+    torch._dynamo.reset()
+    fns = {mode: mode_forward(model, compile_mode, mode) for mode in MODES}
     for case in settings.cases:
-        made = {mode: result_row(shape, layers, case, "eager", mode, settings) for mode in MODES}
+        made = {
+            mode: result_row(shape, layers, case, compile_mode, mode, settings) for mode in MODES
+        }
         try:
-            measured = measure_case_interleaved(model, case, settings, shape.vocab_size)
+            measured = measure_case_interleaved(model, fns, case, settings, shape.vocab_size)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             for row in made.values():
                 row.update(reps=[], median=float("nan"), error=error)
-            print(f"  {shape.name} {case} eager interleaved: {error[:300]}")
+            print(f"  {shape.name} {case} {compile_mode} interleaved: {error[:300]}")
         else:
             for mode, (reps, used) in measured.items():
                 made[mode].update(reps=reps, median=_report.median(reps), providers_used=used)
@@ -420,7 +448,7 @@ def measure_interleaved(
                 b / d for b, d in zip(bi, default, strict=True)
             ]
         for mode, row in made.items():
-            print(f"  {shape.name} {case.phase} b{case.batch} s{case.seq} eager {mode} "
+            print(f"  {shape.name} {case.phase} b{case.batch} s{case.seq} {compile_mode} {mode} "
                   f"(interleaved): {row['median']:.4g} tokens/s", flush=True)  # fmt: skip
         rows += made.values()
     return rows
@@ -473,8 +501,8 @@ def measure_shape(
     rows, checks = [], []
     for compile_mode in settings.compile_modes:
         for r in range(settings.rounds):  # odd rounds reversed: a host that drifts cancels out
-            if settings.interleave:  # eager only (settings_from checks)
-                rows += measure_interleaved(model, shape, layers, settings)
+            if settings.interleave:
+                rows += measure_interleaved(model, shape, layers, compile_mode, settings)
                 continue
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
                 rows += measure_mode(model, shape, layers, compile_mode, mode, settings)
@@ -665,7 +693,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--interleave", action="store_true",
-        help="eager only: alternate the modes repetition by repetition (BI rows get paired_ratio)",
+        help="alternate the modes repetition by repetition (BI rows get paired_ratio)",
     )  # fmt: skip
     parser.add_argument(
         "--no-invariance", action="store_true",
@@ -694,11 +722,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"--rounds must be at least 1, got {base.rounds}")
     if not base.shapes or not base.compile_modes:
         raise SystemExit("--shapes and --compile need at least one value each")
-    if base.interleave and base.compile_modes != ("eager",):
-        raise SystemExit(
-            "--interleave needs --compile eager: a compiled graph cannot change mode between "
-            f"repetitions (dynamo's guards do not see it); got --compile {args.compile}"
-        )
     for value in (*base.shapes, *base.compile_modes):
         if value not in SHAPES and value not in COMPILE_MODES:
             raise SystemExit(f"unknown shape or compile mode: {value}")

@@ -27,10 +27,12 @@ ROW_KEYS = {
 }  # fmt: skip
 
 
-def run_tiny(out: Path, *extra: str) -> dict:
+def run_tiny(out: Path, *extra: str, compile_mode: str = "eager", rounds: int = 2) -> dict:
     env = os.environ | {"TRITON_INTERPRET": "1", "OUT": str(out.parent)}
-    args = ["--tiny", "--compile", "eager", "--reps", "5", "--warmup", "0", "--steps", "2",
-            "--rounds", "2", *extra]  # fmt: skip
+    if compile_mode != "eager":  # a fresh Inductor cache: a cached graph skips ir-dispatch's pass
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(out.parent / "inductor")
+    args = ["--tiny", "--compile", compile_mode, "--reps", "5", "--warmup", "0", "--steps", "2",
+            "--rounds", str(rounds), *extra]  # fmt: skip
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
@@ -125,10 +127,24 @@ def test_the_decode_check_fails_when_a_row_depends_on_the_batch() -> None:
     assert found == ([0, 1, 2], False)
 
 
-def test_interleave_refuses_compiled_modes() -> None:
-    module = load_script()
-    with pytest.raises(SystemExit, match="--interleave needs --compile eager"):
-        module.settings_from(module.parse_args(["--interleave", "--compile", "eager,compile"]))
+def test_compiled_modes_interleave_through_wrappers_of_their_own(tmp_path: Path) -> None:
+    """``--interleave --compile compile``: each mode runs the graph compiled in it (BI rows reach
+    the registry, default rows never do) and BI mode's compiled model stays invariant."""
+    payload = run_tiny(tmp_path / "model_decoder.json", "--interleave", compile_mode="compile",
+                       rounds=1)  # fmt: skip
+    rows = payload["results"]
+    assert len(rows) == 8 and {r["compile"] for r in rows} == {"compile"}
+    for row in rows:
+        assert "error" not in row, row["error"]
+        assert len(row["reps"]) == 5
+        if row["mode"] == "default":
+            assert row["providers_used"] == {}, "default mode ran a batch-invariant graph"
+        else:
+            assert row["providers_used"], "BI mode ran a graph compiled outside the mode"
+            assert len(row["paired_ratios"]) == 5
+    bi_checks = [c for c in payload["invariance"] if c["mode"] == "batch_invariant"]
+    assert {c["phase"] for c in bi_checks} == {"prefill", "decode"}
+    assert all(c["bitwise_equal"] is True for c in bi_checks), bi_checks
 
 
 def test_replot_reads_its_own_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

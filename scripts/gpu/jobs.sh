@@ -753,3 +753,16 @@ job_meansqb() {
   timeout 360 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --rounds 2 \
     --out "$JOB_DIR/model_decoder_0.6b_compile_meansq.json"
 }
+
+# #4: the compiled level with the modes taking turns repetition by repetition (each mode its
+# own compiled wrapper): the 0.6B decode rows moved 0.71-1.37 between runs with host transients.
+job_compileab06() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 500 python3 benchmarks/model_decoder.py --shapes 0.6b --compile compile --interleave \
+    --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_0.6b_compile_interleaved.json"
+}
+job_compileab8() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 500 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --interleave \
+    --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_8b_compile_interleaved.json"
+}
