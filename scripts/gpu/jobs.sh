@@ -766,3 +766,9 @@ job_compileab8() {
   timeout 500 python3 benchmarks/model_decoder.py --shapes 8b --compile compile --interleave \
     --rounds 2 --reps 8 --out "$JOB_DIR/model_decoder_8b_compile_interleaved.json"
 }
+
+# #4: the row-op table again after the mean kernel's row tiles (mean at 4096 must stay at or
+# above torch.mean), with mean_of_squares against the pattern it replaces.
+job_rowsmeansq() {
+  OUT=$JOB_DIR timeout 400 python3 packages/bi-triton-ascend/bench/bench_rows.py
+}

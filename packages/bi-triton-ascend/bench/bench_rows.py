@@ -1,7 +1,9 @@
 """Row ops, ours vs torch: rms_norm, fused add + rms_norm, softmax/log_softmax, mean (GB/s).
 
 bf16, M from 1 to 8192. rms_norm/fused add at hidden 1024 and 4096 (Qwen3-0.6B/8B),
-softmax/log_softmax over the Qwen3 vocabulary (151936), mean over the last dim (4096). Timing:
+softmax/log_softmax over the Qwen3 vocabulary (151936), mean over the last dim (4096), and
+``mean_of_squares`` (against the ``x.float().pow(2).mean(-1)`` it replaces in compiled graphs)
+over 128 and 1024. Timing:
 CUDA graphs over rotating input copies (see ``_common.time_graph_ms``). GB/s
 counts the bytes each op must move (inputs read once, outputs written once); "copy" is a
 device-to-device copy of 1 GiB, the bandwidth ceiling (target: rms_norm >= 85% of it at
@@ -74,6 +76,11 @@ def _cases() -> list[tuple[str, int, Callable[..., Any], Callable[..., Any], Cal
         ("mean h=4096", 4096, lambda x, a: bta.mean(x, [-1]),
          lambda x, a: torch.mean(x, -1), lambda m: m * 4096 * 2 + m * 2)
     )  # fmt: skip
+    for h in (128, 1024):  # an RMSNorm's statistic: per head (q/k norms) and over the hidden size
+        cases.append(
+            (f"mean_of_squares h={h}", h, lambda x, a: bta.mean_of_squares(x, [-1], True),
+             lambda x, a: x.float().pow(2).mean(-1, keepdim=True), lambda m, h=h: m * h * 2 + m * 4)
+        )  # fmt: skip
     return cases
 
 
