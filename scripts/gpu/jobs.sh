@@ -772,3 +772,12 @@ job_compileab8() {
 job_rowsmeansq() {
   OUT=$JOB_DIR timeout 400 python3 packages/bi-triton-ascend/bench/bench_rows.py
 }
+
+# After the mean kernel's change: bi-triton-ascend's whole test suite and ir-dispatch's lowering
+# tests on CUDA.
+job_suitemeansq() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 420 python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_suite_cuda.junit.xml"
+  lowering_pass_tests meansq 80
+}
