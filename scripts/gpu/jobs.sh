@@ -781,3 +781,14 @@ job_suitemeansq() {
     --junitxml="$JOB_DIR/bi_triton_suite_cuda.junit.xml"
   lowering_pass_tests meansq 80
 }
+
+# The CUDA test files that run the mean kernel through models, compiled graphs and the host-cost
+# bench (the whole-suite run was cut by its limit before them).
+job_meantouch() {
+  unset IR_DISPATCH_LOWER IR_DISPATCH_LOWER_REDUCTIONS
+  timeout 500 python3 -m pytest packages/bi-triton-ascend/tests/test_cuda.py \
+    packages/bi-triton-ascend/tests/test_lowered.py packages/bi-triton-ascend/tests/test_compile.py \
+    packages/bi-triton-ascend/tests/test_host_cost_bench.py \
+    packages/bi-triton-ascend/tests/test_providers.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/bi_triton_mean_users_cuda.junit.xml"
+}
