@@ -214,8 +214,7 @@ def mode_forward(model: torch.nn.Module, compile_mode: str, mode: str) -> Callab
         return model(*args, **kwargs)
 
     forward.__code__ = forward.__code__.replace(co_name=f"forward_{mode}")
-    options: dict[str, Any] = {"mode": "reduce-overhead"} if compile_mode == "graphs" else {}
-    return torch.compile(forward, dynamic=False, fullgraph=True, **options)
+    return torch.compile(forward, fullgraph=True, **compile_options(compile_mode))
 
 
 def forward_fn(model: torch.nn.Module, compile_mode: str) -> Callable[..., Any]:
@@ -224,9 +223,13 @@ def forward_fn(model: torch.nn.Module, compile_mode: str) -> Callable[..., Any]:
     if compile_mode == "eager":
         return model
     torch._dynamo.reset()
-    if compile_mode == "graphs":
-        return torch.compile(model, mode="reduce-overhead", dynamic=False)
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, **compile_options(compile_mode))
+
+
+def compile_options(compile_mode: str) -> dict[str, Any]:
+    """``torch.compile``'s arguments for ``compile`` or ``graphs`` (CUDA graphs replayed)."""
+    graphs = {"mode": "reduce-overhead"} if compile_mode == "graphs" else {}
+    return {"dynamic": False, **graphs}
 
 
 # ------------------------------------------------------------------------------ workloads

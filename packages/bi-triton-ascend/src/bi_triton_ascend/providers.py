@@ -117,13 +117,11 @@ def _softmax_accepts(x: object, dim: int, dtype: object = None) -> bool | str:
 def _mean_accepts(
     x: object, dim: object = None, keepdim: bool = False, dtype: object = None
 ) -> bool | str:
-    """Batch-invariant mode; x and the output dtype bf16/fp16/fp32 on a Triton device."""
+    """Batch-invariant mode; x and the output dtype bf16/fp16/fp32 on a Triton device.
+
+    Also ``mean_of_squares``'s check (no ``dtype``: its output is always fp32).
+    """
     return _verdict(dtype, x=x)
-
-
-def _mean_of_squares_accepts(x: object, dim: object = None, keepdim: bool = False) -> bool | str:
-    """Batch-invariant mode; x bf16/fp16/fp32 on a Triton device."""
-    return _verdict(x=x)
 
 
 def _token_logprobs_accepts(logits: object, token_ids: object) -> bool | str:
@@ -208,7 +206,7 @@ def _table() -> list[Entry]:
         (
             ir_ops.mean_of_squares,
             ops.mean_of_squares,
-            _mean_of_squares_accepts,
+            _mean_accepts,  # the same check: x on a Triton device, in batch-invariant mode
             "mean's sums of the fp32 squares, each rounded; x read once",
             prepare_mean_of_squares,
         ),

@@ -257,15 +257,18 @@ def _mean_of_squares_args(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return (base, dims, keepdim)
 
 
-def _route_mean_of_squares(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
+def _route_mean_of_squares(
+    graph: torch.fx.Graph, node: torch.fx.Node, mean_args: tuple[Any, ...]
+) -> bool:
     """Rewrite a routed ``mean`` of ``x.float().pow(2)`` to ``mean_of_squares(x)``'s lowering.
 
-    The kernel reads ``x`` once where the pattern writes fp32 squares for ``mean`` to read
-    back, and rounds each square as ``pow`` does (the same bits). Only where the implementation
-    selected has a lowering (a Python call per op would cost more than it saves); the ``pow``
-    is removed when nothing else uses it.
+    ``mean_args`` are the registry ``mean``'s arguments; returns whether it rewrote. The kernel
+    reads ``x`` once where the pattern writes fp32 squares for ``mean`` to read back, and rounds
+    each square as ``pow`` does (the same bits). Only where the implementation selected has a
+    lowering (a Python call per op would cost more than it saves); the ``pow`` is removed when
+    nothing else uses it.
     """
-    args = _mean_of_squares_args(tuple(node.args))
+    args = _mean_of_squares_args(mean_args)
     if args is None:
         return False
     values = [_traced_value(a) for a in args]
@@ -278,8 +281,8 @@ def _route_mean_of_squares(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
         return False
     if impl.lowering is None:
         return False
-    squares = node.args[0]
-    node.target, node.args = impl.lowering, args
+    squares = mean_args[0]
+    node.op, node.target, node.args, node.kwargs = "call_function", impl.lowering, args, {}
     ops.mean_of_squares._note(impl, tuple(values))
     if isinstance(squares, torch.fx.Node) and not squares.users:
         graph.erase_node(squares)
@@ -310,6 +313,9 @@ def lower_graph(graph: torch.fx.Graph) -> int:
         result = _traced_value(node)
         if not isinstance(result, torch.Tensor) or result.requires_grad:
             continue  # traced with autograd (lowerings have no backward): keep the aten op
+        if op.name == "mean" and _route_mean_of_squares(graph, node, args):
+            rewritten += 1
+            continue
         try:
             impl = op.select(*values)
         except Exception as error:
@@ -321,9 +327,6 @@ def lower_graph(graph: torch.fx.Graph) -> int:
         if target is None:
             continue
         node.op, node.target, node.args, node.kwargs = "call_function", target, args, {}
-        if op.name == "mean" and _route_mean_of_squares(graph, node):
-            rewritten += 1
-            continue
         op._note(impl, tuple(values))  # recording() sees compile-time choices as calls
         if op.name in _SOFTMAXES:
             _fold_cast_back(graph, node, values[0])

@@ -92,21 +92,15 @@ def launch_mean(
     keepdim: bool,
     dtype: torch.dtype | None,
     wrap: Callable[[Any], Any],
+    square: bool = False,
 ) -> torch.Tensor:
-    """:func:`~.mean.mean`'s launch with each kernel passed through ``wrap`` (no plan kept)."""
+    """:func:`~.mean.mean`'s launch with each kernel passed through ``wrap`` (no plan kept).
+
+    ``square`` (with ``dtype`` fp32): :func:`~.mean.mean_of_squares`'s.
+    """
     rows = mean_rows(x, dim, keepdim, dtype)
     if rows.x2 is not None:
-        _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap))
-    return rows.out.view(rows.shape)
-
-
-def launch_mean_of_squares(
-    x: torch.Tensor, dim: list[int] | None, keepdim: bool, wrap: Callable[[Any], Any]
-) -> torch.Tensor:
-    """:func:`~.mean.mean_of_squares`'s launch with each kernel passed through ``wrap``."""
-    rows = mean_rows(x, dim, keepdim, torch.float32)
-    if rows.x2 is not None:
-        _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap), square=True)
+        _launch_mean_rows(rows.x2, rows.out, rows.round_to, traced_launcher(wrap), square=square)
     return rows.out.view(rows.shape)
 
 
@@ -251,7 +245,7 @@ def mean_of_squares_op() -> Any:
 
     @triton_op("bi_triton::mean_of_squares", mutates_args=())
     def mean_of_squares(x: torch.Tensor, dim: list[int] | None, keepdim: bool) -> torch.Tensor:
-        return launch_mean_of_squares(x, dim, keepdim, wrap_triton)
+        return launch_mean(x, dim, keepdim, torch.float32, wrap_triton, square=True)
 
     return mean_of_squares
 

@@ -306,17 +306,19 @@ def prepare_mean(
     dtype: torch.dtype | None = None,
 ) -> Callable[..., torch.Tensor] | None:
     """ir-dispatch's ``prepare`` hook: the launch plan of this layout, if one was stored."""
-    plan = _plans.find(layout_key("mean", x, dim, keepdim, dtype))
-    if plan is None:
-        return None
-    return lambda x, *layout: _replay(plan, x)
+    return _prepared(layout_key("mean", x, dim, keepdim, dtype))
 
 
 def prepare_mean_of_squares(
     x: torch.Tensor, dim: list[int] | None = None, keepdim: bool = False
 ) -> Callable[..., torch.Tensor] | None:
-    """:func:`prepare_mean` for :func:`mean_of_squares`."""
-    plan = _plans.find(layout_key("mean_of_squares", x, dim, keepdim, torch.float32))
+    """:func:`prepare_mean` for :func:`mean_of_squares` (the key :func:`_mean` stores under)."""
+    return _prepared(layout_key("mean_of_squares", x, dim, keepdim, torch.float32))
+
+
+def _prepared(key: Any) -> Callable[..., torch.Tensor] | None:
+    """A replay of the plan stored under ``key``; ``None`` without one."""
+    plan = _plans.find(key)
     if plan is None:
         return None
     return lambda x, *layout: _replay(plan, x)

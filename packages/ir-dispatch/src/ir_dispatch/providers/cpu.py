@@ -83,11 +83,6 @@ def _float_or_converted(x: object, dtype: object) -> bool | str:
     return _verdict(x=x)
 
 
-def _mean_of_squares_accepts(x: object, dim: object = None, keepdim: object = False) -> bool | str:
-    """``mean_of_squares``: batch-invariant mode; x floating."""
-    return _verdict(x=x)
-
-
 def _norm_accepts(x: object, *args: object, **kwargs: object) -> bool | str:
     """``rms_norm``/``fused_add_rms_norm``: batch-invariant mode; x fp32/bf16/fp16/fp64."""
     return _verdict(x=x)
@@ -101,7 +96,10 @@ def _softmax_accepts(x: object, dim: object = None, dtype: object = None) -> boo
 def _mean_accepts(
     x: object, dim: object = None, keepdim: object = False, dtype: object = None
 ) -> bool | str:
-    """``mean``: batch-invariant mode; x floating or made so by ``dtype``."""
+    """``mean``: batch-invariant mode; x floating or made so by ``dtype``.
+
+    Also ``mean_of_squares``'s check (no ``dtype``: x must be floating).
+    """
     return _float_or_converted(x, dtype)
 
 
@@ -120,7 +118,7 @@ _TABLE: tuple[tuple[Any, Callable[..., Any], Callable[..., bool | str], str], ..
     (ops.softmax, cpu_rows.softmax, _softmax_accepts, _ROW_NOTE),
     (ops.log_softmax, cpu_rows.log_softmax, _softmax_accepts, _ROW_NOTE),
     (ops.mean, cpu_rows.mean, _mean_accepts, _ROW_NOTE),
-    (ops.mean_of_squares, cpu_rows.mean_of_squares, _mean_of_squares_accepts, _ROW_NOTE),
+    (ops.mean_of_squares, cpu_rows.mean_of_squares, _mean_accepts, _ROW_NOTE),
 )
 
 
