@@ -57,6 +57,18 @@ job_gemm() {
     --vllm /tmp/vllm-site/vllm/model_executor/layers/batch_invariant.py
 }
 
+# #4: TMA against pointer loads for the one-segment chains (same bits checked per candidate).
+job_probetma() {
+  (cd packages/bi-triton-ascend/bench && OUT=$JOB_DIR python3 probe_tma_gemm.py --tag _2)
+}
+
+# #4: the TMA kernel's tests and the GEMM tests it shares a path with, on CUDA.
+job_gemmtma() {
+  timeout 400 python3 -m pytest packages/bi-triton-ascend/tests/test_gemm_tma.py \
+    packages/bi-triton-ascend/tests/test_gemm.py packages/bi-triton-ascend/tests/test_launch_cache.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/bi_triton_gemm_tma_cuda.junit.xml"
+}
+
 # vLLM. #10, #4: the 0.6B prefill profile (kernels ranked by device time, default vs plugin).
 job_rmsprof() {
   python3 benchmarks/profile_vllm.py --shape 0.6b --load prefill --model-dir /tmp/models-prof \

@@ -139,7 +139,8 @@ def _arg_key(arg: Any) -> Any:
 
     Ints map to distinct small ints (never ``True``/``False``, which equal 1 and 0 as keys):
     1 (Triton makes it a constant), 0 or 16 (divisible by 16) for i32, plus 64 for i64 and
-    128 for u64. Pointers: dtype and 16-byte alignment.
+    128 for u64. Pointers: dtype and 16-byte alignment. TMA descriptors (``TensorDescriptor``):
+    dtype, block shape, padding and their ints' keys.
     """
     kind = type(arg)
     if kind is int:
@@ -153,6 +154,11 @@ def _arg_key(arg: Any) -> Any:
         return (arg.dtype, (arg.data_ptr() & 15) == 0)
     if kind is float or kind is bool or arg is None:
         return kind
+    if kind.__name__ == "TensorDescriptor" and kind.__module__.startswith("triton."):
+        # Triton specializes a host descriptor on its dtype and block shape; its shape and
+        # strides are keyed as ints too (finer than needed, never coarser).
+        sizes = tuple(map(_arg_key, (*arg.shape, *arg.strides)))
+        return (arg.base.dtype, tuple(arg.block_shape), arg.padding, sizes)
     raise _Uncacheable
 
 

@@ -12,12 +12,17 @@ batch entries. Two kernels share one accumulation chain (see :mod:`.gemm_config`
   of the device idle.
 * ``_gemm_persistent_kernel``: a grid of the platform's program count walking output tiles;
   each tile walks all segments in order. Used for large M.
+* ``_gemm_tma_kernel``: one program per output tile of a one-segment chain, both operands
+  loaded through TMA tensor descriptors (Hopper, mid-size M, 2-D operands that TMA can
+  describe). The same ``BLOCK_K`` steps and ``tl.dot``: only how tiles reach shared memory
+  changes, and tests check it gives the pointer kernels' bits.
 
-Both produce the same bits for a given ``(N, K, dtype)``, whatever M or the batch.
+All produce the same bits for a given ``(N, K, dtype)``, whatever M or the batch.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +31,8 @@ import triton
 import triton.language as tl
 
 from .. import _platform
-from .._launch_cache import PreparedLaunch
-from .gemm_config import cdiv, chain_for, fit_shared_memory, select_tiles
+from .._launch_cache import PreparedLaunch, launch_kernel
+from .gemm_config import Tiles, cdiv, chain_for, fit_shared_memory, select_tiles
 
 
 @triton.jit
@@ -312,6 +317,121 @@ def _gemm_persistent_kernel(
             )  # fmt: skip
 
 
+@triton.jit
+def _gemm_tma_kernel(
+    a_desc, b_desc, c_ptr, bias_ptr,
+    M, N, K, stride_cm, stride_cn, stride_xm, stride_xn, alpha, beta,
+    HAS_BIAS: tl.constexpr, HAS_ALPHA: tl.constexpr, HAS_BETA: tl.constexpr,
+    B_KMAJOR: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """One output tile per program; ``A [M, K]`` and ``B`` tiles arrive through TMA.
+
+    ``B_KMAJOR``: ``b_desc`` describes ``B^T`` (``[N, K]``, a linear layer's weight), else
+    ``B`` itself (``[K, N]``). TMA fills what lies past M, N or K with zeros, as the pointer
+    kernels' masks do, so the K tail adds the same zero products.
+    """
+    _, pid_m, pid_n = _tile_coords(
+        tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M
+    )
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+        if B_KMAJOR:
+            b = b_desc.load([pid_n * BLOCK_N, kb * BLOCK_K]).T
+        else:
+            b = b_desc.load([kb * BLOCK_K, pid_n * BLOCK_N])
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _epilogue(
+        acc, c_ptr, bias_ptr, offs_m, offs_n, M, N, stride_cm, stride_cn,
+        stride_xm, stride_xn, alpha, beta, True, HAS_BIAS, HAS_ALPHA, HAS_BETA,
+    )  # fmt: skip
+
+
+TMA_ENV = "BI_TRITON_TMA"  # "0": never the TMA kernel (read at import; same bits either way)
+_tma_enabled = os.environ.get(TMA_ENV, "1").strip().lower() not in ("0", "false")
+
+
+def tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
+    """How TMA can load ``b`` of ``a [Bt, M, K] @ b [Bt, K, N]``, judged by shapes and strides.
+
+    ``True``: as ``B^T`` (K contiguous, a linear layer's weight); ``False``: as ``B`` (N
+    contiguous); ``None``: not at all (a batch, a 16-bit dtype not used, A's K not contiguous,
+    or a row stride that is not a multiple of 16 bytes, which TMA requires). Pointer alignment
+    is a property of each call's tensors: :class:`TmaLaunch` checks it per call.
+    """
+    if a.shape[0] != 1 or a.dtype not in (torch.bfloat16, torch.float16) or b.dtype != a.dtype:
+        return None
+    item = a.element_size()
+    m, k = a.shape[1], a.shape[2]
+    n = b.shape[2]
+    if min(m, n, k) == 0 or a.stride(2) != 1 or (a.stride(1) * item) % 16 or k * item < 16:
+        return None
+    stride_bk, stride_bn = b.stride(1), b.stride(2)
+    if stride_bk == 1 and n > 1 and (stride_bn * item) % 16 == 0:
+        return True
+    if stride_bn == 1 and (stride_bk * item) % 16 == 0 and n * item >= 16:
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class TmaLaunch:
+    """The TMA kernel's launch for one layout: descriptors are built per call (new pointers).
+
+    A call whose ``a`` or ``b`` does not start on 16 bytes (a view with an odd offset) returns
+    ``False`` and runs the pointer kernel with the same tiles instead (same bits).
+    """
+
+    grid: tuple[int, ...]
+    ints: tuple[Any, ...]  # every argument after the descriptors and pointers, in kernel order
+    options: dict[str, Any]
+    a_geometry: tuple[list[int], list[int], list[int]]  # shape, strides, block shape
+    b_geometry: tuple[list[int], list[int], list[int]]
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Any) -> bool:
+        if (a.data_ptr() | b.data_ptr()) & 15:
+            return False
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        a_desc = TensorDescriptor(a, *self.a_geometry)
+        b_desc = TensorDescriptor(b, *self.b_geometry)
+        launch_kernel(_gemm_tma_kernel, self.grid, a_desc, b_desc, out, bias, *self.ints,
+                      **self.options)  # fmt: skip
+        return True
+
+
+def _tma_launch(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    k_major: bool,
+    tiles: Tiles,
+    block_k: int,
+    strides: tuple[int, ...],
+    scalars: tuple[float, float],
+    options: dict[str, Any],
+) -> TmaLaunch:
+    """The :class:`TmaLaunch` of :func:`describe`.
+
+    ``strides``: C's then the bias's row and column strides; ``scalars``: alpha and beta;
+    ``options``: the pointer launch's, whose tile and epilogue constexprs are shared.
+    """
+    m, k, n = a.shape[1], a.shape[2], b.shape[2]
+    a_geometry = ([m, k], [a.stride(1), 1], [tiles.block_m, block_k])
+    if k_major:
+        b_geometry = ([n, k], [b.stride(2), 1], [tiles.block_n, block_k])
+    else:
+        b_geometry = ([k, n], [b.stride(1), 1], [block_k, tiles.block_n])
+    keep = ("HAS_BIAS", "HAS_ALPHA", "HAS_BETA", "PRECISION", "BLOCK_M", "BLOCK_N", "BLOCK_K",
+            "GROUP_M", "num_warps", "num_stages")  # fmt: skip
+    tma_options = {name: options[name] for name in keep} | {"B_KMAJOR": k_major}
+    grid = (cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n),)
+    ints = (m, n, k, *strides, *scalars)
+    return TmaLaunch(grid, ints, tma_options, a_geometry, b_geometry)
+
+
 # Split-K arrival counters, per (device, stream): zero between launches (the last program of a
 # tile resets its counter). Buffers are never freed, since captured CUDA graphs may hold them.
 _counters: dict[tuple[str, int, int], list[torch.Tensor]] = {}
@@ -346,6 +466,7 @@ class GemmLaunch:
     split_kernel: bool  # the split kernel's two extra pointers (partials, counters)
     partials: int  # fp32 partial sums to allocate (0: none)
     tiles: int  # split-K arrival counters needed
+    tma: TmaLaunch | None = None  # the TMA kernel, tried first (``kernel`` is its fallback)
     prepared: PreparedLaunch = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -380,7 +501,9 @@ def describe(
     )
     chain = chain_for(n, k, a.dtype)
     programs = _platform.num_programs(a.device)
-    tiles = select_tiles(_platform.arch(a.device), m, n, chain, a.dtype, programs)
+    arch = _platform.arch(a.device)
+    k_major = tma_layout(a, b) if arch == "sm90" and _tma_enabled else None
+    tiles = select_tiles(arch, m, n, chain, a.dtype, programs, k_major is not None)
     if dtype != a.dtype:
         tiles = fit_shared_memory(
             tiles, chain, a.element_size(), dtype.itemsize,
@@ -405,12 +528,18 @@ def describe(
     n_tiles = batches * cdiv(m, tiles.block_m) * cdiv(n, tiles.block_n)
     if tiles.split:
         split = chain.num_segs > 1
+        tma = None
+        if tiles.tma and k_major is not None:
+            tma = _tma_launch(
+                a, b, k_major, tiles, chain.block_k, (n, 1, *bias_strides[1:]),
+                (float(alpha), float(beta)), options,
+            )  # fmt: skip
         options.update(SPLIT=split, PART_CACHE=_platform.partials_cache_modifier(a.device))
         return GemmLaunch(
             _gemm_split_kernel, (n_tiles, chain.num_segs), (m, n, k, *strides, *scalars),
             options, (batches, m, n), dtype, has_bias, True,
             chain.num_segs * n_tiles * tiles.block_m * tiles.block_n if split else 0,
-            n_tiles if split else 0,
+            n_tiles if split else 0, tma,
         )  # fmt: skip
     programs = min(programs, n_tiles)
     options.update(FLATTEN=tiles.flatten, SEGMENTED=chain.num_segs > 1)
@@ -439,6 +568,8 @@ def execute(
     if out.numel() == 0:
         return out
     bias_arg = bias if launch.has_bias and bias is not None else out
+    if launch.tma is not None and launch.tma(a, b, out, bias_arg):
+        return out
     if launch.split_kernel:
         if launch.partials:
             part = torch.empty(launch.partials, dtype=torch.float32, device=a.device)

@@ -124,6 +124,9 @@ class Tiles:
             programs sharing a block of weight columns run together and read it from L2).
         flatten: fuse the persistent kernel's item loop with its K loop (``tl.range``'s
             ``flatten``, Triton >= 3.4; CUDA only).
+        tma: one program per tile loading both operands through TMA tensor descriptors (Hopper,
+            one K segment); where a call's operands cannot be described (alignment, layout,
+            batches) the same tiles run through the pointer kernel instead.
     """
 
     split: bool
@@ -133,6 +136,7 @@ class Tiles:
     num_stages: int
     group_m: int = 8
     flatten: bool = False
+    tma: bool = False
 
 
 def _fewest_waste(m: int, n: int, programs: int, options: list[Tiles]) -> Tiles:
@@ -144,7 +148,13 @@ def _fewest_waste(m: int, n: int, programs: int, options: list[Tiles]) -> Tiles:
 
 
 def tiles_for(
-    arch: str, m: int, n: int, chain: Chain, dtype: torch.dtype, programs: int = 132
+    arch: str,
+    m: int,
+    n: int,
+    chain: Chain,
+    dtype: torch.dtype,
+    programs: int = 132,
+    tma_ok: bool = False,
 ) -> Tiles:
     """Tiles for one call; free to depend on M, N and the device (the chain does not).
 
@@ -159,8 +169,13 @@ def tiles_for(
         chain: the shape's chain (two register accumulators when it has several segments).
         dtype: operand dtype.
         programs: the device's program count (SMs), to avoid half-empty waves.
+        tma_ok: the operands can be loaded through TMA descriptors (see ``gemm.tma_layout``).
     """
     segmented = chain.num_segs > 1
+    if arch == "sm90" and tma_ok and not segmented and dtype != torch.float32:
+        tma = _tma_tiles(m, n, programs)
+        if tma is not None:
+            return tma
     if arch == "interp":
         if m <= 16:
             return Tiles(True, 16, 32, 4, 1)
@@ -176,6 +191,35 @@ def tiles_for(
         # at M = 128 (tune_gemm_order_h100.json).
         tiles = replace(tiles, group_m=1)
     return tiles
+
+
+# TMA tiles, largest first: (block_m, block_n, warps, stages with one wave or less, stages when
+# two programs share an SM). A one-wave grid gets the deepest pipeline that fits one program
+# per SM; a grid of up to two waves gets the depth that fits two per SM (~96 KiB each), so the
+# second wave is resident from the start. Measured on an H100 at M = 32-512 (bench/results/
+# probe_tma_gemm_h100.json and probe_tma_gemm_2_h100.json): deeper stages in a 1.5-wave grid
+# lost up to 25%, and shallower ones in a one-wave grid up to 30%.
+_TMA_TILES = ((128, 128, 8, 4, 3), (64, 128, 4, 6, 4), (64, 64, 4, 8, 6), (64, 32, 4, 8, 8))
+_TMA_BAND = (65, 768)  # M range; smaller M keeps the split-K table, larger the persistent one
+
+
+def _tma_tiles(m: int, n: int, programs: int) -> Tiles | None:
+    """The largest TMA tile that still fills ~90% of the SMs, within two waves; else ``None``.
+
+    ``None`` (the pointer table) also below ``BLOCK_N = 32``: at N = 1024, M = 128 the pointer
+    kernel's 64 x 16 tiles measured 0.86x cuBLAS against 0.81x through TMA.
+    """
+    if not _TMA_BAND[0] <= m <= _TMA_BAND[1]:
+        return None
+    for block_m, block_n, warps, deep, shared in _TMA_TILES:
+        count = cdiv(m, block_m) * cdiv(n, block_n)
+        if count < 0.9 * programs:
+            continue
+        if count > 2 * programs:
+            return None
+        stages = deep if count <= programs else shared
+        return Tiles(True, block_m, block_n, warps, stages, tma=True)
+    return None
 
 
 def _cuda_tiles(
@@ -252,10 +296,23 @@ def tiles_forced() -> bool:
 
 
 def select_tiles(
-    arch: str, m: int, n: int, chain: Chain, dtype: torch.dtype, programs: int
+    arch: str,
+    m: int,
+    n: int,
+    chain: Chain,
+    dtype: torch.dtype,
+    programs: int,
+    tma_ok: bool = False,
 ) -> Tiles:
-    """:func:`tiles_for`, unless :class:`force_tiles` is active."""
-    return _forced[-1] if _forced else tiles_for(arch, m, n, chain, dtype, programs)
+    """:func:`tiles_for`, unless :class:`force_tiles` is active.
+
+    Forced TMA tiles whose operands cannot use TMA run as the same tiles through pointers.
+    """
+    if _forced:
+        forced = _forced[-1]
+        usable = tma_ok and arch == "sm90" and chain.num_segs == 1 and dtype != torch.float32
+        return forced if usable or not forced.tma else replace(forced, tma=False)
+    return tiles_for(arch, m, n, chain, dtype, programs, tma_ok)
 
 
 def fit_shared_memory(
