@@ -22,6 +22,18 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK = 16, 8, 128, 128  # Qwen3-0.6B's attention sha
 SCALE = HEAD_DIM**-0.5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _amx_permission() -> None:
+    """Ask Linux for the AMX tile state before the kernel runs (a no-op without AMX).
+
+    On a CPU with AMX, vLLM picks its ``amx`` attention ISA; a process that has not requested
+    the tile state (``arch_prctl``) dies of SIGILL at the first tile instruction. An engine
+    usually has asked by then (oneDNN does on its first AMX matmul); this bare kernel call has
+    not. Seen on a Xeon CI host (2026-11-27): the whole session aborted.
+    """
+    torch.cpu._init_amx()
+
+
 class Cache:
     def __init__(self, blocks: int = 96, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)

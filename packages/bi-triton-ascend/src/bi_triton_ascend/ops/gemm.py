@@ -358,7 +358,7 @@ def tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
     """How TMA can load ``b`` of ``a [Bt, M, K] @ b [Bt, K, N]``, judged by shapes and strides.
 
     ``True``: as ``B^T`` (K contiguous, a linear layer's weight); ``False``: as ``B`` (N
-    contiguous); ``None``: not at all (a batch, a 16-bit dtype not used, A's K not contiguous,
+    contiguous); ``None``: not at all (a batch, a dtype other than bf16/fp16, A's K not contiguous,
     or a row stride that is not a multiple of 16 bytes, which TMA requires). Pointer alignment
     is a property of each call's tensors: :class:`TmaLaunch` checks it per call.
     """
