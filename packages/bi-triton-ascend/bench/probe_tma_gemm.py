@@ -25,7 +25,7 @@ import triton.language as tl
 
 _common.add_src_paths()
 
-from bi_triton_ascend.ops.gemm import batched_gemm  # noqa: E402
+from bi_triton_ascend.ops.gemm import _tile_coords, batched_gemm  # noqa: E402
 from bi_triton_ascend.ops.gemm_config import chain_for  # noqa: E402
 
 ONE_SEGMENT_SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072),
@@ -33,20 +33,12 @@ ONE_SEGMENT_SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072),
 
 
 @triton.jit
-def _grouped(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
-    in_group = GROUP_M * tiles_n
-    first_m = (tile // in_group) * GROUP_M
-    rows = tl.minimum(tiles_m - first_m, GROUP_M)
-    return first_m + (tile % in_group) % rows, (tile % in_group) // rows
-
-
-@triton.jit
-def _tma_tile_kernel(
-    a_desc, b_desc, c_ptr, M, N, K, stride_cm,
+def _store_tile_product(
+    a_desc, b_desc, c_ptr, tile, tiles_m, tiles_n, M, N, K, stride_cm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """One output tile per program; A ``[M, K]`` and W ``[N, K]`` tiles through TMA."""
-    pid_m, pid_n = _grouped(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    """Output tile ``tile`` (grouped order): A ``[M, K]`` and W ``[N, K]`` tiles through TMA."""
+    _, pid_m, pid_n = _tile_coords(tile, tiles_m, tiles_n, GROUP_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(0, tl.cdiv(K, BLOCK_K)):
         a = a_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
@@ -60,6 +52,18 @@ def _tma_tile_kernel(
 
 
 @triton.jit
+def _tma_tile_kernel(
+    a_desc, b_desc, c_ptr, M, N, K, stride_cm,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """One output tile per program."""
+    _store_tile_product(
+        a_desc, b_desc, c_ptr, tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
+        M, N, K, stride_cm, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+    )  # fmt: skip
+
+
+@triton.jit
 def _tma_persistent_kernel(
     a_desc, b_desc, c_ptr, M, N, K, stride_cm, NUM_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -68,22 +72,14 @@ def _tma_persistent_kernel(
     """A grid of ``NUM_PROGRAMS`` walking output tiles; the tile loop is flattened with K's."""
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
-    k_blocks = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(
         tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True,
         warp_specialize=WARP_SPECIALIZE,
     ):  # fmt: skip
-        pid_m, pid_n = _grouped(tile, tiles_m, tiles_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, k_blocks):
-            a = a_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
-            b = b_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
-            acc = tl.dot(a, b.T, acc)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+        _store_tile_product(
+            a_desc, b_desc, c_ptr, tile, tiles_m, tiles_n, M, N, K, stride_cm,
+            BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ import triton.language as tl
 
 from .. import _platform
 from .._launch_cache import PreparedLaunch, launch_kernel
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # triton-ascend 3.2 has no TMA descriptors (nor Hopper)
+    TensorDescriptor = None  # type: ignore[assignment,misc]
 from .gemm_config import Tiles, cdiv, chain_for, fit_shared_memory, select_tiles
 
 
@@ -394,8 +399,6 @@ class TmaLaunch:
     def __call__(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: Any) -> bool:
         if (a.data_ptr() | b.data_ptr()) & 15:
             return False
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         a_desc = TensorDescriptor(a, *self.a_geometry)
         b_desc = TensorDescriptor(b, *self.b_geometry)
         launch_kernel(_gemm_tma_kernel, self.grid, a_desc, b_desc, out, bias, *self.ints,
@@ -502,7 +505,8 @@ def describe(
     chain = chain_for(n, k, a.dtype)
     programs = _platform.num_programs(a.device)
     arch = _platform.arch(a.device)
-    k_major = tma_layout(a, b) if arch == "sm90" and _tma_enabled else None
+    usable = arch == "sm90" and _tma_enabled and TensorDescriptor is not None
+    k_major = tma_layout(a, b) if usable else None
     tiles = select_tiles(arch, m, n, chain, a.dtype, programs, k_major is not None)
     if dtype != a.dtype:
         tiles = fit_shared_memory(

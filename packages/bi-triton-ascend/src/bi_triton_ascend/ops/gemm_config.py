@@ -172,7 +172,7 @@ def tiles_for(
         tma_ok: the operands can be loaded through TMA descriptors (see ``gemm.tma_layout``).
     """
     segmented = chain.num_segs > 1
-    if arch == "sm90" and tma_ok and not segmented and dtype != torch.float32:
+    if _tma_possible(arch, chain, dtype, tma_ok):
         tma = _tma_tiles(m, n, programs)
         if tma is not None:
             return tma
@@ -201,6 +201,11 @@ def tiles_for(
 # lost up to 25%, and shallower ones in a one-wave grid up to 30%.
 _TMA_TILES = ((128, 128, 8, 4, 3), (64, 128, 4, 6, 4), (64, 64, 4, 8, 6), (64, 32, 4, 8, 8))
 _TMA_BAND = (65, 768)  # M range; smaller M keeps the split-K table, larger the persistent one
+
+
+def _tma_possible(arch: str, chain: Chain, dtype: torch.dtype, tma_ok: bool) -> bool:
+    """Whether the TMA kernel can run a call at all: Hopper, 16-bit, one K segment."""
+    return tma_ok and arch == "sm90" and chain.num_segs == 1 and dtype != torch.float32
 
 
 def _tma_tiles(m: int, n: int, programs: int) -> Tiles | None:
@@ -310,7 +315,7 @@ def select_tiles(
     """
     if _forced:
         forced = _forced[-1]
-        usable = tma_ok and arch == "sm90" and chain.num_segs == 1 and dtype != torch.float32
+        usable = _tma_possible(arch, chain, dtype, tma_ok)
         return forced if usable or not forced.tma else replace(forced, tma=False)
     return tiles_for(arch, m, n, chain, dtype, programs, tma_ok)
 
