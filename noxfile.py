@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import nox
@@ -49,7 +50,9 @@ def has_tests(path: Path) -> bool:
     return path.is_dir() and any(path.rglob("test_*.py"))
 
 
-def pytest_dirs(session: nox.Session, dirs: list[Path], *args: str) -> None:
+def pytest_dirs(
+    session: nox.Session, dirs: list[Path], *args: str, parallel: Collection[Path] = ()
+) -> None:
     """Run pytest once per test directory; a directory with test files must run tests.
 
     Args:
@@ -57,6 +60,7 @@ def pytest_dirs(session: nox.Session, dirs: list[Path], *args: str) -> None:
         dirs: Test directories, one pytest process each (equal test-file names across
             packages then do not clash).
         *args: Extra pytest arguments, placed before `session.posargs`.
+        parallel: Directories whose tests run in `INTERPRETER_WORKERS` pytest-xdist workers.
 
     pytest's exit code 5 (no tests collected) fails the session, unless the caller filters
     (extra args or posargs such as `-k`/`-m`), where an empty selection in one package is fine.
@@ -70,8 +74,9 @@ def pytest_dirs(session: nox.Session, dirs: list[Path], *args: str) -> None:
             session.log(f"skip {rel}: no test_*.py files yet")
             continue
         ran += 1
+        workers = ["-n", str(INTERPRETER_WORKERS)] if d in parallel else []
         try:  # run every directory, then report all failures
-            session.run("pytest", str(rel), *args, *session.posargs, success_codes=codes)
+            session.run("pytest", str(rel), *workers, *args, *session.posargs, success_codes=codes)
         except CommandFailed as exc:
             failed.append(f"{rel} (pytest exit {exc.return_code})")
     if failed:
@@ -88,6 +93,14 @@ def pytest_dirs(session: nox.Session, dirs: list[Path], *args: str) -> None:
 # only AVX, so every x86-64 CI runner has it. It overrides the environment's value: this
 # machine's image sets OPENBLAS_CORETYPE=Haswell.
 INTERPRETER_BLAS_CORE = "Sandybridge"
+
+
+# The kernel tests under Triton's interpreters (bi-triton-ascend's) are single-threaded Python
+# and take most of the CPU sessions: one pytest-xdist worker per core of the CI machine (2 cores)
+# more than halves them (ascend-interp: 20 -> 9 minutes). The other packages' tests are short:
+# starting workers costs them more than it saves, so they stay in one process.
+INTERPRETER_WORKERS = 2
+KERNEL_TESTS = ROOT / "packages" / "bi-triton-ascend" / "tests"
 
 
 def interpreter_env(session: nox.Session) -> None:
@@ -119,7 +132,7 @@ def cpu(session: nox.Session) -> None:
     )
     triton_banner(session)
     interpreter_env(session)
-    pytest_dirs(session, [p / "tests" for p in PACKAGES])
+    pytest_dirs(session, [p / "tests" for p in PACKAGES], parallel=[KERNEL_TESTS])
 
 
 @nox.session(name="ascend-interp", python=PYTHON, default=False, tags=["cpu", "ascend"])
@@ -128,7 +141,7 @@ def ascend_interp(session: nox.Session) -> None:
     uv_sync(session, "--group", "test-ascend")
     triton_banner(session)
     interpreter_env(session)
-    pytest_dirs(session, [ROOT / "packages" / "bi-triton-ascend" / "tests"])
+    pytest_dirs(session, [KERNEL_TESTS], parallel=[KERNEL_TESTS])
 
 
 # The lock pins the CPU torch build, so GPU/NPU machines keep their own torch (and torch_npu,

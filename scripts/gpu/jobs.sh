@@ -804,3 +804,28 @@ job_meantouch() {
     packages/bi-triton-ascend/tests/test_providers.py -q -p no:cacheprovider -rs \
     --junitxml="$JOB_DIR/bi_triton_mean_users_cuda.junit.xml"
 }
+
+# #12, #13: TMA loads of the attention's key/value tiles: job `attntma` on branch
+# wip/attn-kv-tma (the kernel path and tune_attention.py's --block/--pointer-loads live there).
+
+# #12: the combine kernel holding each row's max and sum per element (no layout move per fold),
+# timed against main's (carry .bench-old: main's _kernels.py) on the split decode cases, twice;
+# then its head columns and warps per program, bitwise checked; then the CUDA attention suite.
+# The kernel change is on branch wip/attn-combine-rows (slower; main keeps the row vectors).
+job_combinerows() {
+  attention_before_after _kernels.py decode1x32k,decode1x32k@40k,decode8x8k
+  OUT=$JOB_DIR/sweep python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --combine-sweep --cases decode1x32k,decode1x32k@40k,decode8x8k
+  timeout 200 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attention_combine_rows_cuda.junit.xml"
+}
+
+# vLLM. #13: the rollout's speed as users see it: default vLLM against the plugin with the kit
+# attention (VLLM_BI_ATTENTION=1, the rollout side of the RL check), the RL check's width (0.6B),
+# decode-heavy (256 prompts x 256 tokens, 256 generated) and single-stream, one engine per mode.
+job_rollout06() {
+  local bench=(python3 benchmarks/vllm_serving.py --shape 0.6b --loads decode-heavy,single-stream
+    --model-dir /tmp/models-roll --timeout 240 --out "$JOB_DIR/vllm_rollout_0.6b.json")
+  "${bench[@]}" --modes default
+  VLLM_BI_ATTENTION=1 "${bench[@]}" --modes plugin --variant attention
+}

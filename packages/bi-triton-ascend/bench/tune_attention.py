@@ -61,6 +61,8 @@ CANDIDATES: list[Tile] = [
 ]  # fmt: skip
 # Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
 SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
+# Combine programs of --combine-sweep: (head columns per program, warps).
+COMBINE_SETTINGS = [(32, 1), (16, 1), (8, 1), (4, 1), (64, 2), (128, 4)]
 
 
 @dataclasses.dataclass
@@ -194,6 +196,20 @@ def _with_grid(fn: Callable[[], Any], per_unit: int, least: int) -> Callable[[],
     return run
 
 
+def _with_combine(fn: Callable[[], Any], block_d: int, warps: int) -> Callable[[], Any]:
+    """``fn`` with the combine kernel's head columns and warps per program set for the call."""
+
+    def run() -> Any:
+        saved = _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS
+        _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS = block_d, warps
+        try:
+            return fn()
+        finally:
+            _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS = saved
+
+    return run
+
+
 def _candidates(
     case: Case,
     ref: torch.Tensor,
@@ -202,14 +218,25 @@ def _candidates(
     base: AttnConfig,
     tiles: list[Tile],
     split_sweep: bool,
+    combine_sweep: bool = False,
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
     """Named callables to time, each with whether its fp32 output equals ``ref``.
 
     ``tiles`` are ``(rows, warps, stages, prefetch_table, kv_chunk, block_n)`` applied to
     ``base``; with ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead. A candidate
     with another ``block_n`` is compared with the launcher's tiles on that ``block_n``.
+    ``combine_sweep``: the combine programs of :data:`COMBINE_SETTINGS` instead (split decode).
     """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
+    if combine_sweep:
+        for block_d, warps in COMBINE_SETTINGS:
+            name = f"combine d{block_d} w{warps}"
+            out = _with_combine(_run(case, None, torch.float32), block_d, warps)()
+            same = bool(torch.equal(out, ref))
+            if not same:
+                bad.append(f"{case.name} {name}")
+            lines.append((name, _with_combine(_run(case, None), block_d, warps), same))
+        return lines
     if split_sweep:
         for per_unit, least in SPLIT_GRIDS:
             name = f"grid u{per_unit} least{least}"
@@ -273,6 +300,10 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--split-sweep", action="store_true", help="time split grids, not tiles")
     parser.add_argument(
+        "--combine-sweep", action="store_true",
+        help="time the combine kernel's programs (head columns, warps), not tiles",
+    )  # fmt: skip
+    parser.add_argument(
         "--tiles", default="",
         help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK][nBLOCK_N],... (p: block-table prefetch;"
         " c: uniform chunks of CHUNK keys instead of the chunk grid, n: another block_n, which"
@@ -287,11 +318,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     bad: list[str] = []
     for case in _cases(set(args.cases.split(",")) if args.cases else None):
-        if args.split_sweep and case.kind != "decode":
+        if (args.split_sweep or args.combine_sweep) and case.kind != "decode":
             continue
         ref = _run(case, None, torch.float32)()
         base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
-        lines = _candidates(case, ref, bad, base=default, tiles=tiles, split_sweep=args.split_sweep)
+        lines = _candidates(
+            case, ref, bad, base=default, tiles=tiles, split_sweep=args.split_sweep,
+            combine_sweep=args.combine_sweep,
+        )  # fmt: skip
         for name, fn, same in lines:
             reps = _common.time_ms(fn, rep_ms=args.rep)
             ms = _common.median(reps)
@@ -305,7 +339,9 @@ def main() -> None:
         rows, ["case", "tiles", "ms", "tflops", "ratio_vs_default", "same_bits_as_default"],
         "attention tiles against the launcher's choice",
     )  # fmt: skip
-    name = "tune_attention_split.json" if args.split_sweep else "tune_attention.json"
+    name = "tune_attention.json"
+    if args.split_sweep or args.combine_sweep:
+        name = f"tune_attention_{'split' if args.split_sweep else 'combine'}.json"
     _common.write_json(
         _common.out_dir() / name, rows, bitwise_differences=bad,
         default_tiles=dataclasses.asdict(default),
