@@ -337,6 +337,18 @@ def compute_topk_scores(logits, sampled_token_ids):
 """
 
 
+_QWEN3_SRC = """
+class Qwen3Attention:
+    def forward(self, positions, hidden_states):
+        raise NotImplementedError("fake vLLM")
+"""
+
+_ROTARY_SRC = """
+class RotaryEmbedding:
+    pass
+"""
+
+
 def write_tree(root: Path, layout: str) -> Path:
     """Write a fake ``vllm`` package of ``layout`` (``"0.26"`` or ``"0.32"``) under ``root``."""
     bi_path = BI_PATHS[layout]
@@ -362,6 +374,10 @@ def write_tree(root: Path, layout: str) -> Path:
         "vllm/v1/attention/backends/flash_attn.py": _FLASH_ATTN_SRC,
         "vllm/config/vllm.py": _CONFIG_SRC,
         "vllm/v1/worker/gpu/sample/logprob.py": _LOGPROB_SRC,
+        # What the q/k norm + RoPE fusion patches (only where a qk_norm_rope kernel is
+        # registered: the real bi-triton-ascend provider may be, whatever ran before).
+        "vllm/model_executor/models/qwen3.py": _QWEN3_SRC,
+        "vllm/model_executor/layers/rotary_embedding/base.py": _ROTARY_SRC,
     }
     for rel, src in files.items():
         path = root / rel
