@@ -76,7 +76,9 @@ def pytest_dirs(
         ran += 1
         workers = ["-n", str(INTERPRETER_WORKERS)] if d in parallel else []
         try:  # run every directory, then report all failures
-            session.run("pytest", str(rel), *workers, *args, *session.posargs, success_codes=codes)
+            session.run(
+                "pytest", str(rel), *workers, SLOWEST, *args, *session.posargs, success_codes=codes
+            )
         except CommandFailed as exc:
             failed.append(f"{rel} (pytest exit {exc.return_code})")
     if failed:
@@ -101,6 +103,8 @@ INTERPRETER_BLAS_CORE = "Sandybridge"
 # starting workers costs them more than it saves, so they stay in one process.
 INTERPRETER_WORKERS = 2
 KERNEL_TESTS = ROOT / "packages" / "bi-triton-ascend" / "tests"
+# Each pytest run lists its slowest tests: where CI's time goes, for whoever must cut it.
+SLOWEST = "--durations=15"
 
 
 def interpreter_env(session: nox.Session) -> None:
