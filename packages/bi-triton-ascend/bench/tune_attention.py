@@ -182,30 +182,18 @@ def _run(
     )  # fmt: skip
 
 
-def _with_grid(fn: Callable[[], Any], per_unit: int, least: int) -> Callable[[], Any]:
-    """``fn`` with the split launch's grid knobs set for the call (module constants)."""
+def _with_launcher(fn: Callable[[], Any], **constants: int) -> Callable[[], Any]:
+    """``fn`` with launcher module constants (split grid, combine programs) set for the call."""
 
     def run() -> Any:
-        saved = _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS
-        _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS = per_unit, least
+        saved = {name: getattr(_launch, name) for name in constants}
+        for name, value in constants.items():
+            setattr(_launch, name, value)
         try:
             return fn()
         finally:
-            _launch.SPLIT_PROGRAMS_PER_UNIT, _launch.SPLIT_MIN_CHUNK_PROGRAMS = saved
-
-    return run
-
-
-def _with_combine(fn: Callable[[], Any], block_d: int, warps: int) -> Callable[[], Any]:
-    """``fn`` with the combine kernel's head columns and warps per program set for the call."""
-
-    def run() -> Any:
-        saved = _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS
-        _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS = block_d, warps
-        try:
-            return fn()
-        finally:
-            _launch.COMBINE_BLOCK_D, _launch.COMBINE_WARPS = saved
+            for name, value in saved.items():
+                setattr(_launch, name, value)
 
     return run
 
@@ -231,21 +219,21 @@ def _candidates(
     if combine_sweep:
         for block_d, warps in COMBINE_SETTINGS:
             name = f"combine d{block_d} w{warps}"
-            out = _with_combine(_run(case, None, torch.float32), block_d, warps)()
+            combine = {"COMBINE_BLOCK_D": block_d, "COMBINE_WARPS": warps}
+            out = _with_launcher(_run(case, None, torch.float32), **combine)()
             same = bool(torch.equal(out, ref))
             if not same:
                 bad.append(f"{case.name} {name}")
-            lines.append((name, _with_combine(_run(case, None), block_d, warps), same))
+            lines.append((name, _with_launcher(_run(case, None), **combine), same))
         return lines
     if split_sweep:
         for per_unit, least in SPLIT_GRIDS:
             name = f"grid u{per_unit} least{least}"
-            same = bool(
-                torch.equal(_with_grid(_run(case, None, torch.float32), per_unit, least)(), ref)
-            )
+            grid = {"SPLIT_PROGRAMS_PER_UNIT": per_unit, "SPLIT_MIN_CHUNK_PROGRAMS": least}
+            same = bool(torch.equal(_with_launcher(_run(case, None, torch.float32), **grid)(), ref))
             if not same:
                 bad.append(f"{case.name} {name}")
-            lines.append((name, _with_grid(_run(case, None), per_unit, least), same))
+            lines.append((name, _with_launcher(_run(case, None), **grid), same))
         return lines
     refs_by_block_n: dict[int, torch.Tensor] = {}
     for bm, warps, stages, prefetch, chunk, block_n in tiles:
