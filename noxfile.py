@@ -99,8 +99,8 @@ INTERPRETER_BLAS_CORE = "Sandybridge"
 
 # The kernel tests under Triton's interpreters (bi-triton-ascend's) are single-threaded Python
 # and take most of the CPU sessions: one pytest-xdist worker per core of the CI machine (2 cores)
-# more than halves them (ascend-interp: 20 -> 9 minutes). The other packages' tests are short:
-# starting workers costs them more than it saves, so they stay in one process.
+# nearly halves them (ascend-interp: 20 -> 11 minutes on a 2-core Xeon). The other packages'
+# tests are short: starting workers costs them more than it saves, so they stay in one process.
 INTERPRETER_WORKERS = 2
 KERNEL_TESTS = ROOT / "packages" / "bi-triton-ascend" / "tests"
 # Each pytest run lists its slowest tests: where CI's time goes, for whoever must cut it.

@@ -198,6 +198,27 @@ def _with_launcher(fn: Callable[[], Any], **constants: int) -> Callable[[], Any]
     return run
 
 
+# A launcher sweep: named settings of the launcher's module constants (:func:`_with_launcher`).
+Sweep = list[tuple[str, dict[str, int]]]
+
+
+def _launcher_sweep(split_sweep: bool, combine_sweep: bool) -> Sweep:
+    """The settings of ``--split-sweep`` (:data:`SPLIT_GRIDS`) or ``--combine-sweep``
+    (:data:`COMBINE_SETTINGS`); empty for neither (tiles are swept then)."""
+    if split_sweep:
+        return [
+            (f"grid u{u} least{least}",
+             {"SPLIT_PROGRAMS_PER_UNIT": u, "SPLIT_MIN_CHUNK_PROGRAMS": least})
+            for u, least in SPLIT_GRIDS
+        ]  # fmt: skip
+    if combine_sweep:
+        return [
+            (f"combine d{d} w{w}", {"COMBINE_BLOCK_D": d, "COMBINE_WARPS": w})
+            for d, w in COMBINE_SETTINGS
+        ]
+    return []
+
+
 def _candidates(
     case: Case,
     ref: torch.Tensor,
@@ -205,35 +226,23 @@ def _candidates(
     *,
     base: AttnConfig,
     tiles: list[Tile],
-    split_sweep: bool,
-    combine_sweep: bool = False,
+    sweep: Sweep,
 ) -> list[tuple[str, Callable[[], Any], bool | None]]:
     """Named callables to time, each with whether its fp32 output equals ``ref``.
 
     ``tiles`` are ``(rows, warps, stages, prefetch_table, kv_chunk, block_n)`` applied to
-    ``base``; with ``split_sweep`` the split grids of :data:`SPLIT_GRIDS` instead. A candidate
-    with another ``block_n`` is compared with the launcher's tiles on that ``block_n``.
-    ``combine_sweep``: the combine programs of :data:`COMBINE_SETTINGS` instead (split decode).
+    ``base``; with a launcher ``sweep`` (split grids, combine programs) its settings instead.
+    A candidate with another ``block_n`` is compared with the launcher's tiles on that
+    ``block_n``.
     """
     lines: list[tuple[str, Callable[[], Any], bool | None]] = []
-    if combine_sweep:
-        for block_d, warps in COMBINE_SETTINGS:
-            name = f"combine d{block_d} w{warps}"
-            combine = {"COMBINE_BLOCK_D": block_d, "COMBINE_WARPS": warps}
-            out = _with_launcher(_run(case, None, torch.float32), **combine)()
+    if sweep:
+        for name, constants in sweep:
+            out = _with_launcher(_run(case, None, torch.float32), **constants)()
             same = bool(torch.equal(out, ref))
             if not same:
                 bad.append(f"{case.name} {name}")
-            lines.append((name, _with_launcher(_run(case, None), **combine), same))
-        return lines
-    if split_sweep:
-        for per_unit, least in SPLIT_GRIDS:
-            name = f"grid u{per_unit} least{least}"
-            grid = {"SPLIT_PROGRAMS_PER_UNIT": per_unit, "SPLIT_MIN_CHUNK_PROGRAMS": least}
-            same = bool(torch.equal(_with_launcher(_run(case, None, torch.float32), **grid)(), ref))
-            if not same:
-                bad.append(f"{case.name} {name}")
-            lines.append((name, _with_launcher(_run(case, None), **grid), same))
+            lines.append((name, _with_launcher(_run(case, None), **constants), same))
         return lines
     refs_by_block_n: dict[int, torch.Tensor] = {}
     for bm, warps, stages, prefetch, chunk, block_n in tiles:
@@ -302,18 +311,16 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
     default = attention_config(HEAD, DT, GROUP, False)
+    sweep = _launcher_sweep(args.split_sweep, args.combine_sweep)
     print("default tiles:", default)
     rows: list[dict[str, Any]] = []
     bad: list[str] = []
     for case in _cases(set(args.cases.split(",")) if args.cases else None):
-        if (args.split_sweep or args.combine_sweep) and case.kind != "decode":
+        if sweep and case.kind != "decode":
             continue
         ref = _run(case, None, torch.float32)()
         base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
-        lines = _candidates(
-            case, ref, bad, base=default, tiles=tiles, split_sweep=args.split_sweep,
-            combine_sweep=args.combine_sweep,
-        )  # fmt: skip
+        lines = _candidates(case, ref, bad, base=default, tiles=tiles, sweep=sweep)
         for name, fn, same in lines:
             reps = _common.time_ms(fn, rep_ms=args.rep)
             ms = _common.median(reps)
@@ -328,7 +335,7 @@ def main() -> None:
         "attention tiles against the launcher's choice",
     )  # fmt: skip
     name = "tune_attention.json"
-    if args.split_sweep or args.combine_sweep:
+    if sweep:
         name = f"tune_attention_{'split' if args.split_sweep else 'combine'}.json"
     _common.write_json(
         _common.out_dir() / name, rows, bitwise_differences=bad,
