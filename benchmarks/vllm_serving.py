@@ -736,6 +736,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="RESULTS_JSON",
         help="only merge these result files (e.g. one per device call) into --out",
     )
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="with --merge: pool rows of the same mode and load (every engine's repetitions)"
+        " instead of replacing them",
+    )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -768,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = load_existing(args.out, "--out")
     if args.merge:
-        return merge_files(old, args.merge, args.out, args.plot)
+        return merge_files(old, args.merge, args.out, args.plot, pool=args.pool)
     loads = build_loads(args.loads, args.contexts, args.scale)
     model = write_model(args)
     rows: list[dict[str, Any]] = []
@@ -803,13 +809,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if all(r.get("error") for r in rows) else 0
 
 
-def merge_files(old: dict[str, Any], paths: list[Path], out: Path, png: Path | None) -> int:
-    """Fold result files (e.g. one per device call) into ``out``, later files winning."""
+def merge_files(
+    old: dict[str, Any], paths: list[Path], out: Path, png: Path | None, *, pool: bool = False
+) -> int:
+    """Fold result files (e.g. one per device call) into ``out``, later files winning.
+
+    With ``pool``, rows of the same key join instead (:func:`pool_rows`: every repetition, one
+    median per engine): engines of one mode run in separate calls, in an order that cancels
+    drift (A B C C B A).
+    """
     doc = old
     for path in paths:
         if not path.is_file():
             raise SystemExit(f"--merge: {path} is not a file")
-        doc = merge_documents(doc, load_existing(path, "--merge"))
+        new = load_existing(path, "--merge")
+        if pool:
+            new = {**new, "results": pool_rows(doc.get("results", []), new.get("results", []))}
+        doc = merge_documents(doc, new)
     report(doc, out, png)
     return 0
 

@@ -118,6 +118,33 @@ def test_merge_replaces_same_key_and_keeps_others_in_order() -> None:
     ]
 
 
+def test_pooled_merge_joins_engines_from_separate_files(tmp_path: Path) -> None:
+    """Engines of one mode run in separate device calls (A B C C B A): one row per mode."""
+    paths = []
+    for i, (mode, reps) in enumerate(
+        [("default", [10.0, 12.0]), ("plugin", [11.0]), ("plugin", [13.0]), ("default", [14.0])]
+    ):
+        doc = bench.run_document(
+            [_row("decode-heavy", mode, bench._report.median(reps), bench.UNIT_GEN_TPS,
+                  reps=reps)],
+            [{"shape": "0.6b", "mode": mode, "install": None, "device": "H100"}],
+            {"reps": len(reps)},
+        )  # fmt: skip
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(doc))
+    out = tmp_path / "pooled.json"
+    assert bench.merge_files({}, paths, out, tmp_path / "pooled.png", pool=True) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["reps"], r["engine_medians"]) for r in rows] == [
+        ("default", [10.0, 12.0, 14.0], [11.0, 14.0]),
+        ("plugin", [11.0, 13.0], [11.0, 13.0]),
+    ]
+    assert [r["ratio_vs_default"] for r in rows] == [1.0, 12.0 / 12.0]
+    replaced = tmp_path / "replaced.json"
+    bench.merge_files({}, paths, replaced, tmp_path / "replaced.png")
+    assert [r["reps"] for r in json.loads(replaced.read_text())["results"]] == [[14.0], [13.0]]
+
+
 def test_merging_documents_recomputes_ratios_and_keeps_both_summaries() -> None:
     """As when the modes of one shape ran in separate device calls: default first, then ours."""
     first = bench.run_document(

@@ -829,3 +829,64 @@ job_rollout06() {
   "${bench[@]}" --modes default
   VLLM_BI_ATTENTION=1 "${bench[@]}" --modes plugin --variant attention
 }
+
+# #13: the rollout's decode (batch 256 at 512 keys; Qwen3-0.6B and 8B heads) beside the older
+# decode cases. Tiles that keep the chain: the launcher's (64 rows, 4 warps, 2 stages), one stage
+# (48 KiB of shared memory: 4 programs per SM by shared memory), and register caps (maxnreg: 168
+# fits 3 programs per SM, 128 fits 4; the launcher's tiles take 254 registers, 2 programs), FA3
+# beside when vLLM is staged. Then the bounded sequence search (_find_seq) against main's
+# (carry .bench-old: main's _kernels.py), twice.
+job_decode256() {
+  OUT=$JOB_DIR/tiles python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 25 \
+    --cases decode256x512,decode256x512g4,decode64x1k,decode8x8k \
+    --tiles 64x4x2,64x4x1,64x4x1r168,64x4x1r128,64x4x2r168,64x4x3p,128x8x1r128
+  attention_before_after _kernels.py decode256x512,decode256x512g4,decode64x1k
+}
+
+# #13: Nsight Compute on the rollout's decode (batch 256 at 512 keys, 0.6B heads): the
+# launcher's tiles and one stage capped at 168 registers (occupancy, stalls, DRAM throughput).
+job_ncudecode256() {
+  local tiles
+  for tiles in 64x4x2 64x4x1r168; do
+    echo "==== $tiles"
+    ncu --clock-control none --launch-skip 10 --launch-count 1 -k regex:_attn_kernel \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+      --section SchedulerStats --section Occupancy --section LaunchStats \
+      python3 packages/bi-triton-ascend/bench/tune_attention.py --rep 1 --cases decode256x512 \
+      --tiles "$tiles"
+  done > "$JOB_DIR/ncu_attention_decode256.txt" 2>&1
+  grep -E "====|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Theoretical Occ|Local Memory|No Eligible" \
+    "$JOB_DIR/ncu_attention_decode256.txt"
+}
+
+# vLLM. #13: the rollout's decode-heavy load (256 prompts x 256 tokens, 256 generated, 0.6B):
+# default vLLM, the plugin with the kit attention as committed, and the same with the decode
+# tiles of .bench-variants/$ROLLOUT_VARIANT/config.py (carried; a copy of the tree in /tmp),
+# engines in the order A B C C B A so that drift along the run cancels (ROLLOUT_ROUNDS="1" or "2"
+# runs one half: one device call each).
+job_rolloutvar() {
+  local variant=${ROLLOUT_VARIANT:?set ROLLOUT_VARIANT} tree=/tmp/variant-tree
+  rm -rf "$tree" && mkdir -p "$tree" && cp -r packages benchmarks "$tree"/
+  cp ".bench-variants/$variant/config.py" \
+    "$tree/packages/bi-triton-ascend/src/bi_triton_ascend/attention/config.py" || return 1
+  local src_variant src_main
+  src_variant=$(ls -d "$tree"/packages/*/src | tr '\n' ':')
+  src_main=$(ls -d "$PWD"/packages/*/src | tr '\n' ':')
+  local args=(--shape 0.6b --loads decode-heavy --model-dir /tmp/models-roll --timeout 200)
+  local round
+  for round in ${ROLLOUT_ROUNDS:-1 2}; do
+    local order=(default main "$variant")
+    [ "$round" = 2 ] && order=("$variant" main default)
+    for who in "${order[@]}"; do
+      case $who in
+      default) python3 benchmarks/vllm_serving.py "${args[@]}" --modes default \
+                 --out "$JOB_DIR/rollout_default_r$round.json" ;;
+      main) VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py "${args[@]}" --modes plugin \
+              --variant attention --out "$JOB_DIR/rollout_main_r$round.json" ;;
+      *) (cd "$tree" && VLLM_BI_ATTENTION=1 PYTHONPATH="$src_variant${PYTHONPATH#"$src_main"}" \
+            python3 benchmarks/vllm_serving.py "${args[@]}" --modes plugin \
+            --variant "attention-$variant" --out "$JOB_DIR/rollout_${variant}_r$round.json") ;;
+      esac
+    done
+  done
+}

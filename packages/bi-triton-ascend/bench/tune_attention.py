@@ -12,7 +12,9 @@ Cases (Qwen3-8B heads: 32 query, 8 KV, head 128, bf16):
 
 * packed causal prefill (the trainer, vLLM's first chunk): 4 x 4096 and 1 x 16384 tokens;
 * a paged prefill chunk of 4096 queries over 16384 keys (chunked prefill at long context);
-* paged decode: batch 1 at 32768, batch 8 at 8192, batch 64 at 1024.
+* paged decode: batch 1 at 32768, batch 8 at 8192, batch 64 at 1024;
+* the RL rollout's decode (issue #13): batch 256 at 512 keys, with Qwen3-0.6B's heads (16 query,
+  8 KV: ``decode256x512``) and with the 8B's (``decode256x512g4``).
 
 ``sdpa`` (PyTorch's flash attention on contiguous K/V, batch-variant) is timed beside the
 packed prefill cases for scale.
@@ -48,17 +50,13 @@ BLOCK = 16
 DT = torch.bfloat16
 SCALE = HEAD**-0.5
 # A candidate: (block_m, num_warps, num_stages, prefetch_table, kv_chunk or None, block_n or
-# None). A kv_chunk replaces the launcher's chunk grid by uniform chunks of that length, which
-# changes the chain, so its bits differ by design: time only. Another block_n changes the chain
-# too; such a candidate is compared with the launcher's tiles on the same chain (same block_n),
-# which tells whether the tile family holds for that block_n.
-Tile = tuple[int, int, int, bool, int | None, int | None]
-# Candidates, each timed and compared with the launcher's bits.
-CANDIDATES: list[Tile] = [
-    (64, 8, 2, False, None, None), (64, 8, 3, False, None, None), (64, 4, 2, False, None, None),
-    (64, 4, 3, False, None, None), (128, 8, 2, False, None, None), (128, 8, 3, False, None, None),
-    (128, 4, 2, False, None, None), (32, 4, 2, False, None, None), (16, 4, 2, False, None, None),
-]  # fmt: skip
+# None, max_registers or None). A kv_chunk replaces the launcher's chunk grid by uniform chunks of
+# that length, which changes the chain, so its bits differ by design: time only. Another block_n
+# changes the chain too; such a candidate is compared with the launcher's tiles on the same chain
+# (same block_n), which tells whether the tile family holds for that block_n.
+Tile = tuple[int, int, int, bool, int | None, int | None, int | None]
+# Candidates (as ``--tiles`` writes them), each timed and compared with the launcher's bits.
+CANDIDATES = "64x8x2,64x8x3,64x4x2,64x4x3,128x8x2,128x8x3,128x4x2,32x4x2,16x4x2"
 # Split grids of --split-sweep: (programs per compute unit, least chunk programs per tile).
 SPLIT_GRIDS = [(u, least) for u in (1, 2, 4, 8, 16) for least in (1, 8, 32)]
 # Combine programs of --combine-sweep: (head columns per program, warps).
@@ -75,6 +73,7 @@ class Case:
     kwargs: dict[str, Any]
     flop: float
     sdpa: Callable[[], torch.Tensor] | None = None
+    group: int = GROUP
 
 
 def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -103,12 +102,13 @@ def _packed_prefill(batch: int, length: int, gen: torch.Generator) -> Case:
 
 
 def _paged(
-    batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str, bound: int = 0
-) -> Case:
+    batch: int, q_len: int, ctx: int, gen: torch.Generator, name: str, bound: int = 0,
+    heads: int = HEADS,
+) -> Case:  # fmt: skip
     blocks = batch * ctx // BLOCK
     kc, vc = _rand(gen, blocks, BLOCK, KV_HEADS, HEAD), _rand(gen, blocks, BLOCK, KV_HEADS, HEAD)
     table = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
-    q = _rand(gen, batch * q_len, HEADS, HEAD)
+    q = _rand(gen, batch * q_len, heads, HEAD)
     starts = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32, device="cuda")
     lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
     # Each query sees the prefix plus the chunk up to itself.
@@ -116,7 +116,8 @@ def _paged(
     return Case(
         name, "decode" if q_len == 1 else "chunk",
         (q, kc, vc, table.view(batch, ctx // BLOCK), lens, starts, None),
-        {"causal": True, "max_seq_len": bound or ctx}, 4.0 * pairs * HEADS * HEAD,
+        {"causal": True, "max_seq_len": bound or ctx}, 4.0 * pairs * heads * HEAD,
+        group=heads // KV_HEADS,
     )  # fmt: skip
 
 
@@ -130,6 +131,8 @@ def _cases(names: set[str] | None) -> list[Case]:
         "decode1x32k@40k": lambda: _paged(1, 1, 32768, gen, "decode1x32k@40k", bound=40960),
         "decode8x8k": lambda: _paged(8, 1, 8192, gen, "decode8x8k"),
         "decode64x1k": lambda: _paged(64, 1, 1024, gen, "decode64x1k"),
+        "decode256x512": lambda: _paged(256, 1, 512, gen, "decode256x512", heads=16),
+        "decode256x512g4": lambda: _paged(256, 1, 512, gen, "decode256x512g4"),
     }
     return [make() for name, make in makers.items() if names is None or name in names]
 
@@ -137,7 +140,7 @@ def _cases(names: set[str] | None) -> list[Case]:
 def _launcher_tiles(case: Case) -> AttnConfig:
     """The tiles the launcher picks for ``case`` (decode or prefill, paged or packed)."""
     return launch_config(
-        HEAD, DT, GROUP, False, prefill=case.kind != "decode", paged=case.args[3] is not None
+        HEAD, DT, case.group, False, prefill=case.kind != "decode", paged=case.args[3] is not None
     )
 
 
@@ -245,11 +248,13 @@ def _candidates(
             lines.append((name, _with_launcher(_run(case, None), **constants), same))
         return lines
     refs_by_block_n: dict[int, torch.Tensor] = {}
-    for bm, warps, stages, prefetch, chunk, block_n in tiles:
+    for bm, warps, stages, prefetch, chunk, block_n, registers in tiles:
         cfg = dataclasses.replace(
-            base, block_m=bm, num_warps=warps, num_stages=stages, prefetch_table=prefetch
-        )
+            base, block_m=bm, num_warps=warps, num_stages=stages, prefetch_table=prefetch,
+            max_registers=registers,
+        )  # fmt: skip
         name = f"m{bm}w{warps}s{stages}{'p' if prefetch else ''}{f'c{chunk}' if chunk else ''}"
+        name += f"r{registers}" if registers else ""
         want = ref
         if block_n is not None and block_n != base.block_n:
             cfg = dataclasses.replace(cfg, block_n=block_n)
@@ -280,14 +285,16 @@ def _candidates(
 
 def _parse_tile(text: str) -> Tile:
     """``"64x4x2"``, ``"64x4x2p"`` (block-table prefetch), ``"64x4x2c512"`` (uniform chunks),
-    ``"128x8x2pn128"`` (another block_n; with a chunk: ``"128x8x2pc512n128"``)."""
+    ``"128x8x2pn128"`` (another block_n; with a chunk: ``"128x8x2pc512n128"``), ``"64x4x1r168"``
+    (at most 168 registers per thread; last)."""
+    text, _, registers = text.partition("r")
     text, _, block_n = text.partition("n")
     text, _, chunk = text.partition("c")
     prefetch = text.endswith("p")
     rows, warps, stages = (int(v) for v in text.removesuffix("p").split("x"))
     return (
         rows, warps, stages, prefetch, int(chunk) if chunk else None,
-        int(block_n) if block_n else None,
+        int(block_n) if block_n else None, int(registers) if registers else None,
     )  # fmt: skip
 
 
@@ -304,10 +311,10 @@ def main() -> None:
         "--tiles", default="",
         help="candidates as ROWSxWARPSxSTAGES[p][cCHUNK][nBLOCK_N],... (p: block-table prefetch;"
         " c: uniform chunks of CHUNK keys instead of the chunk grid, n: another block_n, which"
-        " change the bits; default all)",
+        " change the bits; rREGS: at most REGS registers per thread; default all)",
     )  # fmt: skip
     args = parser.parse_args()
-    tiles = [_parse_tile(t) for t in args.tiles.split(",")] if args.tiles else list(CANDIDATES)
+    tiles = [_parse_tile(t) for t in (args.tiles or CANDIDATES).split(",")]
     if not torch.cuda.is_available():
         raise SystemExit("tune_attention needs a CUDA device")
     default = attention_config(HEAD, DT, GROUP, False)
@@ -320,7 +327,8 @@ def main() -> None:
             continue
         ref = _run(case, None, torch.float32)()
         base = _common.median(_common.time_ms(_run(case, None), rep_ms=args.rep))
-        lines = _candidates(case, ref, bad, base=default, tiles=tiles, sweep=sweep)
+        base_tiles = attention_config(HEAD, DT, case.group, False)
+        lines = _candidates(case, ref, bad, base=base_tiles, tiles=tiles, sweep=sweep)
         for name, fn, same in lines:
             reps = _common.time_ms(fn, rep_ms=args.rep)
             ms = _common.median(reps)

@@ -12,8 +12,9 @@ import triton.language as tl
 from _attn_cases import DEVICE, INTERP, TINY_GQA, make_seq, needs_kernels, packed
 
 from bi_triton_ascend.attention import _kernels
-from bi_triton_ascend.attention._launch import launch
+from bi_triton_ascend.attention._launch import _tile_flags, launch
 from bi_triton_ascend.attention.config import (
+    DECODE_STAGES,
     GPU_KV_CHUNK,
     GPU_LONG_CHUNK,
     GPU_LONG_FROM,
@@ -183,12 +184,20 @@ def test_prefill_tiles_keep_the_chain_and_change_only_rows_and_warps(
     assert decode == attention_config(128, torch.bfloat16, group, False)
     assert (decode.block_m, decode.num_warps) == (64, 4)
     assert (prefill.block_m, prefill.num_warps) == (PREFILL_BLOCK_M, 8)
-    assert prefill.num_stages == 3
+    assert (decode.num_stages, prefill.num_stages) == (DECODE_STAGES, 3)
     # Paged prefill loads the block table a tile ahead; decode and packed keys do not.
     assert (prefill.prefetch_table, decode.prefetch_table) == (paged, False)
     # The chain (chunk, key tile) and the row packing stay; only rows, warps and stages move.
     same = ("kv_chunk", "long_from", "long_chunk", "block_n", "group_pad", "head_pad")
     assert [getattr(prefill, f) for f in same] == [getattr(decode, f) for f in same]
+
+
+def test_a_register_cap_reaches_the_compiler_only_when_set() -> None:
+    """``max_registers`` becomes Triton's ``maxnreg`` option; unset, the compiler chooses."""
+    cfg = attention_config(128, torch.bfloat16, 4, False)
+    assert "maxnreg" not in _tile_flags(cfg, cfg.grid, torch.bfloat16)
+    capped = dataclasses.replace(cfg, max_registers=168)
+    assert _tile_flags(capped, capped.grid, torch.bfloat16)["maxnreg"] == 168
 
 
 @pytest.mark.parametrize(

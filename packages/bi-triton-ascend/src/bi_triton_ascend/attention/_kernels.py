@@ -45,10 +45,18 @@ def _find_seq(  # type: ignore[no-untyped-def]
     """Binary search: the last sequence ``i`` whose first slot is at most ``target``.
 
     With ``TILED`` the first slot of sequence ``i`` is ``starts[i] // BLOCK_Q + i`` (an upper bound
-    on its query tiles, so every sequence gets enough tile slots); otherwise ``starts[i]``.
+    on its query tiles, so every sequence gets enough tile slots) and the grid's first axis has
+    ``total_q // BLOCK_Q + num_seqs`` slots (``total_q >= starts[num_seqs]``); otherwise
+    ``starts[i]``. Tiled, the answer lies in ``[target - total_q // BLOCK_Q, target]`` (a first
+    slot is at least ``i``; the next sequence's at most ``total_q // BLOCK_Q + i + 1``), so a
+    decode launch (``total_q = num_seqs``) searches ``num_seqs // BLOCK_Q + 1`` sequences, not
+    all: each halving is a dependent load every program waits for before its first key.
     """
     lo = 0
     hi = num_seqs - 1
+    if TILED:
+        lo = tl.maximum(target - (tl.num_programs(0) - num_seqs), 0)
+        hi = tl.minimum(target, hi)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         first = tl.load(starts_ptr + mid)

@@ -225,7 +225,9 @@ def _grid_flags(grid: ChunkGrid) -> dict[str, int]:
 @functools.cache
 def _tile_flags(cfg: AttnConfig, grid: ChunkGrid, dtype: torch.dtype) -> dict[str, object]:
     """The launch's constexprs and compile options (cached per tiles; callers unpack a copy)."""
+    registers = {} if cfg.max_registers is None else {"maxnreg": cfg.max_registers}
     return {
+        **registers,
         **_grid_flags(grid),
         "BLOCK_N": cfg.block_n,
         "BLOCK_M": cfg.block_m,
