@@ -890,3 +890,14 @@ job_rolloutvar() {
     done
   done
 }
+
+# #12, #13: the split launch's partials stored chunk-major (the split kernel no longer spills on
+# sm90): the attention CUDA suite with CUDA graphs, then the split decode cases timed against
+# the previous layout (carry .bench-old: the previous commit's _kernels.py and _launch.py), twice.
+job_splitlayout() {
+  timeout 330 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
+    packages/bi-triton-ascend/tests/attention/test_attn_graphs.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/attention_split_chunk_major_cuda.junit.xml"
+  attention_before_after _kernels.py,_launch.py decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k \
+    64x4x1
+}

@@ -4,17 +4,21 @@ The lent H100 gives 30 minutes a session; this answers, from PTX, the questions 
 need one: does the key loop overlap its loads with its math (``cp.async.wait_group N`` with
 ``N > 0`` keeps N tile loads in flight; ``0`` waits for the loads it has just issued), how much
 shared memory does a program take (two programs per SM need at most about 113 KiB each), which
-matrix instructions run. Triton's NVIDIA backend compiles to PTX and cubin with no device; only
-the launch is skipped (``JITFunction.run`` is replaced for the duration of the script).
+matrix instructions run, how many registers a thread takes and whether it spills (the cubin's
+resource usage, read with the ``cuobjdump`` Triton ships). Triton's NVIDIA backend compiles to PTX
+and cubin with no device; only the launch is skipped (``JITFunction.run`` is replaced for the
+duration of the script).
 
     python bench/sm90_ptx.py                       # decode and paged prefill, stages 2/3 x prefetch
     python bench/sm90_ptx.py --queries 1 --stages 3 --prefetch --dump /tmp/ptx
+    python bench/sm90_ptx.py --queries 1 --stages 1 --split --keys 32768 --seqs 1   # split decode
 
 Measured with it (Triton 3.6, decode of 64 sequences x 1024 paged keys, Qwen3 GQA heads): only
 3 stages with the block-table prefetch pipeline the key loop (``wait_group 2``, 115 200 bytes
 of shared memory); 2 stages, with or without the prefetch, and 3 without it wait for every
 tile right after issuing its loads (``wait_group 0``). The H100 timed them alike
-(``tune_attention_prefetch_h100.json``).
+(``tune_attention_prefetch_h100.json``). The split decode kernel took 255 registers and spilled
+136 bytes per thread until its partials were stored chunk-major (196, no spill).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +108,10 @@ def paged_launch(
     seqs: int,
     keys: int,
     block_n: int | None = None,
+    split: bool = False,
 ) -> Any:
-    """Compile one fused paged launch (``queries`` per sequence) and return its kernel."""
+    """Compile one paged launch (``queries`` per sequence; fused unless ``split``) and return
+    its attention kernel (a split launch compiles the combine kernel too)."""
     blocks = seqs * keys // BLOCK_SIZE
     q = torch.zeros(seqs * queries, HEADS, HEAD_SIZE, dtype=torch.bfloat16)
     cache = torch.zeros(blocks, BLOCK_SIZE, KV_HEADS, HEAD_SIZE, dtype=torch.bfloat16)
@@ -123,15 +131,38 @@ def paged_launch(
             cfg = dataclasses.replace(cfg, block_n=block_n)
         _launch.launch(
             q, cache, cache, table, lens, starts, None, scale=HEAD_SIZE**-0.5,
-            sliding_window=None, causal=True, max_seq_len=keys, mode="fused", config=cfg,
+            sliding_window=None, causal=True, max_seq_len=keys,
+            mode="split" if split else "fused", config=cfg,
         )  # fmt: skip
-    return compiled.kernels[-1]
+    return compiled.kernels[0]
+
+
+def resource_usage(kernel: Any) -> dict[str, int | None]:
+    """Registers and spill stack per thread from the cubin (``None`` without ``cuobjdump``)."""
+    import triton.backends.nvidia as nvidia
+
+    tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    if not tool.is_file():
+        return {"registers": None, "stack_bytes": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        text = subprocess.run(
+            [str(tool), "--dump-resource-usage", str(cubin)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    found = re.search(r"REG:(\d+)\s+STACK:(\d+)", text)
+    if found is None:
+        return {"registers": None, "stack_bytes": None}
+    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2))}
 
 
 def loop_report(kernel: Any) -> dict[str, Any]:
-    """Shared memory, the ``cp.async`` wait depths and the matrix instructions of a kernel."""
+    """Shared memory, the ``cp.async`` wait depths, the matrix instructions, registers and
+    spills of a kernel."""
     ptx = kernel.asm["ptx"]
     return {
+        **resource_usage(kernel),
         "shared_bytes": kernel.metadata.shared,
         "num_warps": kernel.metadata.num_warps,
         "num_stages": kernel.metadata.num_stages,
@@ -147,6 +178,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="*", default=[2, 3])
     parser.add_argument("--prefetch", action="store_true", help="only the prefetch form")
     parser.add_argument("--block-n", type=int, help="another key tile (changes the chain)")
+    parser.add_argument("--split", action="store_true", help="the split launch, not the fused")
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--keys", type=int, default=1024)
     parser.add_argument("--dump", type=Path, help="write each kernel's PTX and TTGIR here")
@@ -156,8 +188,11 @@ def main() -> None:
     for queries in args.queries:
         for stages in args.stages:
             for prefetch in [True] if args.prefetch else [False, True]:
-                kernel = paged_launch(queries, stages, prefetch, args.seqs, args.keys, args.block_n)
+                kernel = paged_launch(
+                    queries, stages, prefetch, args.seqs, args.keys, args.block_n, args.split
+                )
                 name = f"q{queries}-s{stages}{'p' if prefetch else ''}"
+                name += "-split" if args.split else ""
                 rows.append({"launch": name, **loop_report(kernel)})
                 if args.dump:
                     args.dump.mkdir(parents=True, exist_ok=True)

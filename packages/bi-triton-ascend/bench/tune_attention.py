@@ -14,7 +14,8 @@ Cases (Qwen3-8B heads: 32 query, 8 KV, head 128, bf16):
 * a paged prefill chunk of 4096 queries over 16384 keys (chunked prefill at long context);
 * paged decode: batch 1 at 32768, batch 8 at 8192, batch 64 at 1024;
 * the RL rollout's decode (issue #13): batch 256 at 512 keys, with Qwen3-0.6B's heads (16 query,
-  8 KV: ``decode256x512``) and with the 8B's (``decode256x512g4``).
+  8 KV: ``decode256x512``) and with the 8B's (``decode256x512g4``); single-stream decode with
+  the 0.6B's heads at 512 and 4096 keys (``decode1x512``, ``decode1x4k``).
 
 ``sdpa`` (PyTorch's flash attention on contiguous K/V, batch-variant) is timed beside the
 packed prefill cases for scale.
@@ -132,6 +133,8 @@ def _cases(names: set[str] | None) -> list[Case]:
         "decode8x8k": lambda: _paged(8, 1, 8192, gen, "decode8x8k"),
         "decode64x1k": lambda: _paged(64, 1, 1024, gen, "decode64x1k"),
         "decode256x512": lambda: _paged(256, 1, 512, gen, "decode256x512", heads=16),
+        "decode1x512": lambda: _paged(1, 1, 512, gen, "decode1x512", heads=16),
+        "decode1x4k": lambda: _paged(1, 1, 4096, gen, "decode1x4k", heads=16),
         "decode256x512g4": lambda: _paged(256, 1, 512, gen, "decode256x512g4"),
     }
     return [make() for name, make in makers.items() if names is None or name in names]

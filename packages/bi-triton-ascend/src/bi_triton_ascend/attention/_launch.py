@@ -153,7 +153,7 @@ def launch(
     slots = total_q // cfg.block_q + num_seqs
     split, chunks = _want_split(
         mode, seq_lens, max_seq_len, slots * num_kv_heads,
-        total_q * num_heads * (head_size + 2) * 4, kv_grid, device,
+        total_q * num_kv_heads * cfg.group_pad * (cfg.head_pad + 2) * 4, kv_grid, device,
     )  # fmt: skip
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -174,15 +174,15 @@ def launch(
         kv_base = (kv_start if kv_start is not None else q_start).contiguous()
 
     if split:
-        part_m = torch.empty((total_q, num_heads, chunks), dtype=torch.float32, device=device)
+        # Chunk-major and contiguous (the kernels rely on it: see ._kernels' docstring).
+        rows_shape = (chunks, num_kv_heads, total_q, cfg.group_pad)
+        part_m = torch.empty(rows_shape, dtype=torch.float32, device=device)
         part_l = torch.empty_like(part_m)
-        part_acc = torch.empty(
-            (total_q, num_heads, chunks, head_size), dtype=torch.float32, device=device
-        )
+        part_acc = torch.empty((*rows_shape, cfg.head_pad), dtype=torch.float32, device=device)
+        pm_strides, pa_strides = part_m.stride()[:2], part_acc.stride()[:2]
     else:
         part_m = part_l = part_acc = out  # never read nor written by a fused launch
-    pm_strides = part_m.stride() if split else (0, 0, 0)
-    pa_strides = part_acc.stride()[:3] if split else (0, 0, 0)
+        pm_strides = pa_strides = (0, 0)
 
     window = sliding_window if sliding_window is not None else 0
     grid: tuple[int, ...] = (slots, num_kv_heads)
@@ -211,7 +211,7 @@ def launch(
             *out.stride(), *pm_strides, *pa_strides,
             CAUSAL=causal, HAS_WINDOW=sliding_window is not None, **_grid_flags(kv_grid),
             BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
-            GROUP_PAD=cfg.group_pad, BLOCK_D=block_d,
+            GROUP_PAD=cfg.group_pad, HEAD_PAD=cfg.head_pad, BLOCK_D=block_d,
             num_warps=COMBINE_WARPS, enable_fp_fusion=False,
         )  # fmt: skip
     return out
