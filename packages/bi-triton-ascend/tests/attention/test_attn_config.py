@@ -174,6 +174,47 @@ def test_kernel_helpers_match_the_python_grid(grid: ChunkGrid) -> None:
     assert got_scalar.tolist() == got_start.tolist()
 
 
+@triton.jit
+def _find_seq_probe(starts_ptr, out_ptr, num_seqs, BLOCK_Q: tl.constexpr):
+    """Each program writes the sequence ``_find_seq`` gives its slot (the launcher's grid)."""
+    slot = tl.program_id(0)
+    tl.store(out_ptr + slot, _kernels._find_seq(starts_ptr, slot, num_seqs, BLOCK_Q, True))
+
+
+def _first_slots(starts: list[int], block_q: int) -> list[int]:
+    return [start // block_q + i for i, start in enumerate(starts[:-1])]
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("q_lens", "block_q", "padding"),
+    [
+        ([1] * 40, 16, 0),  # decode: the bounded search covers 40 // 16 + 1 sequences
+        ([1] * 40, 16, 7),  # decode with padded rows past the last sequence (CUDA graphs)
+        ([37, 0, 1, 0, 0, 64, 3, 1, 1, 90], 16, 0),  # empty and long sequences mixed
+        ([5, 200, 1], 4, 11),
+    ],
+)
+def test_bounded_sequence_search_finds_every_slots_sequence(
+    q_lens: list[int], block_q: int, padding: int
+) -> None:
+    """``_find_seq`` searches ``[slot - total_q // BLOCK_Q, slot]`` only: for every slot of the
+    launcher's grid (``total_q // BLOCK_Q + num_seqs``) it gives the last sequence whose first
+    slot is at most the slot, as a search over all sequences does."""
+    starts = [0]
+    for n in q_lens:
+        starts.append(starts[-1] + n)
+    total_q = starts[-1] + padding  # rows past starts[-1] exist but belong to no sequence
+    slots = total_q // block_q + len(q_lens)
+    firsts = _first_slots(starts, block_q)
+    want = [max(i for i, first in enumerate(firsts) if first <= slot) for slot in range(slots)]
+    device = DEVICE or "cpu"
+    got = torch.full((slots,), -1, dtype=torch.int32, device=device)
+    starts_t = torch.tensor(starts, dtype=torch.int32, device=device)
+    _find_seq_probe[(slots,)](starts_t, got, len(q_lens), block_q)
+    assert got.tolist() == want
+
+
 @pytest.mark.parametrize("paged", [True, False])
 @pytest.mark.parametrize("group", [1, 4, 5])
 def test_prefill_tiles_keep_the_chain_and_change_only_rows_and_warps(
