@@ -901,3 +901,20 @@ job_splitlayout() {
   attention_before_after _kernels.py,_launch.py decode1x32k,decode1x32k@40k,decode8x8k,decode64x1k \
     64x4x1
 }
+
+# #13's benchmark in one GPU run, first half (no vLLM needed; run it beside a staging call):
+# the trainer's fwd + bwd, bi-train against plain transformers.
+job_rl13trainer() {
+  python3 packages/bi-train/bench/bench_trainer.py --out "$JOB_DIR/bench_trainer.json"
+}
+
+# #13's benchmark, second half (vLLM staged, same machine as rl13trainer): the rollout's
+# decode-heavy and single-stream loads, default against the plugin with the kit attention,
+# engines A B B A. Join both halves here with
+#   python benchmarks/rl_benchmark.py --trainer bench_trainer.json --rollout vllm_rollout.json \
+#     --out benchmarks/results/rl_benchmark_h100.json
+job_rl13rollout() {
+  VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 0.6b \
+    --loads decode-heavy,single-stream --modes default,plugin --rounds 2 \
+    --model-dir /tmp/models-roll --timeout 200 --out "$JOB_DIR/vllm_rollout.json"
+}
