@@ -18,7 +18,8 @@ Measured with it (Triton 3.6, decode of 64 sequences x 1024 paged keys, Qwen3 GQ
 of shared memory); 2 stages, with or without the prefetch, and 3 without it wait for every
 tile right after issuing its loads (``wait_group 0``). The H100 timed them alike
 (``tune_attention_prefetch_h100.json``). The split decode kernel took 255 registers and spilled
-136 bytes per thread until its partials were stored chunk-major (196, no spill).
+136 bytes per thread until its partials were stored chunk-major (244 registers with these heads,
+no spill).
 """
 
 from __future__ import annotations

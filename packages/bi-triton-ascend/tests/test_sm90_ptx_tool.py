@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,15 +27,20 @@ def _nvidia_backend() -> bool:
     return "nvidia" in backends
 
 
-@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
-def test_only_three_stages_with_prefetch_pipeline_the_decode_loop(tmp_path: Path) -> None:
+def _tool_rows(tmp_path: Path, *args: str) -> dict[str, dict[str, Any]]:
+    """Run the tool with ``args`` in a child process; its rows by launch name."""
     out = tmp_path / "rows.json"
     subprocess.run(
-        [sys.executable, str(SCRIPT), "--queries", "1", "--stages", "2", "3", "--seqs", "4",
-         "--keys", "256", "--json", str(out)],
+        [sys.executable, str(SCRIPT), *args, "--json", str(out)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    rows = {row["launch"]: row for row in json.loads(out.read_text())}
+    return {row["launch"]: row for row in json.loads(out.read_text())}
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
+def test_only_three_stages_with_prefetch_pipeline_the_decode_loop(tmp_path: Path) -> None:
+    rows = _tool_rows(tmp_path, "--queries", "1", "--stages", "2", "3", "--seqs", "4",
+                      "--keys", "256")  # fmt: skip
     assert set(rows) == {"q1-s2", "q1-s2p", "q1-s3", "q1-s3p"}
     assert rows["q1-s3p"]["wait_groups"] == [0, 2]
     for name in ("q1-s2", "q1-s2p", "q1-s3"):
@@ -48,13 +54,8 @@ def test_only_three_stages_with_prefetch_pipeline_the_decode_loop(tmp_path: Path
 def test_the_split_decode_kernel_keeps_its_partials_out_of_spills(tmp_path: Path) -> None:
     """Chunk-major partials: the split kernel's stores take no per-row addresses across its
     chunk loop (255 registers and 136 bytes of spills per thread before, 244 and none after)."""
-    out = tmp_path / "rows.json"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--queries", "1", "--stages", "1", "--split", "--seqs", "1",
-         "--keys", "4096", "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    rows = {row["launch"]: row for row in json.loads(out.read_text())}
+    rows = _tool_rows(tmp_path, "--queries", "1", "--stages", "1", "--split", "--seqs", "1",
+                      "--keys", "4096")  # fmt: skip
     split = rows["q1-s1-split"]
     if split["registers"] is None:
         pytest.skip("this Triton wheel ships no cuobjdump to read the cubin's resource usage")

@@ -13,7 +13,8 @@ caps its chunk programs (:func:`_chunk_programs`) so that such a bound does not 
 of mostly idle programs. Without a bound, capture runs fused, which needs no grid size.
 A kernel variant cannot be loaded while a graph is captured, so the warm-up launch before a
 capture should get the same bound (it then picks the same variant; the kernels do not
-specialize on what follows the bound: the chunk count and the partial buffers' strides).
+specialize on the chunk count, the one argument that follows the bound: the partial buffers are
+chunk-major, so their strides do not).
 """
 
 from __future__ import annotations
