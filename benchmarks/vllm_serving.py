@@ -185,6 +185,15 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
     return sorted([r for r in old if row_key(r) not in replaced] + list(new), key=_order)
 
 
+def mode_label(mode: str, variant: str) -> str:
+    """A row's mode: ``<mode>+<variant>``, except default, which stays the ratios' baseline.
+
+    A variant is extra env for the kit (e.g. ``VLLM_BI_ATTENTION=1``); default vLLM runs without
+    the plugin, so a relabelled default would leave every other row without a baseline.
+    """
+    return f"{mode}+{variant}" if variant and mode != "default" else mode
+
+
 def round_orders(modes: Sequence[str], rounds: int) -> list[list[str]]:
     """The modes of each round: in order, then reversed, alternately (A B, B A, A B, ...)."""
     return [list(modes) if i % 2 == 0 else list(modes)[::-1] for i in range(rounds)]
@@ -206,7 +215,9 @@ def pool_rows(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
             index[row_key(row)] = pooled[-1]
             continue
         same.setdefault("engine_medians", [same.get("median")])
-        same["engine_medians"] = [*same["engine_medians"], row.get("median")]
+        # A row pooled already (a file of --rounds 2) brings one median per engine, not its own.
+        engines = row.get("engine_medians", [row.get("median")])
+        same["engine_medians"] = [*same["engine_medians"], *engines]
         same["reps"] = [*same["reps"], *row["reps"]]
         same["median"] = _report.median(same["reps"]) if same["reps"] else None
         if row.get("error"):
@@ -681,7 +692,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variant",
         default="",
-        help="label rows '<mode>+VARIANT' (for a run under extra env, e.g. VLLM_BI_ATTENTION=1)",
+        help="label rows '<mode>+VARIANT' (for a run under extra env, e.g. VLLM_BI_ATTENTION=1); "
+        "default keeps its name",
     )
     p.add_argument(
         "--tp",
@@ -774,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = load_existing(args.out, "--out")
     if args.merge:
+        if args.pool and old:
+            raise SystemExit(f"--out: {args.out} exists; --pool would count the engines it holds "
+                             "again if they are among --merge's files: give a new path")
         return merge_files(old, args.merge, args.out, args.plot, pool=args.pool)
     loads = build_loads(args.loads, args.contexts, args.scale)
     model = write_model(args)
@@ -796,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         data, error = run_child(cfg, env, log, args.timeout)
         if error:
             print(f"  [{mode}] FAILED: {error.splitlines()[0]}", flush=True)
-        label = f"{mode}+{args.variant}" if args.variant else mode
+        label = mode_label(mode, args.variant)
         children.append({**(data or {}), "shape": args.shape, "mode": label, "tp": args.tp})
         rows = pool_rows(rows, rows_from_child(args.shape, label, loads, data, error, args.tp))
         run_info = {"model": model.name, "layers": args.layers, "tiny": args.tiny, "tp": args.tp,

@@ -67,6 +67,13 @@ def test_rounds_alternate_the_order_of_the_modes() -> None:
                                                       ["a", "b", "c"]]  # fmt: skip
 
 
+def test_a_variant_labels_every_mode_but_default() -> None:
+    assert bench.mode_label("plugin", "attention") == "plugin+attention"
+    assert bench.mode_label("vllm-bi", "attention") == "vllm-bi+attention"
+    assert bench.mode_label("default", "attention") == "default"
+    assert bench.mode_label("plugin", "") == "plugin"
+
+
 def test_pooling_joins_a_modes_engines_and_keeps_each_engines_median() -> None:
     first = [
         _row("decode-heavy", "default", 2.0, bench.UNIT_GEN_TPS, reps=[1.0, 2.0, 3.0]),
@@ -140,6 +147,11 @@ def test_pooled_merge_joins_engines_from_separate_files(tmp_path: Path) -> None:
         ("plugin", [11.0, 13.0], [11.0, 13.0]),
     ]
     assert [r["ratio_vs_default"] for r in rows] == [1.0, 12.0 / 12.0]
+    twice = tmp_path / "twice.json"  # files of --rounds 2 bring one median per engine
+    assert bench.merge_files({}, [out, out], twice, tmp_path / "twice.png", pool=True) == 0
+    assert json.loads(twice.read_text())["results"][0]["engine_medians"] == [11.0, 14.0] * 2
+    with pytest.raises(SystemExit, match="--out"):
+        bench.main(["--merge", str(paths[0]), "--pool", "--out", str(out)])
     replaced = tmp_path / "replaced.json"
     bench.merge_files({}, paths, replaced, tmp_path / "replaced.png")
     assert [r["reps"] for r in json.loads(replaced.read_text())["results"]] == [[14.0], [13.0]]
