@@ -787,8 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     old = load_existing(args.out, "--out")
     if args.merge:
         if args.pool and old:
-            raise SystemExit(f"--out: {args.out} exists; --pool would count the engines it holds "
-                             "again if they are among --merge's files: give a new path")
+            raise SystemExit(
+                f"--out: {args.out} exists; --pool would count the engines it holds "
+                "again if they are among --merge's files: give a new path"
+            )
         return merge_files(old, args.merge, args.out, args.plot, pool=args.pool)
     loads = build_loads(args.loads, args.contexts, args.scale)
     model = write_model(args)
