@@ -902,6 +902,26 @@ job_splitlayout() {
     64x4x1
 }
 
+# #12: what job splitlayout's 330 s pytest limit cut on a fresh machine (twenty-second session):
+# the CUDA-graph attention tests and the tile family's same-bits check, on the chunk-major split.
+job_attngraphs() {
+  timeout 560 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
+    "packages/bi-triton-ascend/tests/attention/test_attn_cuda.py::test_tile_family_gives_the_same_bits" \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attention_graphs_tile_family_cuda.junit.xml"
+}
+
+# vLLM. #12: the kit attention's needle at the issue's lengths (8k-32k; the smoke's default is
+# 6000): cold, prefix cached, chunked prefill; alone vs batches 2-33, bitwise. At 32k, decode
+# alone and in the smaller batches takes the split path, in a batch of 33 the fused one.
+job_needle32k() {
+  python3 tests-integration/gpu/attn_backend_smoke.py --needle-len 32000 --no-timing \
+    --budget 560 --out "$JOB_DIR/attn_backend_smoke_32k.json"
+}
+job_needle8k() {
+  python3 tests-integration/gpu/attn_backend_smoke.py --needle-len 8000 --budget 560 \
+    --out "$JOB_DIR/attn_backend_smoke_8k.json"
+}
+
 # #13's benchmark in one GPU run, first half (no vLLM needed; run it beside a staging call):
 # the trainer's fwd + bwd, bi-train against plain transformers.
 job_rl13trainer() {

@@ -1,16 +1,18 @@
 """GPU smoke of the kit's attention backend (``VLLM_BI_ATTENTION=1``) in vLLM 0.26.
 
 For the lent H100 with vLLM 0.26.0 staged (``source scripts/gpu/env.sh`` first). Writes a
-random-weight Qwen3 (0.6B width, 4 layers, 8k positions) and runs, each engine in its own
-process with vLLM's defaults (torch.compile + CUDA graphs, ``FULL_AND_PIECEWISE``; the backend
-declares ``UNIFORM_SINGLE_TOKEN_DECODE``, so decode steps should replay FULL graphs with the
-kit's kernel inside and mixed/prefill steps run piecewise):
+random-weight Qwen3 (0.6B width, 4 layers, 8k positions, more with ``--needle-len``) and runs,
+each engine in its own process with vLLM's defaults (torch.compile + CUDA graphs,
+``FULL_AND_PIECEWISE``; the backend declares ``UNIFORM_SINGLE_TOKEN_DECODE``, so decode steps
+should replay FULL graphs with the kit's kernel inside and mixed/prefill steps run piecewise):
 
-invariance (mode ``plugin`` + ``VLLM_BI_ATTENTION=1``, a 6000-token needle, 32 greedy tokens
-with logprobs, alone vs batches at front and back; bitwise)
+invariance (mode ``plugin`` + ``VLLM_BI_ATTENTION=1``, a 6000-token needle, 32 greedy tokens with
+logprobs, alone vs batches at front and back; bitwise). ``--needle-len`` sets the needle (issue
+#12 asks for 8k-32k): at 32k, decode alone and in batches of 2 and 9 takes the split path, in a
+batch of 33 the fused one.
     ``cold``      batches 2, 9, 33, no prefix caching.
     ``prefix``    prefix caching on; the needle runs alone twice (its prefix cached) first.
-    ``chunked``   ``max_num_batched_tokens=1024``: the needle's prefill spans 6 steps.
+    ``chunked``   ``max_num_batched_tokens=1024``: the needle's prefill spans 6 steps (32 at 32k).
 timing (one engine at a time, nothing else on the GPU)
     single-stream decode ms/token over the cached needle, ``(t(1 + N tokens) - t(1 token)) / N``,
     for ``plugin`` with and without ``VLLM_BI_ATTENTION=1``; the opt-in run also counts the
@@ -28,6 +30,7 @@ status 1 if a placement differs from the needle alone, the kit's kernel never ra
 Example (about 4 minutes)::
 
     source scripts/gpu/env.sh && python tests-integration/gpu/attn_backend_smoke.py
+    python tests-integration/gpu/attn_backend_smoke.py --needle-len 32000 --no-timing
 """
 
 from __future__ import annotations
@@ -48,11 +51,10 @@ from typing import Any
 
 ATTENTION_ENV = "VLLM_BI_ATTENTION"
 NEEDLE_LEN = 6000
-MAX_MODEL_LEN = 8192
+MIN_MODEL_LEN = 8192
 ENGINE: dict[str, Any] = {
-    "max_model_len": MAX_MODEL_LEN,
     "gpu_memory_utilization": 0.1,  # a start gate only: the KV cache size is fixed below
-    "kv_cache_memory_bytes": 2 << 30,
+    "kv_cache_memory_bytes": 2 << 30,  # 131k tokens at this width: a 32k needle with 33 others
 }
 CASES: dict[str, dict[str, Any]] = {
     "cold": {"batch_sizes": [2, 9, 33], "engine": {"enable_prefix_caching": False}},
@@ -93,12 +95,28 @@ def cudagraph_from_log(text: str) -> dict[str, Any]:
     }
 
 
-def write_model() -> Path:
+def max_model_len_for(needle_len: int) -> int:
+    """Positions for the needle and the timing's longest request, in whole 4096s, at least 8192.
+
+    Fixed per needle length, so that every engine of one run (and the checkpoint) agrees.
+    """
+    if needle_len < 1:
+        raise ValueError(f"needle_len: expected a positive token count, got {needle_len}")
+    needed = needle_len + 1 + DECODE_TOKENS
+    return max(MIN_MODEL_LEN, -(-needed // 4096) * 4096)
+
+
+def engine_for(needle_len: int) -> dict[str, Any]:
+    return {**ENGINE, "max_model_len": max_model_len_for(needle_len)}
+
+
+def write_model(needle_len: int) -> Path:
     from vllm_bi_plugin.models import Qwen3Shape, default_cache_dir, write_random_qwen3
 
-    shape = Qwen3Shape(max_position_embeddings=MAX_MODEL_LEN)
+    positions = max_model_len_for(needle_len)
+    shape = Qwen3Shape(max_position_embeddings=positions)
     # Qwen3Shape.name omits the position count: keep this checkpoint apart from the 4k one.
-    return write_random_qwen3(default_cache_dir() / f"{shape.name}-pos{MAX_MODEL_LEN}", shape)
+    return write_random_qwen3(default_cache_dir() / f"{shape.name}-pos{positions}", shape)
 
 
 def child_env(opt_in: bool, cache: str) -> dict[str, str]:
@@ -132,7 +150,9 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path, timeout: float) ->
     return run_streaming(cmd, env, log, timeout, "[needle] ", lambda _: None)
 
 
-def needle_case(model: Path, case: str, log_dir: Path, deadline: Deadline) -> dict[str, Any]:
+def needle_case(
+    model: Path, case: str, log_dir: Path, deadline: Deadline, needle_len: int
+) -> dict[str, Any]:
     """One invariance case through ``python -m vllm_bi_plugin.needle`` (opt-in on)."""
     from vllm_bi_plugin.modes import needs_register_in_child
     from vllm_bi_plugin.needle import NeedleConfig
@@ -142,10 +162,10 @@ def needle_case(model: Path, case: str, log_dir: Path, deadline: Deadline) -> di
         model=str(model),
         batch_sizes=spec["batch_sizes"],
         positions=["front", "back"],
-        needle_len=NEEDLE_LEN,
+        needle_len=needle_len,
         other_lens=(8, 256),
         max_tokens=32,
-        engine={**ENGINE, **spec["engine"]},
+        engine={**engine_for(needle_len), **spec["engine"]},
         cached_reference=spec.get("cached_reference", False),
         register_plugin=needs_register_in_child("plugin"),
     )
@@ -180,7 +200,7 @@ def needle_case(model: Path, case: str, log_dir: Path, deadline: Deadline) -> di
     }
 
 
-def timing_child(model: str, out: str) -> int:
+def timing_child(model: str, out: str, needle_len: int) -> int:
     """In the child: single-stream decode ms/token over the cached needle, kit calls counted."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -192,8 +212,9 @@ def timing_child(model: str, out: str) -> int:
 
     if needs_register_in_child("plugin"):
         plugin.register()
-    needle, _ = make_prompts(NeedleConfig(model=model, needle_len=NEEDLE_LEN))
-    llm = LLM(model=model, skip_tokenizer_init=True, seed=0, enable_prefix_caching=True, **ENGINE)
+    needle, _ = make_prompts(NeedleConfig(model=model, needle_len=needle_len))
+    engine = engine_for(needle_len)
+    llm = LLM(model=model, skip_tokenizer_init=True, seed=0, enable_prefix_caching=True, **engine)
     prompt = [TokensPrompt(prompt_token_ids=needle)]
 
     def seconds(tokens: int) -> float:
@@ -249,15 +270,24 @@ def cudagraph_mode(llm: Any) -> str | None:
     return getattr(mode, "name", str(mode))
 
 
-def timing(model: Path, opt_in: bool, log_dir: Path, deadline: Deadline) -> dict[str, Any]:
+def timing(
+    model: Path, opt_in: bool, log_dir: Path, deadline: Deadline, needle_len: int
+) -> dict[str, Any]:
     log = log_dir / f"timing-{'opt-in' if opt_in else 'plugin'}.log"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "t.json")
-        cmd = [sys.executable, __file__, "--timing-child", str(model), str(out)]
+        cmd = [sys.executable, __file__, "--timing-child", str(model), str(out), str(needle_len)]
         code = run_child(cmd, child_env(opt_in, "timing"), log, deadline.timeout())
         if code != 0 or not out.exists():
             return {"error": f"exit {code}", "log_tail": log.read_text()[-4000:]}
         return dict(json.loads(out.read_text()))
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def device_name() -> str:
@@ -272,7 +302,7 @@ def device_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["--timing-child"]:
-        return timing_child(args_in[1], args_in[2])
+        return timing_child(args_in[1], args_in[2], int(args_in[3]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="default: $OUT/...json")
     parser.add_argument("--cases", default=",".join(CASES))
@@ -281,33 +311,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for everything")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument(
+        "--needle-len", type=positive_int, default=NEEDLE_LEN,
+        help="the needle's prompt tokens (issue #12: 8k-32k); positions follow",
+    )  # fmt: skip
+    parser.add_argument(
         "--allow-piecewise", action="store_true",
         help="pass even if decode with the kit's backend did not replay FULL CUDA graphs",
     )  # fmt: skip
     args = parser.parse_args(args_in)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; expected some of {sorted(CASES)}")
     out = args.out or Path(os.environ.get("OUT", "/tmp/out"), "attn_backend_smoke.json")
     log_dir = out.parent / "attn-smoke-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     deadline = Deadline(args.budget, args.timeout)
-    model = write_model()
-    cases = [c for c in args.cases.split(",") if c]
+    model = write_model(args.needle_len)
     with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
-        needles = list(pool.map(lambda c: needle_case(model, c, log_dir, deadline), cases))
+        needles = list(
+            pool.map(lambda c: needle_case(model, c, log_dir, deadline, args.needle_len), cases)
+        )
     for n in needles:
         print(f"[smoke] {n['case']}: {'identical' if n.get('identical') else n}", flush=True)
     doc: dict[str, Any] = {
         "what": "vllm-bi-plugin attention backend smoke (VLLM_BI_ATTENTION=1), vLLM 0.26",
         "device": device_name(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "needle_len": NEEDLE_LEN,
+        "needle_len": args.needle_len,
+        "max_model_len": max_model_len_for(args.needle_len),
         "needle": needles,
     }
     ok = all(n.get("identical") and n.get("kit_attention_installed") for n in needles)
     if not args.no_timing:
-        opt_in = timing(model, True, log_dir, deadline)
-        baseline = timing(model, False, log_dir, deadline)
+        opt_in = timing(model, True, log_dir, deadline, args.needle_len)
+        baseline = timing(model, False, log_dir, deadline, args.needle_len)
         doc["timing"] = {"plugin+VLLM_BI_ATTENTION": opt_in, "plugin": baseline}
         if "decode_ms_per_token" in opt_in and "decode_ms_per_token" in baseline:
             doc["timing"]["speed_vs_plugin"] = (
