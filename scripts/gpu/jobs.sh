@@ -930,11 +930,12 @@ job_rl13trainer() {
 
 # #13's benchmark, second half (vLLM staged, same machine as rl13trainer): the rollout's
 # decode-heavy and single-stream loads, default against the plugin with the kit attention,
-# engines A B B A. Join both halves here with
+# engines A B B A, five repetitions each (the twenty-second session's three per engine spread by
+# up to 35% on decode-heavy: 0.903 against 1.07 a session before). Join both halves here with
 #   python benchmarks/rl_benchmark.py --trainer bench_trainer.json --rollout vllm_rollout.json \
 #     --out benchmarks/results/rl_benchmark_h100.json
 job_rl13rollout() {
   VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 0.6b \
-    --loads decode-heavy,single-stream --modes default,plugin --rounds 2 \
+    --loads decode-heavy,single-stream --modes default,plugin --rounds 2 --reps 5 \
     --model-dir /tmp/models-roll --timeout 200 --out "$JOB_DIR/vllm_rollout.json"
 }
