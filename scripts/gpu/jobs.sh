@@ -905,7 +905,7 @@ job_splitlayout() {
 # #12: what job splitlayout's 330 s pytest limit cut on a fresh machine (twenty-second session):
 # the CUDA-graph attention tests and the tile family's same-bits check, on the chunk-major split.
 job_attngraphs() {
-  timeout 560 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
+  timeout 520 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_graphs.py \
     "packages/bi-triton-ascend/tests/attention/test_attn_cuda.py::test_tile_family_gives_the_same_bits" \
     -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attention_graphs_tile_family_cuda.junit.xml"
 }
@@ -915,10 +915,10 @@ job_attngraphs() {
 # alone and in the smaller batches takes the split path, in a batch of 33 the fused one.
 job_needle32k() {
   python3 tests-integration/gpu/attn_backend_smoke.py --needle-len 32000 --no-timing \
-    --budget 560 --out "$JOB_DIR/attn_backend_smoke_32k.json"
+    --budget 520 --out "$JOB_DIR/attn_backend_smoke_32k.json"
 }
 job_needle8k() {
-  python3 tests-integration/gpu/attn_backend_smoke.py --needle-len 8000 --budget 560 \
+  python3 tests-integration/gpu/attn_backend_smoke.py --needle-len 8000 --budget 520 \
     --out "$JOB_DIR/attn_backend_smoke_8k.json"
 }
 
