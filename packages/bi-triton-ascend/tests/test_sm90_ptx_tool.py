@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sm90_ptx.py"
+GLUON_PROBE = SCRIPT.with_name("probe_gluon_overlap.py")
 
 
 def _nvidia_backend() -> bool:
@@ -61,3 +62,31 @@ def test_the_split_decode_kernel_keeps_its_partials_out_of_spills(tmp_path: Path
         pytest.skip("this Triton wheel ships no cuobjdump to read the cubin's resource usage")
     assert split["stack_bytes"] == 0
     assert split["registers"] < 255
+
+
+def _has_gluon_hopper() -> bool:
+    try:
+        from triton.experimental.gluon.language.nvidia import hopper
+    except ImportError:
+        return False
+    return hasattr(hopper, "warpgroup_mma_wait")
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.skipif(not _has_gluon_hopper(), reason="this Triton has no Gluon Hopper MMA")
+def test_gluon_overlaps_the_softmax_with_the_next_score_mma(tmp_path: Path) -> None:
+    """What plain Triton 3.6 does not emit (a ``wgmma.wait_group 0`` follows every MMA), a Gluon
+    key loop states: the next tile's score MMA is issued, the softmax's ``ex2`` runs while it
+    is in flight, and only then does the loop wait (for all but the newest MMA group)."""
+    out = tmp_path / "probe.json"
+    subprocess.run(
+        [sys.executable, str(GLUON_PROBE), "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    loop = report["loop"]
+    first_mma = loop.index("wgmma.mma_async")
+    assert loop[first_mma + 1] == "ex2.approx", loop  # softmax under the score MMA
+    assert "wgmma.wait_group.sync.aligned 1" in loop[first_mma:], loop
+    if report["registers"] is not None:
+        assert report["stack_bytes"] == 0
