@@ -6,26 +6,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parent / "gpu" / "attn_backend_smoke.py"
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("attn_backend_smoke", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-smoke = _load_script()
+smoke = load_script(SCRIPT)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ shape shows up in CI rather than on the lent machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,10 +14,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_decoder.py"
 ROW_KEYS = {
@@ -93,7 +92,7 @@ def test_interleaved_modes_pair_their_repetitions(tmp_path: Path) -> None:
 
 def test_the_probe_check_fails_when_a_row_depends_on_the_batch() -> None:
     """``probe_rows_match`` is the benchmark's invariance check: it must be able to fail."""
-    module = load_script()
+    module = load_script(SCRIPT)
     case = module.Case("prefill", 5, 3)
 
     class Logits:
@@ -112,7 +111,7 @@ def test_the_probe_check_fails_when_a_row_depends_on_the_batch() -> None:
 
 def test_the_decode_check_fails_when_a_row_depends_on_the_batch() -> None:
     """``decode_rows_match`` (the decode half of the check) must be able to fail too."""
-    module = load_script()
+    module = load_script(SCRIPT)
     model = module.build_model(module.SHAPES["tiny"], 1, 32)
     case = module.Case("decode", 3, 8)
 
@@ -156,14 +155,14 @@ def test_replot_reads_its_own_file(tmp_path: Path, capsys: pytest.CaptureFixture
     rows = [row | {"mode": "default", "ratio_vs_default": 1.0}]
     rows.append(row | {"mode": "batch_invariant", "ratio_vs_default": 0.9, "median": 0.9})
     path.write_text(json.dumps({"device": "cpu", "versions": {}, "date": "x", "results": rows}))
-    module = load_script()
+    module = load_script(SCRIPT)
     module.main(["--replot", str(path)])
     printed = capsys.readouterr().out
     assert "batch_invariant" in printed and "target >= 0.8: met" in printed
 
 
 def test_graphs_rows_are_reported_beside_the_target_not_in_it() -> None:
-    module = load_script()
+    module = load_script(SCRIPT)
     row = {"shape": "tiny", "phase": "decode", "batch": 1, "seq": 8, "mode": "batch_invariant"}
     rows = [row | {"compile": "eager", "ratio_vs_default": 0.85},
             row | {"compile": "compile", "ratio_vs_default": 0.9},
@@ -176,7 +175,7 @@ def test_graphs_rows_are_reported_beside_the_target_not_in_it() -> None:
 
 
 def test_graphs_compiles_with_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = load_script()
+    module = load_script(SCRIPT)
     calls: list[dict] = []
     monkeypatch.setattr(module.torch, "compile", lambda model, **kw: calls.append(kw) or model)
     model = object()
@@ -184,16 +183,6 @@ def test_graphs_compiles_with_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> No
     module.forward_fn(model, "graphs")
     module.forward_fn(model, "compile")
     assert calls == [{"mode": "reduce-overhead", "dynamic": False}, {"dynamic": False}]
-
-
-def load_script() -> ModuleType:
-    """The script as a module (it is no package; its own sys.path line finds ``_report``)."""
-    spec = importlib.util.spec_from_file_location("model_decoder", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_profile_model_tiny_writes_kernels_per_mode(tmp_path: Path) -> None:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_benchmark.py"
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rl_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script(SCRIPT)
 
 
 def _trainer(bi_tps: float, device: str = "NVIDIA H100 80GB HBM3 (sm90, 132 SMs)") -> dict:

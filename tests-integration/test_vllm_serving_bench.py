@@ -7,31 +7,21 @@ the lead's H100 run will write, not the speed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from e2e_config import ENGINE_TIMEOUT_S
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vllm_serving.py"
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vllm_serving", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script(SCRIPT)
 
 
 def _row(load: str, mode: str, median: float | None, unit: str, **extra: Any) -> dict[str, Any]:
