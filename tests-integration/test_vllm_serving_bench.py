@@ -37,9 +37,12 @@ def test_ratios_are_above_one_when_faster_for_both_units() -> None:
         _row("long-single", "default", 3.0, bench.UNIT_MS, context=8192),
         _row("long-single", "plugin", 3.0, bench.UNIT_MS, context=1024),  # no default at 1024
         _row("prefill-heavy", "plugin", None, bench.UNIT_TOTAL_TPS, error="failed"),
+        _row("long-batch8-decode", "default", 8.0, bench.UNIT_MS_STEP, context=8192),
+        _row("long-batch8-decode", "plugin", 10.0, bench.UNIT_MS_STEP, context=8192),
     ]
     bench.add_ratios(rows)
-    assert [r["ratio_vs_default"] for r in rows] == [1.0, 1.2, 1.0, 0.5, 1.0, None, None]
+    assert [r["ratio_vs_default"] for r in rows] == [1.0, 1.2, 1.0, 0.5, 1.0, None, None,
+                                                     1.0, 0.8]  # fmt: skip
 
 
 def test_measured_row_takes_the_median_and_keeps_every_rep() -> None:
@@ -170,12 +173,37 @@ def test_merging_documents_recomputes_ratios_and_keeps_both_summaries() -> None:
 
 
 def test_loads_scale_and_expand_over_contexts() -> None:
-    loads = bench.build_loads(["single-stream", "long-batch8"], [1024, 8192], scale=4)
+    loads = bench.build_loads(["single-stream", "long-batch8", "long-batch8-decode"], [1024, 8192],
+                              scale=4)  # fmt: skip
     assert [(x.name, x.prompts, x.prompt_len, x.max_tokens, x.context) for x in loads] == [
         ("single-stream", 1, 64, 64, None),
         ("long-batch8", 2, 256, 16, 256),
         ("long-batch8", 2, 2048, 16, 2048),
+        ("long-batch8-decode", 2, 256, 16, 256),
+        ("long-batch8-decode", 2, 2048, 16, 2048),
     ]
+    assert {x.unit for x in loads if x.name == "long-batch8-decode"} == {bench.UNIT_MS_STEP}
+
+
+def test_decode_loads_time_steps_without_the_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every lower-is-better load times N and 1 output tokens and keeps the difference per step."""
+
+    class FakeLLM:
+        """``generate`` takes 1 s of prefill plus 0.01 s per output token after the first."""
+
+        def __init__(self) -> None:
+            self.clock = 0.0
+
+        def generate(self, prompts: Any, params: Any, use_tqdm: bool) -> list[Any]:
+            self.clock += 1.0 + 0.01 * (params.max_tokens - 1)
+            out = type("Out", (), {"token_ids": [0] * params.max_tokens})
+            return [type("Req", (), {"outputs": [out]}) for _ in prompts]
+
+    llm = FakeLLM()
+    load = bench.Load("long-batch8-decode", 2, 8, 5, bench.UNIT_MS_STEP, context=8)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: llm.clock)
+    reps = bench.time_load(llm, load, 2, 64, 0)
+    assert reps == pytest.approx([10.0, 10.0])
 
 
 def test_targets_name_the_loads_that_miss() -> None:

@@ -939,3 +939,46 @@ job_rl13rollout() {
     --loads decode-heavy,single-stream --modes default,plugin --rounds 2 --reps 5 \
     --model-dir /tmp/models-roll --timeout 200 --out "$JOB_DIR/vllm_rollout.json"
 }
+
+# vLLM. #13: a second rollout run beside rl13rollout on another GPU of the same machine (its own
+# model folder: two jobs building one checkpoint at once would race). Pool both files with
+# `vllm_serving.py --merge A B --pool --out NEW`.
+job_rl13rolloutb() {
+  VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 0.6b \
+    --loads decode-heavy,single-stream --modes default,plugin --rounds 2 --reps 5 \
+    --model-dir /tmp/models-rollb --timeout 200 --out "$JOB_DIR/vllm_rollout.json"
+}
+
+# #12 on a new device: the whole CUDA attention file (test_attn_cuda.py) alone, which the
+# twenty-second session's 330 s limit cut on an H100; attngraphs covers the graph tests.
+job_attnsuite() {
+  timeout 520 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_cuda.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attention_cuda.junit.xml"
+}
+
+# vLLM. #12: decode at long context, single request and batch of 8 with the prefills cancelled
+# out (long-batch8-decode), default vLLM against the plugin with the kit attention, d p p d.
+job_longdec() {
+  VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 8b \
+    --loads long-single,long-batch8-decode --modes default,plugin --rounds 2 \
+    --model-dir /tmp/models-longdec --timeout 240 --out "$JOB_DIR/vllm_long_decode.json"
+}
+
+# vLLM. #12: the prefill-dominated batch of 8 (generated tokens/s, prefill included) in the three
+# modes the issue names, one engine each: default, vLLM's own batch-invariant mode, the plugin
+# with the kit attention.
+job_longbatch() {
+  VLLM_BI_ATTENTION=1 python3 benchmarks/vllm_serving.py --shape 8b --loads long-batch8 \
+    --modes default,vllm-bi,plugin --model-dir /tmp/models-longbatch --timeout 240 \
+    --out "$JOB_DIR/vllm_long_batch8.json"
+}
+
+# On a new device: bi-triton-ascend's CUDA tests but the attention's (attnsuite, attngraphs), and
+# ir-dispatch's CUDA tests.
+job_kernelsuite() {
+  timeout 400 python3 -m pytest packages/bi-triton-ascend/tests -q -p no:cacheprovider -rs \
+    --ignore=packages/bi-triton-ascend/tests/attention \
+    --junitxml="$JOB_DIR/bi_triton_kernels_cuda.junit.xml"
+  timeout 110 python3 -m pytest packages/ir-dispatch/tests/test_cuda.py -q -p no:cacheprovider -rs \
+    --junitxml="$JOB_DIR/ir_dispatch_cuda.junit.xml"
+}
