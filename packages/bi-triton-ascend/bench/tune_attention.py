@@ -12,7 +12,8 @@ Cases (Qwen3-8B heads: 32 query, 8 KV, head 128, bf16):
 
 * packed causal prefill (the trainer, vLLM's first chunk): 4 x 4096 and 1 x 16384 tokens;
 * a paged prefill chunk of 4096 queries over 16384 keys (chunked prefill at long context);
-* paged decode: batch 1 at 32768, batch 8 at 8192, batch 64 at 1024;
+* paged decode: batch 1 at 32768, batch 8 at 8192 and at 32768 (``decode8x32k@40k``, the grid
+  sized from a 40960-token bound as in vLLM's CUDA graphs), batch 64 at 1024;
 * the RL rollout's decode (issue #13): batch 256 at 512 keys, with Qwen3-0.6B's heads (16 query,
   8 KV: ``decode256x512``) and with the 8B's (``decode256x512g4``); single-stream decode with
   the 0.6B's heads at 512 and 4096 keys (``decode1x512``, ``decode1x4k``).
@@ -131,6 +132,7 @@ def _cases(names: set[str] | None) -> list[Case]:
         "decode1x32k": lambda: _paged(1, 1, 32768, gen, "decode1x32k"),
         "decode1x32k@40k": lambda: _paged(1, 1, 32768, gen, "decode1x32k@40k", bound=40960),
         "decode8x8k": lambda: _paged(8, 1, 8192, gen, "decode8x8k"),
+        "decode8x32k@40k": lambda: _paged(8, 1, 32768, gen, "decode8x32k@40k", bound=40960),
         "decode64x1k": lambda: _paged(64, 1, 1024, gen, "decode64x1k"),
         "decode256x512": lambda: _paged(256, 1, 512, gen, "decode256x512", heads=16),
         "decode1x512": lambda: _paged(1, 1, 512, gen, "decode1x512", heads=16),

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 from _attn_cases import DEVICE, INTERP, TINY_GQA, make_seq, needs_kernels, packed
 
-from bi_triton_ascend.attention import _kernels
+from bi_triton_ascend import _platform
+from bi_triton_ascend.attention import _kernels, _launch
 from bi_triton_ascend.attention._launch import _tile_flags, launch
 from bi_triton_ascend.attention.config import (
     DECODE_STAGES,
@@ -28,6 +29,7 @@ from bi_triton_ascend.attention.config import (
     has_tile_family,
     kv_chunk_size,
     launch_config,
+    split_config,
 )
 
 GPU_GRID = ChunkGrid(GPU_KV_CHUNK, GPU_LONG_FROM, GPU_LONG_CHUNK)
@@ -239,6 +241,61 @@ def test_a_register_cap_reaches_the_compiler_only_when_set() -> None:
     assert "maxnreg" not in _tile_flags(cfg, cfg.grid, torch.bfloat16)
     capped = dataclasses.replace(cfg, max_registers=168)
     assert _tile_flags(capped, capped.grid, torch.bfloat16)["maxnreg"] == 168
+
+
+@pytest.mark.parametrize(("group", "cap"), [(4, 168), (3, 168), (1, None), (2, None), (8, None)])
+def test_split_decode_tiles_take_the_register_cap_measured_for_their_group(
+    group: int, cap: int | None
+) -> None:
+    """sm90 split decode launches: 168 registers for a padded group of 4 (timed faster on an
+    H200), the compiler's choice for the groups not timed; nothing else about the tiles moves."""
+    decode = launch_config(128, torch.bfloat16, group, False, prefill=False, paged=True)
+    split = split_config(decode, "sm90")
+    assert split.max_registers == cap
+    assert dataclasses.replace(split, max_registers=None) == decode
+
+
+def test_the_register_cap_stays_off_prefill_tiles_other_heads_and_other_devices() -> None:
+    decode = launch_config(128, torch.bfloat16, 4, False, prefill=False, paged=True)
+    for arch in ("cuda", "npu", "interp"):
+        assert split_config(decode, arch) == decode
+    for cfg in (
+        launch_config(128, torch.bfloat16, 4, False, prefill=True, paged=True),
+        attention_config(256, torch.bfloat16, 4, False),
+        attention_config(128, torch.float32, 4, False),
+        attention_config(128, torch.bfloat16, 4, True),
+    ):
+        assert split_config(cfg, "sm90") == cfg
+    tuned = dataclasses.replace(decode, max_registers=200)  # a caller's own cap stays
+    assert split_config(tuned, "sm90") == tuned
+
+
+def test_the_launcher_caps_split_launches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With sm90 decode tiles, the split launch compiles with ``maxnreg`` and the fused one
+    without (the kernels are recorded, not run)."""
+    flags: list[dict[str, object]] = []
+    monkeypatch.setattr(_platform, "arch", lambda device: "sm90")
+    monkeypatch.setattr(_platform, "num_programs", lambda device: 132)
+    monkeypatch.setattr(
+        _launch, "launch_config",
+        lambda *args, **kwargs: launch_config(128, torch.bfloat16, 4, False, prefill=False,
+                                              paged=True),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        _launch, "launch_kernel", lambda kernel, grid, *args, **kw: flags.append(kw)
+    )
+    seqs, blocks, block = 2, 8, 16
+    q = torch.zeros(seqs, 32, 128, dtype=torch.bfloat16)
+    cache = torch.zeros(seqs * blocks, block, 8, 128, dtype=torch.bfloat16)
+    table = torch.arange(seqs * blocks, dtype=torch.int32).view(seqs, blocks)
+    lens = torch.full((seqs,), blocks * block, dtype=torch.int32)
+    starts = torch.arange(seqs + 1, dtype=torch.int32)
+    for mode in ("split", "fused"):
+        launch(q, cache, cache, table, lens, starts, None, scale=1.0, sliding_window=None,
+               causal=True, max_seq_len=blocks * block, mode=mode)  # fmt: skip
+    attn_split, _combine, attn_fused = flags
+    assert attn_split["SPLIT"] and attn_split["maxnreg"] == 168
+    assert not attn_fused["SPLIT"] and "maxnreg" not in attn_fused
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,14 @@ import torch
 from .. import _platform
 from .._launch_cache import launch_kernel
 from ._kernels import _attn_kernel, _combine_kernel
-from .config import PREFILL_QUERIES_PER_SEQ, AttnConfig, ChunkGrid, cdiv, launch_config
+from .config import (
+    PREFILL_QUERIES_PER_SEQ,
+    AttnConfig,
+    ChunkGrid,
+    cdiv,
+    launch_config,
+    split_config,
+)
 
 logger = logging.getLogger("bi_triton_ascend.attention")
 
@@ -156,6 +163,8 @@ def launch(
         mode, seq_lens, max_seq_len, slots * num_kv_heads,
         total_q * num_kv_heads * cfg.group_pad * (cfg.head_pad + 2) * 4, kv_grid, device,
     )  # fmt: skip
+    if split and config is None:
+        cfg = split_config(cfg, _platform.arch(device))
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "attention: %s, %d seqs, %d queries, %s", "split" if split else "fused",

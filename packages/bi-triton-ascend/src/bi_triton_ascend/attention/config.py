@@ -65,6 +65,8 @@ PREFILL_BLOCK_M = 128
 DECODE_STAGES = 1
 # Largest padded head size of the tile family (a [128, head] fp32 accumulator on 8 warps).
 FAMILY_MAX_HEAD = 128
+# Register cap of split decode launches on sm90, per padded GQA group (see split_config).
+SPLIT_MAX_REGISTERS_SM90 = {4: 168}
 
 
 def next_pow2(n: int) -> int:
@@ -307,3 +309,27 @@ def launch_config(
         cfg, block_m=max(PREFILL_BLOCK_M, cfg.group_pad), num_warps=8,
         num_stages=3, prefetch_table=paged,
     )  # fmt: skip
+
+
+@functools.cache
+def split_config(cfg: AttnConfig, arch: str) -> AttnConfig:
+    """The tiles of a split launch: ``cfg`` with the register cap measured faster for it.
+
+    A split decode program holds one ``[64, head]`` accumulator (a fused one holds two), so
+    ptxas gives it about 200 registers: two programs per SM. Capped at 168 (three per SM) it
+    spills 24-32 bytes a thread with Qwen3-8B's GQA group of 4 and ran 1.14x faster at 8 x 32k,
+    1.05x at 1 x 32k and 1.00-1.05x at 8 x 8k on an H200, with the same bits
+    (``tune_attention_split_regs_run{1,2}_h200.json``). Other groups spill 40-128 bytes under the
+    same cap and were not timed, so they keep the compiler's choice; so do prefill tiles and
+    every other device family (``maxnreg`` is a CUDA option). Speed only: a cap changes
+    register allocation, not the arithmetic.
+
+    Args:
+        cfg: the launch's tiles (:func:`launch_config`).
+        arch: :func:`bi_triton_ascend._platform.arch` of the launch's device.
+    """
+    decode_tiles = cfg.block_m == 64 and cfg.num_warps == 4 and cfg.head_pad <= FAMILY_MAX_HEAD
+    cap = SPLIT_MAX_REGISTERS_SM90.get(cfg.group_pad)
+    if arch != "sm90" or not decode_tiles or cap is None or cfg.max_registers is not None:
+        return cfg
+    return dataclasses.replace(cfg, max_registers=cap)
