@@ -18,6 +18,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sm90_ptx.py"
 GLUON_PROBE = SCRIPT.with_name("probe_gluon_overlap.py")
+GLUON_SPLIT = SCRIPT.with_name("gluon_split_decode.py")
 
 
 def _nvidia_backend() -> bool:
@@ -90,3 +91,27 @@ def test_gluon_overlaps_the_softmax_with_the_next_score_mma(tmp_path: Path) -> N
     assert "wgmma.wait_group.sync.aligned 1" in loop[first_mma:], loop
     if report["registers"] is not None:
         assert report["stack_bytes"] == 0
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.skipif(not _has_gluon_hopper(), reason="this Triton has no Gluon Hopper MMA")
+def test_the_gluon_split_decode_keeps_tiles_in_flight_in_two_programs_per_sm(
+    tmp_path: Path,
+) -> None:
+    """``bench/gluon_split_decode.py`` compiled for sm90: its key loop waits for all but the
+    newest tile group (``cp.async.wait_group 1``: one tile in flight while one is computed),
+    where the Triton split kernel waits for every tile (``wait_group 0``, or no ``cp.async`` at
+    one stage); it fits two programs per SM (shared memory, registers) and runs the Triton
+    decode tiles' two matrix instructions."""
+    out = tmp_path / "gluon_split.json"
+    subprocess.run(
+        [sys.executable, str(GLUON_SPLIT), "--compile-only", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert 1 in report["wait_groups"], report
+    assert report["shared_bytes"] <= 227 * 1024 // 2 - 1024, report  # two programs per SM
+    assert report["wgmma"] == ["m64n128k16", "m64n64k16"], report
+    if report["registers"] is not None:
+        assert report["stack_bytes"] == 0
+        assert report["registers"] <= 255

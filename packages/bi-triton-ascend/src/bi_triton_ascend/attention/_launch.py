@@ -209,22 +209,51 @@ def launch(
         **_tile_flags(cfg, kv_grid, query.dtype),
     )  # fmt: skip
     if split:
-        # Devices: one token and 32 head columns per program (many short folds in parallel).
-        # Interpreter: whole query tiles (few programs). Same bits: each element folds alone.
-        combine_q, block_d = (cfg.block_q, cfg.head_pad) if interp else (1, COMBINE_BLOCK_D)
-        block_d = min(block_d, cfg.head_pad)
-        grid_c = (total_q // combine_q + num_seqs, num_kv_heads, cdiv(cfg.head_pad, block_d))
-        launch_kernel(
-            _combine_kernel, grid_c,
-            out, part_m, part_l, part_acc, q_start, seq_lens,
-            num_seqs, chunks, group, head_size, window,
-            *out.stride(), *pm_strides, *pa_strides,
-            CAUSAL=causal, HAS_WINDOW=sliding_window is not None, **_grid_flags(kv_grid),
-            BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
-            GROUP_PAD=cfg.group_pad, HEAD_PAD=cfg.head_pad, BLOCK_D=block_d,
-            num_warps=COMBINE_WARPS, enable_fp_fusion=False,
+        combine_partials(
+            out, part_m, part_l, part_acc, q_start, seq_lens, chunks, group, head_size,
+            sliding_window, causal, cfg, kv_grid,
         )  # fmt: skip
     return out
+
+
+def combine_partials(
+    out: torch.Tensor,
+    part_m: torch.Tensor,
+    part_l: torch.Tensor,
+    part_acc: torch.Tensor,
+    q_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    chunks: int,
+    group: int,
+    head_size: int,
+    sliding_window: int | None,
+    causal: bool,
+    cfg: AttnConfig,
+    kv_grid: ChunkGrid,
+) -> None:
+    """Fold a split launch's chunk-major partials into ``out`` (:func:`._kernels._combine_kernel`).
+
+    Public to the package's benchmarks, so that another split kernel writing the same partials
+    (``bench/gluon_split_decode.py``) is folded exactly as :func:`launch` folds its own.
+    """
+    num_seqs = seq_lens.shape[0]
+    total_q, num_kv_heads = part_m.shape[2], part_m.shape[1]
+    # Devices: one token and 32 head columns per program (many short folds in parallel).
+    # Interpreter: whole query tiles (few programs). Same bits: each element folds alone.
+    interp = _platform.interpreting()
+    combine_q, block_d = (cfg.block_q, cfg.head_pad) if interp else (1, COMBINE_BLOCK_D)
+    block_d = min(block_d, cfg.head_pad)
+    grid_c = (total_q // combine_q + num_seqs, num_kv_heads, cdiv(cfg.head_pad, block_d))
+    launch_kernel(
+        _combine_kernel, grid_c,
+        out, part_m, part_l, part_acc, q_start, seq_lens,
+        num_seqs, chunks, group, head_size, sliding_window or 0,
+        *out.stride(), *part_m.stride()[:2], *part_acc.stride()[:2],
+        CAUSAL=causal, HAS_WINDOW=sliding_window is not None, **_grid_flags(kv_grid),
+        BLOCK_M=combine_q * cfg.group_pad, BLOCK_Q=combine_q,
+        GROUP_PAD=cfg.group_pad, HEAD_PAD=cfg.head_pad, BLOCK_D=block_d,
+        num_warps=COMBINE_WARPS, enable_fp_fusion=False,
+    )  # fmt: skip
 
 
 def _grid_flags(grid: ChunkGrid) -> dict[str, int]:
