@@ -994,3 +994,11 @@ job_gluonsplit() {
   (cd packages/bi-triton-ascend && OUT=$JOB_DIR timeout 150 python3 bench/tune_attention.py \
     --rep 100 --cases decode1x32k@40k,decode8x8k,decode8x32k@40k --tiles 64x4x1,64x4x3p,64x4x3pr168)
 }
+
+# #12: the Gluon fused prefill (bench/gluon_prefill.py; compiled for sm90 here, never run): the
+# softmax under the next tile's score MMA; bits against the Triton fused launch, and time.
+job_gluonprefill() {
+  OUT=$JOB_DIR timeout 300 python3 packages/bi-triton-ascend/bench/gluon_prefill.py --stages 4
+  mv "$JOB_DIR/gluon_prefill.json" "$JOB_DIR/gluon_prefill_s4.json"
+  OUT=$JOB_DIR timeout 200 python3 packages/bi-triton-ascend/bench/gluon_prefill.py --stages 3
+}

@@ -19,6 +19,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "sm90_ptx.py"
 GLUON_PROBE = SCRIPT.with_name("probe_gluon_overlap.py")
 GLUON_SPLIT = SCRIPT.with_name("gluon_split_decode.py")
+GLUON_PREFILL = SCRIPT.with_name("gluon_prefill.py")
 
 
 def _nvidia_backend() -> bool:
@@ -115,3 +116,25 @@ def test_the_gluon_split_decode_keeps_tiles_in_flight_in_two_programs_per_sm(
     if report["registers"] is not None:
         assert report["stack_bytes"] == 0
         assert report["registers"] <= 255
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="Triton's NVIDIA backend is not installed")
+@pytest.mark.skipif(not _has_gluon_hopper(), reason="this Triton has no Gluon Hopper MMA")
+def test_the_gluon_prefill_runs_the_softmax_under_the_next_score_mma(tmp_path: Path) -> None:
+    """``bench/gluon_prefill.py`` compiled for sm90: in its key loop the next tile's score MMA
+    is issued, the softmax's ``ex2`` runs while it is in flight, then the P·V MMA, then the
+    wait; key tiles stay in flight (``cp.async.wait_group 1``); no spill."""
+    out = tmp_path / "gluon_prefill.json"
+    subprocess.run(
+        [sys.executable, str(GLUON_PREFILL), "--compile-only", "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    loop = ["wgmma.wait_group.sync.aligned 0", "wgmma.mma_async", "ex2.approx", "wgmma.mma_async",
+            "wgmma.wait_group.sync.aligned 0"]  # fmt: skip
+    order = report["order"]
+    assert any(order[i : i + len(loop)] == loop for i in range(len(order))), order
+    assert 1 in report["wait_groups"], report
+    assert report["wgmma"] == ["m64n128k16", "m64n64k16"], report
+    if report["registers"] is not None:
+        assert report["stack_bytes"] == 0
