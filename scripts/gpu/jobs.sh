@@ -983,12 +983,15 @@ job_kernelsuite() {
     --junitxml="$JOB_DIR/ir_dispatch_cuda.junit.xml"
 }
 
-# #12, #13: the Gluon split decode (bench/gluon_split_decode.py; compiled for sm90 here, never
-# run): bits against the Triton split launch and time, three and two stages. Then the Triton split
+# #12, #13: the Gluon split decode and prefill against the Triton launches, bit for bit, on lengths
+# around tiles and chunks (test_attn_gluon_cuda.py); then the split decode
+# (bench/gluon_split_decode.py; compiled for sm90 here, never run) timed, three and two stages. Then the Triton split
 # kernel's own three-stage pipeline (115 KB of shared memory, 240 registers: two programs per SM,
 # compile-only) against the launcher's tiles on the same cases.
 job_gluonsplit() {
-  OUT=$JOB_DIR timeout 240 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 3
+  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_gluon_cuda.py \
+    -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attn_gluon_cuda.junit.xml"
+  OUT=$JOB_DIR timeout 200 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 3
   mv "$JOB_DIR/gluon_split_decode.json" "$JOB_DIR/gluon_split_decode_s3.json"
   OUT=$JOB_DIR timeout 120 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 2
   (cd packages/bi-triton-ascend && OUT=$JOB_DIR timeout 150 python3 bench/tune_attention.py \
