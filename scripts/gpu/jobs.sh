@@ -989,12 +989,12 @@ job_kernelsuite() {
 # kernel's own three-stage pipeline (115 KB of shared memory, 240 registers: two programs per SM,
 # compile-only) against the launcher's tiles on the same cases.
 job_gluonsplit() {
-  timeout 150 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_gluon_cuda.py \
+  timeout 120 python3 -m pytest packages/bi-triton-ascend/tests/attention/test_attn_gluon_cuda.py \
     -q -p no:cacheprovider -rs --junitxml="$JOB_DIR/attn_gluon_cuda.junit.xml"
-  OUT=$JOB_DIR timeout 200 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 3
+  OUT=$JOB_DIR timeout 150 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 3
   mv "$JOB_DIR/gluon_split_decode.json" "$JOB_DIR/gluon_split_decode_s3.json"
-  OUT=$JOB_DIR timeout 120 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 2
-  (cd packages/bi-triton-ascend && OUT=$JOB_DIR timeout 150 python3 bench/tune_attention.py \
+  OUT=$JOB_DIR timeout 100 python3 packages/bi-triton-ascend/bench/gluon_split_decode.py --stages 2
+  (cd packages/bi-triton-ascend && OUT=$JOB_DIR timeout 140 python3 bench/tune_attention.py \
     --rep 100 --cases decode1x32k@40k,decode8x8k,decode8x32k@40k --tiles 64x4x1,64x4x3p,64x4x3pr168)
 }
 
