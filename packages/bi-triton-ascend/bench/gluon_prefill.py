@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 os.environ.pop("TRITON_INTERPRET", None)  # Gluon has no interpreter: compile for the GPU
 
 import _common
+import sm90_ptx
 import torch
 
 _common.add_src_paths()
@@ -274,14 +274,6 @@ def prefill(
 
 def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
     """The kernel compiled for sm90 on this machine (no launch), Qwen3-8B-like heads."""
-    import sm90_ptx
-    from triton.compiler import compile as triton_compile
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime import jit as triton_jit
-
-    fn = _gluon_prefill
-    backend = make_backend(sm90_ptx.TARGET)
     bf16 = torch.empty(16, dtype=torch.bfloat16)
     i32 = torch.empty(16, dtype=torch.int32)
     cfg = launch_config(128, torch.bfloat16, group, False, prefill=True, paged=True)
@@ -291,33 +283,7 @@ def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
         cfg.grid.short, cfg.grid.long_from, cfg.grid.long, cfg.block_n, cfg.block_m,
         cfg.block_q, cfg.group_pad, cfg.head_pad, stages,
     )  # fmt: skip
-    kwargs: dict[str, Any] = {
-        "num_warps": WARPS, "enable_fp_fusion": False, "debug": False, "instrumentation_mode": "",
-    }  # fmt: skip
-    binder = triton_jit.create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, kwargs, bound, specialization, options
-    )
-    source = GluonASTSource(fn, signature, constexprs, attrs)
-    return triton_compile(source, target=sm90_ptx.TARGET, options=options.__dict__)
-
-
-def compile_report(kernel: Any) -> dict[str, Any]:
-    """Registers, spills, shared memory, ``cp.async`` wait depths, and whether a score MMA is
-    issued before the softmax's first ``ex2`` in the key loop."""
-    import sm90_ptx
-
-    ptx = kernel.asm["ptx"]
-    events = re.findall(r"wgmma\.mma_async|wgmma\.wait_group\.sync\.aligned \d+|ex2\.approx", ptx)
-    merged = [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
-    return {
-        **sm90_ptx.resource_usage(kernel),
-        "shared_bytes": kernel.metadata.shared,
-        "wait_groups": sorted({int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)}),
-        "wgmma": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
-        "order": merged,
-    }
+    return sm90_ptx.compile_gluon(_gluon_prefill, args, num_warps=WARPS, enable_fp_fusion=False)
 
 
 # ---------------------------------------------------------------- GPU: bits and time
@@ -359,7 +325,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="with --compile-only: write the report here")
     args = parser.parse_args()
     if args.compile_only:
-        report = compile_report(compile_for_sm90(args.stages))
+        report = sm90_ptx.gluon_report(compile_for_sm90(args.stages))
         print("gluon prefill on sm90 (compiled, not run):", report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 os.environ.pop("TRITON_INTERPRET", None)  # Gluon has no interpreter: compile for the GPU
 
 import _common
+import sm90_ptx
 import torch
 
 _common.add_src_paths()
@@ -281,14 +281,6 @@ def split_decode(
 
 def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
     """The kernel compiled for sm90 on this machine (no launch), Qwen3-8B-like heads."""
-    import sm90_ptx
-    from triton.compiler import compile as triton_compile
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime import jit as triton_jit
-
-    fn = _gluon_split_decode
-    backend = make_backend(sm90_ptx.TARGET)
     bf16 = torch.empty(16, dtype=torch.bfloat16)
     i32 = torch.empty(16, dtype=torch.int32)
     f32 = torch.empty(16)
@@ -300,29 +292,9 @@ def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
         cfg.grid.short, cfg.grid.long_from, cfg.grid.long, cfg.block_n, cfg.block_m,
         cfg.group_pad, cfg.head_pad, stages,
     )  # fmt: skip
-    kwargs: dict[str, Any] = {
-        "num_warps": WARPS, "enable_fp_fusion": False, "debug": False, "instrumentation_mode": "",
-    }  # fmt: skip
-    binder = triton_jit.create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, kwargs, bound, specialization, options
+    return sm90_ptx.compile_gluon(
+        _gluon_split_decode, args, num_warps=WARPS, enable_fp_fusion=False
     )
-    source = GluonASTSource(fn, signature, constexprs, attrs)
-    return triton_compile(source, target=sm90_ptx.TARGET, options=options.__dict__)
-
-
-def compile_report(kernel: Any) -> dict[str, Any]:
-    """Registers, spills, shared memory and the ``cp.async`` wait depths of a compiled kernel."""
-    import sm90_ptx
-
-    ptx = kernel.asm["ptx"]
-    return {
-        **sm90_ptx.resource_usage(kernel),
-        "shared_bytes": kernel.metadata.shared,
-        "wait_groups": sorted({int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)}),
-        "wgmma": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
-    }
 
 
 # ---------------------------------------------------------------- GPU: bits and time
@@ -365,7 +337,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="with --compile-only: write the report here")
     args = parser.parse_args()
     if args.compile_only:
-        report = compile_report(compile_for_sm90(args.stages))
+        report = sm90_ptx.gluon_report(compile_for_sm90(args.stages))
         print("gluon split decode on sm90 (compiled, not run):", report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +43,13 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, whatever the ca
 
 import sm90_ptx
 import torch
-from triton.compiler import compile as triton_compile
-from triton.compiler import make_backend
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.runtime import jit as triton_jit
 
 BLOCK_M, BLOCK_N, HEAD, WARPS = 64, 64, 128, 4
 
@@ -118,18 +113,9 @@ def _scores_ahead_kernel(  # type: ignore[no-untyped-def]
 
 def compile_for_sm90() -> Any:
     """The probe kernel compiled for :data:`sm90_ptx.TARGET`, without a device."""
-    backend = make_backend(sm90_ptx.TARGET)
-    fn = _scores_ahead_kernel
     bf16 = torch.empty(BLOCK_M * HEAD, dtype=torch.bfloat16)
     args = (bf16, bf16, bf16, torch.empty(BLOCK_M * HEAD), 8, BLOCK_M, BLOCK_N, HEAD)
-    kwargs: dict[str, Any] = {"num_warps": WARPS, "debug": False, "instrumentation_mode": ""}
-    binder = triton_jit.create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, kwargs, bound, specialization, options
-    )
-    source = GluonASTSource(fn, signature, constexprs, attrs)
-    return triton_compile(source, target=sm90_ptx.TARGET, options=options.__dict__)
+    return sm90_ptx.compile_gluon(_scores_ahead_kernel, args, num_warps=WARPS)
 
 
 def loop_order(ptx: str) -> list[str]:
@@ -139,13 +125,7 @@ def loop_order(ptx: str) -> list[str]:
     """
     start = ptx.index("$L__BB0_2:")
     end = ptx.find("$L__BB0_3:", start)
-    body = ptx[start : end if end >= 0 else len(ptx)]
-    events = re.findall(r"wgmma\.mma_async|wgmma\.wait_group\.sync\.aligned \d+|ex2\.approx", body)
-    merged: list[str] = []
-    for event in events:
-        if not merged or merged[-1] != event:
-            merged.append(event)
-    return merged
+    return sm90_ptx.mma_events(ptx[start : end if end >= 0 else len(ptx)])
 
 
 def main() -> None:

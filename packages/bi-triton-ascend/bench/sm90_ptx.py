@@ -138,6 +138,41 @@ def paged_launch(
     return compiled.kernels[0]
 
 
+def compile_gluon(fn: Any, args: tuple[Any, ...], **options: Any) -> Any:
+    """A Gluon kernel ``fn`` compiled for :data:`TARGET` with ``args`` (tensors give dtypes and
+    alignment only) and compile ``options`` (``num_warps``, ...), without a device."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    backend = make_backend(TARGET)
+    kwargs: dict[str, Any] = {**options, "debug": False, "instrumentation_mode": ""}
+    binder = triton_jit.create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, compile_options = binder(*args, **kwargs)
+    compile_options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound, specialization, compile_options
+    )
+    source = GluonASTSource(fn, signature, constexprs, attrs)
+    return triton_compile(source, target=TARGET, options=compile_options.__dict__)
+
+
+def mma_events(ptx: str) -> list[str]:
+    """The MMA issues, MMA waits and ``ex2`` runs of ``ptx``, in program order (runs merged)."""
+    events = re.findall(r"wgmma\.mma_async|wgmma\.wait_group\.sync\.aligned \d+|ex2\.approx", ptx)
+    return [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
+
+
+def gluon_report(kernel: Any) -> dict[str, Any]:
+    """Registers, spills, shared memory, ``cp.async`` wait depths, matrix instructions and the
+    order of MMA issues, MMA waits and ``ex2`` runs of a compiled Gluon kernel."""
+    ptx = kernel.asm["ptx"]
+    return {
+        **resource_usage(kernel),
+        "shared_bytes": kernel.metadata.shared,
+        "wait_groups": sorted({int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)}),
+        "wgmma": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+        "order": mma_events(ptx),
+    }
+
+
 def resource_usage(kernel: Any) -> dict[str, int | None]:
     """Registers and spill stack per thread from the cubin (``None`` without ``cuobjdump``)."""
     import triton.backends.nvidia as nvidia
