@@ -21,8 +21,10 @@ causal paged 16-bit cache without a window, head 128 (padded), written in Gluon:
 
 Only a bitwise match with the Triton kernel would let it serve: decode, prefill and the trainer
 must agree. Status: compiled for sm90 without a GPU (``--compile-only``; pinned by
-``tests/test_sm90_ptx_tool.py``); **never run on a GPU**. On a GPU, the default mode compares
-its output with ``launch(mode="fused")`` on each case and times both.
+``tests/test_sm90_ptx_tool.py``); **never run on a GPU**. On an sm90 GPU,
+``tests/attention/test_attn_gluon_cuda.py`` compares it with the Triton launch bit for bit, and
+this script's default mode compares its output with ``launch(mode="fused")`` on each case and
+times both.
 
     python bench/gluon_prefill.py --compile-only
     python bench/gluon_prefill.py [--stages 4] [--cases chunk4k@16k,prefill8x8k]

@@ -21,8 +21,9 @@ It writes the split launch's chunk-major partials, which the package's combine k
 prefill and the trainer must agree.
 
 Status: compiled for sm90 without a GPU (``--compile-only``; ``tests/test_sm90_ptx_tool.py``
-pins the pipelining and the register count); **never run on a GPU**. On a GPU, the default
-mode compares its output with the Triton split launch's on each case and times both.
+pins the pipelining and the register count); **never run on a GPU**. On an sm90 GPU,
+``tests/attention/test_attn_gluon_cuda.py`` compares it with the Triton split launch bit for bit,
+and this script's default mode compares them on each case and times both.
 
     python bench/gluon_split_decode.py --compile-only
     python bench/gluon_split_decode.py [--stages 3] [--cases decode8x32k@40k,decode1x32k@40k]
