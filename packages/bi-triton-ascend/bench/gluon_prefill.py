@@ -33,7 +33,6 @@ times both.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,14 @@ import torch
 
 _common.add_src_paths()
 
-from gluon_split_decode import _chunk_of, _chunk_start, _issue_tile  # noqa: E402
+from gluon_split_decode import (  # noqa: E402
+    _chunk_of,
+    _chunk_start,
+    _issue_tile,
+    mirrored_config,
+    random_paged,
+    write_compile_report,
+)
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon.language.nvidia.ampere import async_copy  # noqa: E402
@@ -57,7 +63,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
 )
 
 from bi_triton_ascend.attention import _launch  # noqa: E402
-from bi_triton_ascend.attention.config import AttnConfig, launch_config  # noqa: E402
+from bi_triton_ascend.attention.config import launch_config  # noqa: E402
 
 WARPS = 8  # the Triton prefill tiles' warps: two warpgroups of 64 rows
 STAGES = 4  # key/value tiles in shared memory; the score MMA needs the next tile landed
@@ -226,20 +232,6 @@ def _gluon_prefill(  # type: ignore[no-untyped-def]
         )  # fmt: skip
 
 
-def _prefill_config(query: torch.Tensor, key: torch.Tensor) -> AttnConfig:
-    """The Triton prefill tiles this kernel mirrors; ``ValueError`` outside what it covers."""
-    head = query.shape[2]
-    group = query.shape[1] // key.shape[2]
-    cfg = launch_config(head, query.dtype, group, False, prefill=True, paged=True)
-    if query.dtype not in (torch.bfloat16, torch.float16) or key.dtype != query.dtype:
-        raise ValueError(f"query/key: expected bf16 or fp16 of one dtype; got {query.dtype}")
-    if head != cfg.head_pad or head > 128 or (cfg.block_m, cfg.num_warps) != (128, WARPS):
-        raise ValueError(f"query: expected head size 64 or 128 (128-row tiles); got {head}")
-    if query.stride(-1) != 1 or key.stride(-1) != 1:
-        raise ValueError("query/key: expected a contiguous head dimension")
-    return cfg
-
-
 def prefill(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -253,7 +245,7 @@ def prefill(
 ) -> torch.Tensor:
     """Causal paged attention of each sequence's last queries through the Gluon kernel; same
     arguments as ``_launch.launch`` where they overlap."""
-    cfg = _prefill_config(query, key_cache)
+    cfg = mirrored_config(query, key_cache, prefill=True)
     num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
     grid = cfg.grid
     out = torch.empty_like(query)
@@ -292,28 +284,16 @@ def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
 
 
 def _case(name: str, gen: torch.Generator) -> dict[str, Any]:
-    """Paged causal prefills with Qwen3-8B heads (32 query, 8 KV, head 128): ``(batch, new
-    queries per sequence, keys per sequence)``."""
+    """Paged causal prefills: ``batch`` sequences of ``ctx`` keys whose last ``queries`` are new,
+    with their FLOPs."""
     batch, queries, ctx = {
         "chunk4k@16k": (1, 4096, 16384),  # a chunked-prefill step at long context
         "prefill8x8k": (8, 8192, 8192),  # issue #12's batch of 8 at 8k
         "prefill2x32k": (2, 32768, 32768),  # a quarter of its batch at 32k
         "prefill4x1k": (4, 1024, 1024),
     }[name]
-    block = 16
-    blocks = batch * ctx // block
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device="cuda").to(torch.bfloat16)
-
-    table = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
     return {
-        "query": rand(batch * queries, 32, 128),
-        "key_cache": rand(blocks, block, 8, 128),
-        "value_cache": rand(blocks, block, 8, 128),
-        "block_table": table.view(batch, ctx // block),
-        "seq_lens": torch.full((batch,), ctx, dtype=torch.int32, device="cuda"),
-        "q_start": torch.arange(0, batch * queries + 1, queries, dtype=torch.int32, device="cuda"),
+        **random_paged([ctx] * batch, [queries] * batch, gen),
         "flop": 4.0 * batch * (queries * (ctx - queries) + queries * queries / 2) * 32 * 128,
     }
 
@@ -327,10 +307,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="with --compile-only: write the report here")
     args = parser.parse_args()
     if args.compile_only:
-        report = sm90_ptx.gluon_report(compile_for_sm90(args.stages))
-        print("gluon prefill on sm90 (compiled, not run):", report)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1))
+        write_compile_report(compile_for_sm90(args.stages), "gluon prefill", args.json)
         return
     if not torch.cuda.is_available():
         raise SystemExit("gluon_prefill needs a CUDA device (or --compile-only)")

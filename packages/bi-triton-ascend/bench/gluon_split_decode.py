@@ -219,15 +219,17 @@ def _gluon_split_decode(  # type: ignore[no-untyped-def]
         gl.store(part_acc_ptr + pa + c64 * stride_ac, acc, mask=o_ok[:, None])
 
 
-def _decode_config(query: torch.Tensor, key: torch.Tensor) -> AttnConfig:
-    """The Triton decode tiles this kernel mirrors; ``ValueError`` outside what it covers."""
-    num_heads, head = query.shape[1], query.shape[2]
-    group = num_heads // key.shape[2]
-    cfg = launch_config(head, query.dtype, group, False, prefill=False, paged=True)
+def mirrored_config(query: torch.Tensor, key: torch.Tensor, *, prefill: bool) -> AttnConfig:
+    """The Triton tiles a Gluon kernel here mirrors (decode: 64 rows on 4 warps; prefill: 128
+    on 8), for a paged cache; ``ValueError`` outside what these kernels cover."""
+    head = query.shape[2]
+    group = query.shape[1] // key.shape[2]
+    cfg = launch_config(head, query.dtype, group, False, prefill=prefill, paged=True)
+    rows, warps = (128, 8) if prefill else (64, WARPS)
     if query.dtype not in (torch.bfloat16, torch.float16) or key.dtype != query.dtype:
         raise ValueError(f"query/key: expected bf16 or fp16 of one dtype; got {query.dtype}")
-    if head != cfg.head_pad or head > 128 or (cfg.block_m, cfg.num_warps) != (64, WARPS):
-        raise ValueError(f"query: expected head size 64 or 128 (64-row tiles); got {head}")
+    if head != cfg.head_pad or head > 128 or (cfg.block_m, cfg.num_warps) != (rows, warps):
+        raise ValueError(f"query: expected head size 64 or 128 ({rows}-row tiles); got {head}")
     if query.stride(-1) != 1 or key.stride(-1) != 1:
         raise ValueError("query/key: expected a contiguous head dimension")
     return cfg
@@ -246,7 +248,7 @@ def split_decode(
 ) -> torch.Tensor:
     """Causal paged decode (one query per sequence) through the Gluon kernel and the package's
     combine; same arguments as ``_launch.launch`` where they overlap."""
-    cfg = _decode_config(query, key_cache)
+    cfg = mirrored_config(query, key_cache, prefill=False)
     num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
     if query.shape[0] != num_seqs:
         raise ValueError(f"query: expected one row per sequence ({num_seqs}); got {query.shape[0]}")
@@ -301,8 +303,48 @@ def compile_for_sm90(stages: int = STAGES, group: int = 4) -> Any:
 # ---------------------------------------------------------------- GPU: bits and time
 
 
+def random_paged(
+    seq_lens: list[int], q_lens: list[int], gen: torch.Generator, query_scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Qwen3-8B heads (32 query, 8 KV, head 128), bf16: random queries (the last ``q_lens`` of
+    each sequence, times ``query_scale``) over a paged cache of 16-key blocks, shuffled."""
+    block = 16
+    per_seq = [-(-n // block) for n in seq_lens]
+    blocks = sum(per_seq)
+    perm = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
+    table = torch.zeros(len(seq_lens), max(per_seq), dtype=torch.int32, device="cuda")
+    at = 0
+    for i, n in enumerate(per_seq):
+        table[i, :n] = perm[at : at + n]
+        at += n
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device="cuda").to(torch.bfloat16)
+
+    starts = [0]
+    for n in q_lens:
+        starts.append(starts[-1] + n)
+    return {
+        "query": rand(starts[-1], 32, 128) * query_scale,
+        "key_cache": rand(blocks, block, 8, 128),
+        "value_cache": rand(blocks, block, 8, 128),
+        "block_table": table,
+        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
+        "q_start": torch.tensor(starts, dtype=torch.int32, device="cuda"),
+    }
+
+
+def write_compile_report(kernel: Any, label: str, path: Path | None) -> None:
+    """Print a compiled kernel's :func:`sm90_ptx.gluon_report`, and write it as JSON to ``path``."""
+    report = sm90_ptx.gluon_report(kernel)
+    print(f"{label} on sm90 (compiled, not run):", report)
+    if path:
+        path.write_text(json.dumps(report, indent=1))
+
+
 def _case(name: str, gen: torch.Generator) -> dict[str, Any]:
-    """``tune_attention.py``'s decode cases with Qwen3-8B heads (32 query, 8 KV, head 128)."""
+    """``tune_attention.py``'s decode cases: ``batch`` sequences of ``ctx`` keys, one query each,
+    the split grid sized from ``max_seq_len``."""
     batch, ctx, bound = {
         "decode1x32k@40k": (1, 32768, 40960),
         "decode8x8k": (8, 8192, 8192),
@@ -310,21 +352,7 @@ def _case(name: str, gen: torch.Generator) -> dict[str, Any]:
         "decode64x1k": (64, 1024, 1024),
         "decode256x512g4": (256, 512, 512),
     }[name]
-    block = 16
-    blocks = batch * ctx // block
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device="cuda").to(torch.bfloat16)
-
-    table = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
-    return {
-        "query": rand(batch, 32, 128),
-        "key_cache": rand(blocks, block, 8, 128),
-        "value_cache": rand(blocks, block, 8, 128),
-        "block_table": table.view(batch, ctx // block),
-        "seq_lens": torch.full((batch,), ctx, dtype=torch.int32, device="cuda"),
-        "max_seq_len": bound,
-    }
+    return {**random_paged([ctx] * batch, [1] * batch, gen), "max_seq_len": bound}
 
 
 def main() -> None:
@@ -338,10 +366,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="with --compile-only: write the report here")
     args = parser.parse_args()
     if args.compile_only:
-        report = sm90_ptx.gluon_report(compile_for_sm90(args.stages))
-        print("gluon split decode on sm90 (compiled, not run):", report)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1))
+        write_compile_report(compile_for_sm90(args.stages), "gluon split decode", args.json)
         return
     if not torch.cuda.is_available():
         raise SystemExit("gluon_split_decode needs a CUDA device (or --compile-only)")
@@ -352,15 +377,17 @@ def main() -> None:
         case = _case(name, gen)
 
         def ours(case: dict[str, Any] = case) -> torch.Tensor:
-            return split_decode(**case, scale=scale, stages=args.stages)
+            return split_decode(
+                case["query"], case["key_cache"], case["value_cache"], case["block_table"],
+                case["seq_lens"], scale=scale, max_seq_len=case["max_seq_len"],
+                stages=args.stages,
+            )  # fmt: skip
 
         def triton_split(case: dict[str, Any] = case) -> torch.Tensor:
             return _launch.launch(
                 case["query"], case["key_cache"], case["value_cache"], case["block_table"],
-                case["seq_lens"], torch.arange(case["seq_lens"].shape[0] + 1, dtype=torch.int32,
-                                               device="cuda"),
-                None, scale=scale, sliding_window=None, causal=True,
-                max_seq_len=case["max_seq_len"], mode="split",
+                case["seq_lens"], case["q_start"], None, scale=scale, sliding_window=None,
+                causal=True, max_seq_len=case["max_seq_len"], mode="split",
             )  # fmt: skip
 
         same = bool(torch.equal(ours(), triton_split()))

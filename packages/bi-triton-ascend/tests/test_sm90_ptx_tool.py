@@ -66,6 +66,16 @@ def test_the_split_decode_kernel_keeps_its_partials_out_of_spills(tmp_path: Path
     assert split["registers"] < 255
 
 
+def _script_report(tmp_path: Path, script: Path, *args: str) -> Any:
+    """Run a Gluon bench script with ``args`` in a child process; the JSON it writes."""
+    out = tmp_path / f"{script.stem}.json"
+    subprocess.run(
+        [sys.executable, str(script), *args, "--json", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return json.loads(out.read_text())
+
+
 def _has_gluon_hopper() -> bool:
     try:
         from triton.experimental.gluon.language.nvidia import hopper
@@ -80,12 +90,7 @@ def test_gluon_overlaps_the_softmax_with_the_next_score_mma(tmp_path: Path) -> N
     """What plain Triton 3.6 does not emit (a ``wgmma.wait_group 0`` follows every MMA), a Gluon
     key loop states: the next tile's score MMA is issued, the softmax's ``ex2`` runs while it
     is in flight, and only then does the loop wait (for all but the newest MMA group)."""
-    out = tmp_path / "probe.json"
-    subprocess.run(
-        [sys.executable, str(GLUON_PROBE), "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    report = json.loads(out.read_text())
+    report = _script_report(tmp_path, GLUON_PROBE)
     loop = report["loop"]
     first_mma = loop.index("wgmma.mma_async")
     assert loop[first_mma + 1] == "ex2.approx", loop  # softmax under the score MMA
@@ -104,12 +109,7 @@ def test_the_gluon_split_decode_keeps_tiles_in_flight_in_two_programs_per_sm(
     where the Triton split kernel waits for every tile (``wait_group 0``, or no ``cp.async`` at
     one stage); it fits two programs per SM (shared memory, registers) and runs the Triton
     decode tiles' two matrix instructions."""
-    out = tmp_path / "gluon_split.json"
-    subprocess.run(
-        [sys.executable, str(GLUON_SPLIT), "--compile-only", "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    report = json.loads(out.read_text())
+    report = _script_report(tmp_path, GLUON_SPLIT, "--compile-only")
     assert 1 in report["wait_groups"], report
     assert report["shared_bytes"] <= 227 * 1024 // 2 - 1024, report  # two programs per SM
     assert report["wgmma"] == ["m64n128k16", "m64n64k16"], report
@@ -124,12 +124,7 @@ def test_the_gluon_prefill_runs_the_softmax_under_the_next_score_mma(tmp_path: P
     """``bench/gluon_prefill.py`` compiled for sm90: in its key loop the next tile's score MMA
     is issued, the softmax's ``ex2`` runs while it is in flight, then the P·V MMA, then the
     wait; key tiles stay in flight (``cp.async.wait_group 1``); no spill."""
-    out = tmp_path / "gluon_prefill.json"
-    subprocess.run(
-        [sys.executable, str(GLUON_PREFILL), "--compile-only", "--json", str(out)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    report = json.loads(out.read_text())
+    report = _script_report(tmp_path, GLUON_PREFILL, "--compile-only")
     loop = ["wgmma.wait_group.sync.aligned 0", "wgmma.mma_async", "ex2.approx", "wgmma.mma_async",
             "wgmma.wait_group.sync.aligned 0"]  # fmt: skip
     order = report["order"]

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from _attn_cases import QWEN3_8B, cuda_only
+from _attn_cases import cuda_only
 
 from bi_triton_ascend.attention._launch import launch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-BLOCK = 16
 LENGTHS = [1, 63, 64, 65, 255, 256, 257, 4095, 4096, 4097, 4607, 4608, 4609, 9001]
 
 
@@ -41,40 +40,11 @@ def _bench_module(name: str) -> Any:
     return __import__(name)
 
 
-def _paged(seq_lens: list[int], q_lens: list[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random queries (the last ``q_lens`` of each sequence) over a paged cache, blocks shuffled."""
-    heads = QWEN3_8B
-    per_seq = [-(-n // BLOCK) for n in seq_lens]
-    width = max(per_seq)
-    blocks = sum(per_seq)
-    perm = torch.randperm(blocks, generator=gen, device="cuda").to(torch.int32)
-    table = torch.zeros(len(seq_lens), width, dtype=torch.int32, device="cuda")
-    at = 0
-    for i, n in enumerate(per_seq):
-        table[i, :n] = perm[at : at + n]
-        at += n
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device="cuda").to(torch.bfloat16)
-
-    starts = [0]
-    for n in q_lens:
-        starts.append(starts[-1] + n)
-    return {
-        "query": rand(starts[-1], heads.num_heads, heads.head_size) * 3,
-        "key_cache": rand(blocks, BLOCK, heads.num_kv_heads, heads.head_size),
-        "value_cache": rand(blocks, BLOCK, heads.num_kv_heads, heads.head_size),
-        "block_table": table,
-        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
-        "q_start": torch.tensor(starts, dtype=torch.int32, device="cuda"),
-    }
-
-
 @pytest.mark.parametrize("bound", [None, 40960], ids=["exact-bound", "bound-40k"])
 def test_gluon_split_decode_gives_the_triton_split_bits(bound: int | None) -> None:
     gluon = _bench_module("gluon_split_decode")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    case = _paged(LENGTHS, [1] * len(LENGTHS), gen)
+    case = gluon.random_paged(LENGTHS, [1] * len(LENGTHS), gen, query_scale=3.0)
     max_seq_len = bound or max(LENGTHS)
     want = launch(
         case["query"], case["key_cache"], case["value_cache"], case["block_table"],
@@ -93,9 +63,10 @@ def test_gluon_split_decode_gives_the_triton_split_bits(bound: int | None) -> No
 def test_gluon_prefill_gives_the_triton_fused_bits(stages: int) -> None:
     gluon = _bench_module("gluon_prefill")
     gen = torch.Generator(device="cuda").manual_seed(1)
+    paged = _bench_module("gluon_split_decode").random_paged
     # (keys, new queries): whole prompts and chunked-prefill steps over a cached prefix.
     shapes = [(1, 1), (70, 5), (64, 64), (300, 100), (4097, 129), (5000, 1000), (9001, 4096)]
-    case = _paged([k for k, _ in shapes], [q for _, q in shapes], gen)
+    case = paged([k for k, _ in shapes], [q for _, q in shapes], gen, query_scale=3.0)
     want = launch(
         case["query"], case["key_cache"], case["value_cache"], case["block_table"],
         case["seq_lens"], case["q_start"], None, scale=128**-0.5, sliding_window=None,
